@@ -1,0 +1,25 @@
+# The two commands in the README do all set-up: `make demo` and `make test`.
+# Both create .venv/ when it is missing; every target is safe to run again.
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+DEMO_SPEC ?= search_spaces/bbc_news_minilm.yaml
+# A fresh name each time, so a second `make demo` never collides with the first run.
+DEMO_NAME ?= bbc-news-minilm-$(shell date +%Y%m%d-%H%M%S)
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints/cpu.txt
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -c constraints/cpu.txt -e '.[demo,dev]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/tlsearch run $(DEMO_SPEC) --name $(DEMO_NAME)
+
+test: setup
+	$(VENV)/bin/ruff check tlsearch tests benchmarks
+	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)

@@ -1,0 +1,60 @@
+"""What every benchmark records beside its figures: git SHA, library versions, machine, date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def environment() -> dict[str, Any]:
+    from tlsearch.search.resolve import versions
+
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = bool(
+            subprocess.run(
+                ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip()
+        )
+    except OSError:
+        sha, dirty = "unknown", True
+    return {
+        "git_sha": sha,
+        "git_dirty": dirty,
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor(),
+            "cpus": os.cpu_count(),
+            "memory_gib": _memory_gib(),
+        },
+        "versions": versions(),
+    }
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        return round(pages * size / 2**30, 1)
+    except (ValueError, OSError):
+        return None
+
+
+def write_result(name: str, figures: dict[str, Any], command: str) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(
+        json.dumps({"benchmark": name, "command": command, **environment(), **figures}, indent=2, default=str)
+        + "\n"
+    )
+    return path

@@ -1,0 +1,125 @@
+"""Builders for tiny real models and data sets used across the tests."""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+from typing import Any
+
+CLASS_WORDS = {
+    "sport": ["goal", "match", "team", "score", "league"],
+    "tech": ["chip", "software", "robot", "network", "data"],
+    "food": ["bread", "cheese", "soup", "apple", "spice"],
+}
+NEUTRAL = ["the", "a", "today", "new", "big", "report", "said", "people"]
+
+
+def make_tiny_bert(directory: Path, *, layers: int = 2) -> Path:
+    """A small BERT with its own WordPiece vocabulary, saved with save_pretrained (random weights
+    stand in for pretrained ones: loading by path is what is under test)."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
+
+    vocab = [
+        "[PAD]",
+        "[UNK]",
+        "[CLS]",
+        "[SEP]",
+        "[MASK]",
+        *NEUTRAL,
+        *(w for ws in CLASS_WORDS.values() for w in ws),
+    ]
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    # transformers 5 takes `vocab=` (a path or a dict); the old `vocab_file=` is silently ignored.
+    tokenizer = BertTokenizer(vocab=str(directory / "vocab.txt"))
+    assert tokenizer.unk_token_id not in tokenizer("goal chip bread")["input_ids"]
+    config = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=32,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        num_labels=2,
+    )
+    import torch
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def text_rows(n: int, seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    rows = []
+    labels = list(CLASS_WORDS)
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = rng.choices(CLASS_WORDS[label], k=3) + rng.choices(NEUTRAL, k=4)
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def image_rows(n: int, seed: int, size: int = 32) -> list[dict[str, Any]]:
+    """Three classes told apart by colour, with noise: learnable in a few steps."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = {0: (200, 40, 40), 1: (40, 200, 40), 2: (40, 40, 200)}
+    rows = []
+    for i in range(n):
+        label = i % 3
+        pixels = rng.normal(colours[label], 40, size=(size, size, 3)).clip(0, 255).astype("uint8")
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, format="PNG")
+        rows.append({"image": buf.getvalue(), "label": label})
+    return rows
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def text_spec(tiny_bert: Path, files: dict[str, Path], storage: Path, **sections: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "tiny-text",
+        "storage": str(storage),
+        "model": {"source": "hf", "name": str(tiny_bert), "task": "text-classification", "max_length": 16},
+        "data": {"train": str(files["train"]), "validation": str(files["validation"]), "text_column": "text"},
+        "search": {"num_samples": 4, "max_epochs": 2},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec
+
+
+def image_spec(files: dict[str, Path], storage: Path, **sections: Any) -> dict[str, Any]:
+    spec: dict[str, Any] = {
+        "name": "tiny-image",
+        "storage": str(storage),
+        "model": {
+            "source": "timm",
+            "name": "test_vit",
+            "task": "image-classification",
+            "pretrained": False,
+            "image_size": 32,
+        },
+        "data": {
+            "train": str(files["train"]),
+            "validation": str(files["validation"]),
+            "image_column": "image",
+        },
+        "search": {"num_samples": 4, "max_epochs": 2},
+    }
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec

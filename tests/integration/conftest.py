@@ -1,0 +1,112 @@
+"""A real Ray cluster on loopback for the integration tests, started as a child process.
+
+Never `ray stop` (it would end every Ray process on the machine): the head runs under
+`ray start --block` and is ended by its process id.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# Ray >= 2.59 enables token authentication for clusters started with `ray start`; drivers and the
+# CLI send the token (from ~/.ray/auth_token) only when told to (DESIGN.md §2).
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    def __init__(self, num_cpus: int):
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="ray-head-", suffix=".log", delete=False)  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [
+                RAY,
+                "start",
+                "--head",
+                "--block",
+                "--port",
+                str(self.port),
+                "--node-ip-address",
+                "127.0.0.1",
+                "--include-dashboard",
+                "true",
+                "--dashboard-host",
+                "127.0.0.1",
+                "--dashboard-port",
+                str(self.dashboard_port),
+                "--num-cpus",
+                str(num_cpus),
+                "--num-gpus",
+                "0",
+                "--disable-usage-stats",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 120) -> None:
+        import urllib.error
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ray start exited: {Path(self.log.name).read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.dashboard_port}/api/version", timeout=2)
+                return
+            except urllib.error.HTTPError:
+                return  # the dashboard answers (401 without a token): the head is up
+            except OSError:
+                time.sleep(1)
+        raise TimeoutError("the Ray head did not come up")
+
+    def stop(self) -> None:
+        # SIGTERM to `ray start --block` shuts down the processes it started, and only those.
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[LocalCluster]:
+    cluster = LocalCluster(num_cpus=4)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def ray_connected(ray_cluster: LocalCluster) -> Iterator[LocalCluster]:
+    """This test process attached to the cluster as a driver (for in-process searches)."""
+    import ray
+
+    ray.init(address=ray_cluster.address, log_to_driver=False)
+    try:
+        yield ray_cluster
+    finally:
+        ray.shutdown()

@@ -1,0 +1,238 @@
+"""End-to-end searches on a real local Ray cluster: DDP trials, ASHA, every strategy on both model
+sources, results on disk, checkpoints, a trial retried from its checkpoint, and a killed driver resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.helpers import image_spec, text_rows, text_spec, write_parquet
+from tlsearch.results.files import (
+    BEST_FILE,
+    EPOCHS_TABLE,
+    EVENTS_LOG,
+    RESOLVED_SPEC,
+    TRIALS_TABLE,
+    read_jsonl,
+)
+from tlsearch.search.runner import run_search
+from tlsearch.spec import validate_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+TERMINAL = {"completed", "stopped_early"}
+
+
+def epochs_of(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
+
+
+def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # 25 validation rows: with 2 workers the shards hold 13 and 12; metrics over the gathered whole
+    # are multiples of 1/25, per-shard ones would not be.
+    data = {
+        "train": write_parquet(text_rows(160, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(25, seed=2), tmp_path / "validation.parquet"),
+    }
+    spec = validate_spec(
+        text_spec(
+            tiny_bert,
+            data,
+            tmp_path / "runs",
+            search={
+                "num_samples": 5,
+                "max_epochs": 3,
+                "metric": "val_loss",
+                "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+                # A strong configuration first, then weak ones ASHA must cut at the first rung.
+                "seed_configs": [
+                    {"strategy": "full", "head_lr": 3e-2, "backbone_lr": 3e-3},
+                    {"strategy": "linear_probe", "head_lr": 1e-5},
+                    {"strategy": "lora", "head_lr": 1e-5, "lr": 1e-5},
+                    {"strategy": "partial", "head_lr": 1e-5, "backbone_lr": 1e-5},
+                ],
+            },
+            strategies={
+                "linear_probe": {"head_lr": {"low": 1e-5, "high": 1e-1, "log": True}},
+                "partial": {
+                    "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
+                    "backbone_lr": {"low": 1e-5, "high": 1e-2, "log": True},
+                },
+                "full": {
+                    "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
+                    "backbone_lr": {"low": 1e-5, "high": 1e-2, "log": True},
+                },
+                "lora": {
+                    "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
+                    "lr": {"low": 1e-5, "high": 1e-2, "log": True},
+                },
+                "common": {"batch_size": 8},
+            },
+            resources={"workers_per_trial": 2, "cpus_per_worker": 1},
+        )
+    )
+    outcome = run_search(spec)
+    run_dir = outcome.run_dir
+
+    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    assert len(trials) == 5 and len({t["trial_id"] for t in trials}) == 5
+    assert all(t["status"] in TERMINAL for t in trials), [
+        (t["trial_id"], t["status"], t["error"]) for t in trials
+    ]
+    assert any(t["status"] == "stopped_early" for t in trials)
+    assert {t["strategy"] for t in trials} == {"full", "linear_probe", "lora", "partial"}
+    for t in trials:
+        assert t["workers"] == 2
+        assert t["device_s"] == pytest.approx(2 * t["wall_s"])  # 2 workers x 1 CPU each
+        assert t["checkpoint"] and (run_dir / t["checkpoint"]).is_dir()
+        assert t["checkpoint"].startswith(f"train/{spec.name}-{t['trial_id']}/checkpoint_epoch_")
+        assert t["epochs"] == (3 if t["status"] == "completed" else t["epochs"])
+    for row in epochs_of(run_dir):
+        assert abs(row["val_accuracy"] * 25 - round(row["val_accuracy"] * 25)) < 1e-6, row
+    best = json.loads((run_dir / BEST_FILE).read_text())
+    assert best["strategy"] == "full" and best["value"] == min(t["best_val_loss"] for t in trials)
+
+
+def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    spec = validate_spec(
+        image_spec(
+            image_data,
+            tmp_path / "runs",
+            search={"num_samples": 4, "max_epochs": 2, "scheduler": {"type": "fifo"}},
+            strategies={
+                "linear_probe": {},
+                "partial": {},
+                "full": {},
+                "lora": {},
+                "common": {"batch_size": 12},
+            },
+        )
+    )
+    run_dir = run_search(spec).run_dir
+    trials = {t["strategy"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
+    assert set(trials) == {"linear_probe", "partial", "full", "lora"}
+    assert all(t["status"] == "completed" and t["epochs"] == 2 for t in trials.values())
+    assert (
+        trials["linear_probe"]["trainable_params"]
+        < trials["lora"]["trainable_params"]
+        < trials["full"]["trainable_params"]
+    )
+    for strategy, t in trials.items():
+        checkpoint = run_dir / t["checkpoint"]
+        meta = json.loads((checkpoint / "meta.json").read_text())
+        assert meta["config"]["strategy"] == strategy and meta["labels"] == ["0", "1", "2"]
+        weights = "adapter_model.safetensors" if strategy == "lora" else "model.safetensors"
+        assert (checkpoint / weights).exists() and (checkpoint / "training_state.pt").exists()
+        groups = json.loads(t["param_groups"])
+        assert sum(g["params"] for g in groups) == t["trainable_params"]
+    resolved = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text())
+    assert resolved["resolved"]["versions"]["ray"].startswith("2.")
+    assert len(resolved["resolved"]["data"]["train"]["sha256"]) == 64
+
+    report = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "report", str(run_dir)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert report.returncode == 0 and "best trial per strategy" in report.stdout
+    for strategy in trials:
+        assert strategy in report.stdout
+
+
+def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"timed out waiting for {what}")
+
+
+def _ends(run_dir: Path) -> int:
+    return sum(e["event"] == "end" for e in read_jsonl(run_dir / EVENTS_LOG))
+
+
+def test_killed_trial_retries_from_its_checkpoint_and_killed_driver_resumes(  # type: ignore[no-untyped-def]
+    ray_cluster, tiny_bert: Path, tmp_path: Path
+) -> None:
+    # Epochs long enough (about a second) to kill processes between two checkpoints.
+    data = {
+        "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+    }
+    spec = text_spec(
+        tiny_bert,
+        data,
+        tmp_path / "runs",
+        search={
+            "num_samples": 6,
+            "max_epochs": 4,
+            "max_concurrent": 2,
+            "scheduler": {"type": "fifo"},
+            "max_failures": 1,
+        },
+        strategies={"full": {}, "linear_probe": {}, "common": {"batch_size": 4}},
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "runs" / spec["name"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        # 1. Kill a running trial's process after its first checkpoint: Tune retries it, and the
+        #    retry resumes from that checkpoint.
+        _wait_for(
+            lambda: any(e["event"] == "checkpoint" for e in read_jsonl(run_dir / EVENTS_LOG)),
+            240,
+            "a first checkpoint",
+        )
+        victim = next(e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e["event"] == "checkpoint")
+        pid = next(r["pid"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim)
+        os.kill(pid, signal.SIGKILL)
+        # 2. Kill the driver itself once two trials have finished.
+        _wait_for(lambda: _ends(run_dir) >= 2, 300, "two finished trials")
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert _ends(run_dir) < 6, "the driver was killed too late to test resuming"
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "resume", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+
+    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6, [
+        (t["trial_id"], t["status"]) for t in trials
+    ]
+    assert all(t["status"] == "completed" and t["epochs"] == 4 for t in trials), trials
+    rows = epochs_of(run_dir)
+    assert len(rows) == 6 * 4 and len({(r["trial_id"], r["epoch"]) for r in rows}) == 24
+    events = read_jsonl(run_dir / EVENTS_LOG)
+    retried = {e["trial_id"] for e in events if e["event"] == "retry"}
+    assert victim in retried
+    # The retried trial resumed from a checkpoint: its epochs were not all reported from scratch.
+    reported = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
+    for trial_id in retried:
+        epochs = [r["epoch"] for r in reported if r["trial_id"] == trial_id]
+        assert epochs.count(1) == 1, epochs

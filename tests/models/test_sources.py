@@ -1,0 +1,122 @@
+"""Model sources: tiny real models built from code, saved locally and loaded back by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from tlsearch.errors import UserInputError
+from tlsearch.models import build_model, resolve_lora_targets
+from tlsearch.spec.model import ModelSpec
+
+
+def timm_spec(name: str, **kw: object) -> ModelSpec:
+    return ModelSpec(source="timm", name=name, task="image-classification", **kw)  # type: ignore[arg-type]
+
+
+def hf_spec(name: str, **kw: object) -> ModelSpec:
+    return ModelSpec(source="hf", name=name, task="text-classification", **kw)  # type: ignore[arg-type]
+
+
+def test_timm_local_directory_round_trip(tmp_path: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(0)
+    original = timm.create_model("test_vit", pretrained=False, num_classes=7)
+    save_for_hf(original, str(tmp_path / "vit"), safe_serialization=True)
+    loaded = build_model(timm_spec(str(tmp_path / "vit")), num_classes=3).model
+    # Backbone weights come from the directory; the head is new (3 classes).
+    for name, tensor in original.state_dict().items():
+        if not name.startswith("head."):
+            assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert loaded.get_classifier().out_features == 3
+
+
+def test_timm_checkpoint_file_needs_and_uses_the_architecture(tmp_path: Path) -> None:
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    original = timm.create_model("test_resnet", pretrained=False)
+    save_file(original.state_dict(), str(tmp_path / "w.safetensors"))
+    with pytest.raises(UserInputError, match=r"set model\.architecture"):
+        build_model(timm_spec(str(tmp_path / "w.safetensors")), num_classes=2)
+    loaded = build_model(
+        timm_spec(str(tmp_path / "w.safetensors"), architecture="test_resnet"), num_classes=2
+    ).model
+    for name, tensor in original.state_dict().items():
+        if not name.startswith("fc."):
+            assert torch.equal(tensor, loaded.state_dict()[name]), name
+    assert loaded.get_classifier().out_features == 2
+
+
+def test_pretrained_false_keeps_the_architecture_with_random_weights(tmp_path: Path, tiny_bert: Path) -> None:
+    with_weights = build_model(hf_spec(str(tiny_bert)), num_classes=3).model
+    scratch = build_model(hf_spec(str(tiny_bert), pretrained=False), num_classes=3).model
+    assert [n for n, _ in with_weights.named_parameters()] == [n for n, _ in scratch.named_parameters()]
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.equal(with_weights.state_dict()[name], scratch.state_dict()[name])
+
+
+def test_hf_local_directory_round_trip(tiny_bert: Path) -> None:
+    from transformers import AutoModel
+
+    saved = AutoModel.from_pretrained(tiny_bert)
+    loaded = build_model(hf_spec(str(tiny_bert)), num_classes=3)
+    name = "encoder.layer.1.output.dense.weight"
+    assert torch.equal(saved.state_dict()[name], loaded.model.state_dict()["bert." + name])
+    assert loaded.head_modules == ("classifier",)
+    assert loaded.preprocessing("goal team")["input_ids"][0] == loaded.preprocessing.cls_token_id
+
+
+def test_unknown_names_are_user_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserInputError, match="Did you mean `test_vit`"):
+        build_model(timm_spec("test_vitt"), num_classes=2)
+    with pytest.raises(UserInputError, match="cannot load Hugging Face model"):
+        build_model(hf_spec(str(tmp_path / "nothing-here")), num_classes=2)
+
+
+def test_meta_probe_reads_no_weights(tiny_bert: Path) -> None:
+    probe = build_model(hf_spec(str(tiny_bert)), num_classes=3, weights=False)
+    assert next(probe.model.parameters()).device.type == "meta"
+    assert probe.layers.num_blocks == 2
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    [
+        ("attention", {"blocks.0.attn.qkv", "blocks.0.attn.proj"}),
+        (
+            "attention_mlp",
+            {"blocks.0.attn.qkv", "blocks.0.attn.proj", "blocks.0.mlp.fc1", "blocks.0.mlp.fc2"},
+        ),
+    ],
+)
+def test_lora_presets_on_timm_vit(preset: str, expected: set[str]) -> None:
+    loaded = build_model(timm_spec("test_vit", pretrained=False), num_classes=3, weights=False)
+    targets = resolve_lora_targets(loaded, preset)
+    assert {t for t in targets if t.startswith("blocks.0.")} == expected
+    assert not any(t.startswith("head") for t in resolve_lora_targets(loaded, "all_linear"))
+
+
+def test_lora_presets_on_hf_bert(tiny_bert: Path) -> None:
+    loaded = build_model(hf_spec(str(tiny_bert)), num_classes=3, weights=False)
+    attention = resolve_lora_targets(loaded, "attention")
+    assert "bert.encoder.layer.0.attention.self.query" in attention
+    assert "bert.encoder.layer.0.attention.output.dense" in attention
+    assert "bert.encoder.layer.0.intermediate.dense" not in attention
+    mlp = resolve_lora_targets(loaded, "attention_mlp")
+    assert "bert.encoder.layer.0.intermediate.dense" in mlp and "bert.encoder.layer.0.output.dense" in mlp
+    assert "bert.pooler.dense" not in mlp and "bert.pooler.dense" in resolve_lora_targets(
+        loaded, "all_linear"
+    )
+    assert "classifier" not in resolve_lora_targets(loaded, "all_linear")
+
+
+def test_lora_on_a_cnn_fails_with_the_candidates() -> None:
+    loaded = build_model(timm_spec("test_efficientnet", pretrained=False), num_classes=3, weights=False)
+    with pytest.raises(UserInputError, match="matches no module of this model"):
+        resolve_lora_targets(loaded, "attention")

@@ -1,0 +1,114 @@
+"""The results contract, built from the JSONL logs the driver appends."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from tlsearch.results.files import (
+    BEST_FILE,
+    EPOCHS_LOG,
+    EPOCHS_TABLE,
+    EVENTS_LOG,
+    TRIALS_TABLE,
+    append_jsonl,
+    read_jsonl,
+    write_tables,
+)
+
+
+def epoch(trial: str, n: int, f1: float, **extra: object) -> dict:
+    return {
+        "trial_id": trial,
+        "epoch": n,
+        "strategy": "full",
+        "val_f1_macro": f1,
+        "val_loss": 1 - f1,
+        "val_accuracy": f1,
+        "val_roc_auc": 0.9,
+        "train_loss": 0.5,
+        "wall_s": 10.0 * n,
+        "device_s": 20.0 * n,
+        "trainable_params": 100,
+        "node_id": "n1",
+        "workers": 2,
+        **extra,
+    }
+
+
+def build(run: Path, epochs: list[dict], events: list[dict], max_epochs: int = 3) -> list[dict]:
+    for e in epochs:
+        append_jsonl(run / EPOCHS_LOG, e)
+    for e in events:
+        append_jsonl(run / EVENTS_LOG, e)
+    return write_tables(run, "val_f1_macro", "max", max_epochs)
+
+
+def start(trial: str, strategy: str = "full") -> dict:
+    return {
+        "event": "start",
+        "trial_id": trial,
+        "config": {"strategy": strategy, f"{strategy}/head_lr": 0.01},
+    }
+
+
+def test_statuses_metrics_and_best(tmp_path: Path) -> None:
+    ckpt = tmp_path / "trial_a" / "checkpoint_000001"
+    ckpt.mkdir(parents=True)
+    trials = build(
+        tmp_path,
+        [epoch("a", 1, 0.5), epoch("a", 2, 0.8), epoch("a", 3, 0.7), epoch("b", 1, 0.3), epoch("c", 1, 0.9)],
+        [
+            start("a"),
+            start("b", "lora"),
+            start("c"),
+            {"event": "checkpoint", "trial_id": "a", "epoch": 2, "path": str(ckpt)},
+            {"event": "end", "trial_id": "a", "status": "ok"},
+            {"event": "end", "trial_id": "b", "status": "ok"},
+            {"event": "end", "trial_id": "c", "status": "error", "error": "boom"},
+        ],
+    )
+    by_id = {t["trial_id"]: t for t in trials}
+    assert by_id["a"]["status"] == "completed" and by_id["a"]["epochs"] == 3
+    assert by_id["b"]["status"] == "stopped_early" and by_id["b"]["strategy"] == "lora"
+    assert by_id["c"]["status"] == "error" and by_id["c"]["error"] == "boom"
+    assert by_id["a"]["val_f1_macro"] == 0.7 and by_id["a"]["best_val_f1_macro"] == 0.8
+    assert by_id["a"]["best_val_loss"] == 1 - 0.8  # best of a min-metric is its minimum
+    assert by_id["a"]["device_s"] == 60.0 and by_id["a"]["checkpoint"] == "trial_a/checkpoint_000001"
+    assert by_id["a"]["full/head_lr"] == 0.01
+
+    table = pq.read_table(tmp_path / TRIALS_TABLE)
+    assert table.num_rows == 3 and "best_val_roc_auc" in table.column_names
+    assert pq.read_table(tmp_path / EPOCHS_TABLE).num_rows == 5
+    best = json.loads((tmp_path / BEST_FILE).read_text())
+    # c scored higher but errored: an errored trial is never "best"
+    assert best["trial_id"] == "a" and best["value"] == 0.8 and best["config"]["full/head_lr"] == 0.01
+
+
+def test_repeated_epochs_after_a_resume_count_once(tmp_path: Path) -> None:
+    trials = build(
+        tmp_path,
+        [epoch("a", 1, 0.5), epoch("a", 2, 0.6), epoch("a", 2, 0.65), epoch("a", 3, 0.7)],
+        [start("a"), start("a"), {"event": "end", "trial_id": "a", "status": "ok"}],
+    )
+    assert len(trials) == 1 and trials[0]["epochs"] == 3
+    rows = pq.read_table(tmp_path / EPOCHS_TABLE).to_pylist()
+    assert [(r["epoch"], r["val_f1_macro"]) for r in rows] == [(1, 0.5), (2, 0.65), (3, 0.7)]
+
+
+def test_running_trials_and_a_deleted_checkpoint(tmp_path: Path) -> None:
+    trials = build(
+        tmp_path,
+        [epoch("a", 1, 0.5)],
+        [start("a"), {"event": "checkpoint", "trial_id": "a", "epoch": 1, "path": str(tmp_path / "gone")}],
+    )
+    assert trials[0]["status"] == "running" and trials[0]["checkpoint"] is None
+
+
+def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
+    append_jsonl(tmp_path / "x.jsonl", {"a": 1})
+    with open(tmp_path / "x.jsonl", "a") as f:
+        f.write('{"a": ')
+    assert read_jsonl(tmp_path / "x.jsonl") == [{"a": 1}]

@@ -1,0 +1,129 @@
+"""The define-by-run space, exercised with optuna.trial.FixedTrial and a real Optuna study."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+import pytest
+
+from tlsearch.errors import UserInputError
+from tlsearch.space import TrialConfig, build_space, make_sampler, seed_points
+from tlsearch.spec import validate_spec
+from tlsearch.spec.model import STRATEGY_SPACES, CommonSpace
+
+BASE = {
+    "name": "s",
+    "model": {"source": "hf", "name": "builtin:all-minilm-l6-v2", "task": "text-classification"},
+    "data": {"builtin": "bbc-news"},
+}
+
+
+def spec_with(**sections: object):  # type: ignore[no-untyped-def]
+    return validate_spec({**BASE, **sections})
+
+
+@pytest.mark.parametrize("strategy", list(STRATEGY_SPACES))
+def test_fixed_trial_suggests_only_the_chosen_strategys_knobs(strategy: str) -> None:
+    space = build_space(spec_with(), num_blocks=6)
+    point = space.default_point(strategy)
+    trial = optuna.trial.FixedTrial(point)
+    constants = space(trial)
+    names = set(trial.params) | set(constants)
+    own = {f"{strategy}/{k}" for k in STRATEGY_SPACES[strategy].model_fields}
+    common = {f"common/{k}" for k in CommonSpace.model_fields}
+    assert names == {"strategy"} | own | common
+    config = TrialConfig.parse({**trial.params, **constants})
+    assert config.strategy == strategy
+    assert (config.lora_rank is not None) == (strategy == "lora")
+    assert (config.unfreeze_depth is not None) == (strategy == "partial")
+    assert (config.layer_decay is not None) == (strategy in ("partial", "full"))
+
+
+def test_fixed_values_are_constants_not_sampled() -> None:
+    space = build_space(spec_with(strategies={"lora": {"rank": 8, "targets": "attention"}}), num_blocks=6)
+    trial = optuna.trial.FixedTrial(space.default_point("lora"))
+    constants = space(trial)
+    # One strategy: nothing to choose.
+    assert constants["strategy"] == "lora" and "strategy" not in trial.params
+    assert constants["lora/rank"] == 8 and "lora/rank" not in trial.params
+    assert "lora/lr" in trial.params
+
+
+def test_real_study_keeps_each_parameter_inside_its_strategy() -> None:
+    spec = spec_with()
+    space = build_space(spec, num_blocks=6)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec))
+    seen = set()
+    for i in range(40):
+        trial = study.ask()
+        constants = space(trial)
+        strategy = trial.params["strategy"]
+        seen.add(strategy)
+        assert all(k == "strategy" or k.split("/")[0] in (strategy, "common") for k in trial.params)
+        TrialConfig.parse({**trial.params, **constants})
+        study.tell(trial, float(i % 7))
+    assert seen == set(STRATEGY_SPACES)
+    # Every name kept one distribution through the whole study (Optuna raises otherwise).
+    assert len(study.trials) == 40
+
+
+def test_sampler_settings_are_explicit() -> None:
+    spec = spec_with(search={"sampler": {"n_startup_trials": 3, "seed": 5, "multivariate": True}})
+    sampler = make_sampler(spec)
+    assert isinstance(sampler, optuna.samplers.TPESampler)
+    assert sampler._n_startup_trials == 3 and sampler._multivariate and sampler._group
+    assert isinstance(
+        make_sampler(spec_with(search={"sampler": {"type": "random"}})), optuna.samplers.RandomSampler
+    )
+
+
+def test_seed_points_default_one_per_strategy_in_range_and_custom() -> None:
+    spec = spec_with(strategies={"full": {}, "lora": {"rank": [4, 16]}})
+    space = build_space(spec, num_blocks=6)
+    points = seed_points(spec, space)
+    assert [p["strategy"] for p in points] == ["full", "lora"]
+    assert points[1]["lora/rank"] == 4  # preferred 8 is not a choice: the first choice
+    custom = spec_with(search={"seed_configs": [{"strategy": "lora", "rank": 16, "lr": 2e-3}]})
+    (point,) = seed_points(custom, build_space(custom, num_blocks=6))
+    assert point["lora/rank"] == 16 and point["lora/lr"] == 2e-3 and point["lora/head_lr"] == 1e-3
+    assert seed_points(spec_with(search={"seed_configs": "none"}), space) == []
+
+
+def test_seed_points_replay_through_the_space() -> None:
+    spec = spec_with()
+    space = build_space(spec, num_blocks=6)
+    for point in seed_points(spec, space):
+        trial = optuna.trial.FixedTrial(point)
+        constants = space(trial)
+        assert TrialConfig.parse({**trial.params, **constants}).strategy == point["strategy"]
+
+
+def test_unfreeze_depth_bounded_by_the_model() -> None:
+    default = build_space(spec_with(), num_blocks=2)
+    dim = default.dims("partial")["unfreeze_depth"]
+    assert (dim.low, dim.high) == (1, 2)  # the default 1..4 is clipped
+    explicit = spec_with(strategies={"partial": {"unfreeze_depth": {"low": 1, "high": 8}}})
+    with pytest.raises(UserInputError, match="the model has 6 blocks"):
+        build_space(explicit, num_blocks=6)
+
+
+def test_space_pickles_for_tune_restore() -> None:
+    space = build_space(spec_with(), num_blocks=6)
+    assert pickle.loads(pickle.dumps(space)) == space
+
+
+def test_trial_config_rejects_a_mismatched_dict() -> None:
+    space = build_space(spec_with(), num_blocks=6)
+    good = space.default_point("full")
+    TrialConfig.parse(good)
+    with pytest.raises(ValueError, match="does not match"):
+        TrialConfig.parse({**good, "lora/rank": 8})
+    with pytest.raises(ValueError, match="does not match"):
+        TrialConfig.parse({k: v for k, v in good.items() if k != "full/layer_decay"})
+    nested = {
+        "strategy": "full",
+        "full": {k.split("/")[1]: v for k, v in good.items() if k.startswith("full/")},
+        "common": {k.split("/")[1]: v for k, v in good.items() if k.startswith("common/")},
+    }
+    assert TrialConfig.parse(nested) == TrialConfig.parse(good)

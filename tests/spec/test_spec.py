@@ -1,0 +1,271 @@
+"""Spec validation: good specs load with defaults filled; bad ones list every problem with its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tlsearch.errors import SpecError
+from tlsearch.spec import Param, load_spec, validate_spec, vocab
+from tlsearch.spec.model import PREFERRED_DEFAULTS, STRATEGY_SPACES, CommonSpace, Spec, knob_kind
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
+
+MINIMAL = {
+    "name": "demo",
+    "model": {"source": "hf", "name": "builtin:all-minilm-l6-v2", "task": "text-classification"},
+    "data": {"builtin": "bbc-news"},
+}
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        validate_spec(data)
+    return info.value.problems
+
+
+def with_(**changes: object) -> dict:
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for dotted, value in changes.items():
+        node = data
+        *parents, leaf = dotted.split("__")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return data
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_every_shipped_spec_is_valid(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.strategies.enabled()
+    assert path.read_text().startswith("#"), "each shipped spec opens with a comment saying what it is for"
+    assert "tlsearch run" in path.read_text().split("\n\n")[0] or "tlsearch run" in path.read_text()[:1200]
+
+
+def test_minimal_spec_gets_all_four_strategies_and_defaults() -> None:
+    spec = validate_spec(MINIMAL)
+    assert spec.strategies.enabled() == list(vocab.STRATEGIES)
+    assert spec.storage == "./runs" and spec.seed == 0
+    assert spec.search.resolved_mode == "max"
+    assert spec.strategies.lora.rank == Param.of(4, 8, 16)  # type: ignore[union-attr]
+
+
+def test_leaving_out_a_strategy_removes_it_and_empty_map_uses_defaults() -> None:
+    spec = validate_spec(with_(strategies={"lora": {}, "full": None}))
+    assert spec.strategies.enabled() == ["full", "lora"]
+    assert spec.strategies.lora == STRATEGY_SPACES["lora"]()
+
+
+def test_three_shapes_of_a_knob() -> None:
+    spec = validate_spec(
+        with_(
+            strategies={"lora": {"rank": 8, "alpha": [8, 16], "lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+        )
+    )
+    lora = spec.strategies.lora
+    assert lora.rank == Param(choices=(8,))  # type: ignore[union-attr]
+    assert lora.alpha.choices == (8, 16)  # type: ignore[union-attr]
+    assert (lora.lr.low, lora.lr.high, lora.lr.log) == (1e-4, 1e-2, True)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "message"),
+    [
+        ({"strategies": {"lora": {"rank": [0, 8]}}}, "strategies.lora.rank", "choices must be integers ≥ 1"),
+        (
+            {"strategies": {"lora": {"rank": {"low": 0, "high": 8}}}},
+            "strategies.lora.rank",
+            "`low` must be ≥ 1 and ≤ 1024, but got 0",
+        ),
+        (
+            {"strategies": {"full": {"backbone_lr": {"low": 1e-3, "high": 1e-5}}}},
+            "strategies.full.backbone_lr",
+            "`low <= high` must hold, but got (low=0.001, high=1e-05)",
+        ),
+        (
+            {"strategies": {"full": {"layer_decay": 1.5}}},
+            "strategies.full.layer_decay",
+            "value must be numbers",
+        ),
+        (
+            {"strategies": {"lora": {"targets": ["attn"]}}},
+            "strategies.lora.targets",
+            "Did you mean `attention`?",
+        ),
+        (
+            {"strategies": {"partial": {"unfreez_depth": 2}}},
+            "strategies.partial.unfreez_depth",
+            "Did you mean `unfreeze_depth`?",
+        ),
+        ({"strategies": {"adapter": {}}}, "strategies.adapter", "unknown key `adapter`"),
+        ({"search__metric": "val_acc"}, "search.metric", "Did you mean `val_accuracy`?"),
+        ({"search__num_samples": 0}, "search.num_samples", "must be greater than or equal to 1, but got 0"),
+        ({"modle": {}}, "modle", "Did you mean `model`?"),
+        ({"name": "a b"}, "name", "it names a directory"),
+        ({"strategies": {"common": {"warmup_fraction": 1.0}}}, "strategies.common.warmup_fraction", "< 1"),
+        (
+            {"strategies": {"full": {"head_lr": {"low": 0.0, "high": 1e-2, "log": True}}}},
+            "strategies.full.head_lr",
+            "`low` must be > 0",
+        ),
+    ],
+)
+def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, message: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for key, value in changes.items():
+        if "__" in key:
+            section, leaf = key.split("__")
+            data.setdefault(section, {})[leaf] = value
+        else:
+            data[key] = value
+    found = problems(data)
+    assert any(p.startswith(path + ":") and message in p for p in found), found
+
+
+@pytest.mark.parametrize(
+    ("changes", "path", "message"),
+    [
+        ({"model__source": "timm"}, "model.source", "text-classification needs `source: hf`"),
+        ({"model__name": "builtin:minilm"}, "model.name", "unknown builtin model"),
+        ({"data": {"builtin": "bbc-news", "train": "x.parquet"}}, "data.train", "not both"),
+        ({"data": {"train": "x.parquet"}}, "data.validation", "required"),
+        (
+            {"data": {"train": "x.json", "validation": "v.csv", "text_column": "t"}},
+            "data.train",
+            ".parquet or .csv",
+        ),
+        ({"data": {"builtin": "mnist-5k"}}, "data.builtin", "is for image-classification"),
+        (
+            {"resources": {"workers_per_trial": 2, "gpus_per_worker": 0.5}},
+            "resources.gpus_per_worker",
+            "fractional GPUs need `workers_per_trial: 1`",
+        ),
+        ({"search": {"metric": "val_loss", "mode": "max"}}, "search.mode", "minimised"),
+        (
+            {"search": {"max_epochs": 2, "scheduler": {"grace_period": 3}}},
+            "search.scheduler.grace_period",
+            "≤ search.max_epochs",
+        ),
+        ({"strategies": {"common": {}}}, "strategies", "enable at least one"),
+        (
+            {"search": {"seed_configs": [{"strategy": "lora", "rank": 3}]}},
+            "search.seed_configs[0].rank",
+            "must lie in the searched range [4, 8, 16]",
+        ),
+        (
+            {"search": {"seed_configs": [{"strategy": "lora", "ranks": 8}]}},
+            "search.seed_configs[0].ranks",
+            "Did you mean `rank`?",
+        ),
+        (
+            {
+                "model__max_length": 64,
+                "model__task": "image-classification",
+                "model__source": "timm",
+                "model__name": "test_vit",
+                "data": {"builtin": "mnist-5k"},
+            },
+            "model.max_length",
+            "text models only",
+        ),
+    ],
+)
+def test_cross_field_errors(changes: dict, path: str, message: str) -> None:
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for key, value in changes.items():
+        if "__" in key:
+            section, leaf = key.split("__")
+            data.setdefault(section, {})[leaf] = value
+        else:
+            data[key] = value
+    found = problems(data)
+    assert any(p.startswith(path) and message in p for p in found), found
+
+
+def test_all_field_errors_are_reported_at_once() -> None:
+    data = with_(
+        strategies={"lora": {"rank": [0], "dropout": 2.0}}, search={"num_samples": 0, "metric": "acc"}
+    )
+    data["extra"] = 1
+    found = problems(data)
+    for path in (
+        "strategies.lora.rank",
+        "strategies.lora.dropout",
+        "search.num_samples",
+        "search.metric",
+        "extra",
+    ):
+        assert any(p.startswith(path) for p in found), (path, found)
+
+
+def test_file_errors_carry_line_numbers_and_overrides_are_marked(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(with_(strategies={"lora": {"rank": [0, 8]}}), sort_keys=False))
+    with pytest.raises(SpecError) as info:
+        load_spec(path, ["search.num_samples=-1"])
+    text = str(info.value)
+    assert str(path) in text
+    assert "strategies.lora.rank (line " in text
+    assert "search.num_samples (from --set)" in text
+
+
+def test_overrides_parse_yaml_scalars(tmp_path: Path) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    spec = load_spec(
+        path,
+        [
+            "search.num_samples=7",
+            "strategies.lora.rank=[2, 4]",
+            "resources.use_gpu=false",
+            "name=other",
+            "search.scheduler.type=fifo",
+        ],
+    )
+    assert spec.search.num_samples == 7
+    assert spec.strategies.lora.rank.choices == (2, 4)  # type: ignore[union-attr]
+    assert spec.resources.use_gpu is False and spec.name == "other"
+    assert spec.search.scheduler.type == "fifo"
+    with pytest.raises(SpecError, match=r"expected KEY\.PATH=VALUE"):
+        load_spec(path, ["search.num_samples"])
+    with pytest.raises(SpecError, match="`name` is not a mapping"):
+        load_spec(path, ["name.x=1"])
+
+
+def test_not_yaml_and_not_a_mapping(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(bad)
+    bad.write_text("- a list")
+    with pytest.raises(SpecError, match="must be a mapping"):
+        load_spec(bad)
+    with pytest.raises(SpecError, match="cannot read"):
+        load_spec(tmp_path / "missing.yaml")
+
+
+def test_dump_round_trips_in_the_shapes_people_write() -> None:
+    spec = validate_spec(
+        with_(strategies={"lora": {"rank": 8}, "partial": {"unfreeze_depth": {"low": 1, "high": 3}}})
+    )
+    dumped = spec.model_dump(mode="json")
+    assert dumped["strategies"]["lora"]["rank"] == 8
+    assert dumped["strategies"]["partial"]["unfreeze_depth"] == {"low": 1, "high": 3}
+    assert validate_spec(dumped) == spec
+
+
+def test_every_knob_has_a_kind_and_a_preferred_default_inside_its_default_range() -> None:
+    for cls in [*STRATEGY_SPACES.values(), CommonSpace]:
+        for name in cls.model_fields:
+            assert knob_kind(cls, name) in ("float", "int", "str")
+            assert name in PREFERRED_DEFAULTS
+            default: Param = cls.model_fields[name].default
+            assert default.contains(default.default(PREFERRED_DEFAULTS[name]))
+
+
+def test_spec_model_is_the_public_type() -> None:
+    assert isinstance(validate_spec(MINIMAL), Spec)

@@ -1,0 +1,93 @@
+"""The command line: exit codes and messages for bad input, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import text_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tlsearch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tlsearch", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_validate_shipped_specs_exits_0() -> None:
+    specs = sorted(str(p) for p in (ROOT / "search_spaces").glob("*.yaml"))
+    result = tlsearch("validate", *specs)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (") == len(specs)
+
+
+def test_validate_bad_spec_exits_2_with_every_problem(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: x\nmodel: {source: hf, name: m, task: text-classification}\ndata: {builtin: bbc-news}\n"
+        "strategies:\n  lora: {rank: [0, 8]}\nsearch: {metrik: val_loss}\n"
+    )
+    result = tlsearch("validate", str(bad), str(ROOT / "search_spaces" / "bbc_news_minilm.yaml"))
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "strategies.lora.rank (line 5): choices must be integers ≥ 1" in result.stderr
+    assert "search.metrik (line 6): unknown key `metrik`. Did you mean `metric`?" in result.stderr
+    assert "bbc_news_minilm.yaml: ok" in result.stdout
+
+
+def test_set_overrides_are_validated_too() -> None:
+    result = tlsearch("validate", "search_spaces/bbc_news_minilm.yaml", "--set", "search.max_epochs=0")
+    assert result.returncode == 2 and "search.max_epochs (from --set)" in result.stderr
+    assert (
+        tlsearch("validate", "search_spaces/bbc_news_minilm.yaml", "--set", "search.max_epochs=3").returncode
+        == 0
+    )
+
+
+def test_run_with_missing_data_exits_2_and_leaves_nothing(tmp_path: Path, tiny_bert: Path) -> None:
+    spec = text_spec(
+        tiny_bert, {"train": tmp_path / "nope.parquet", "validation": tmp_path / "v.parquet"}, tmp_path
+    )
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    result = tlsearch("run", str(tmp_path / "s.yaml"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "data file not found" in result.stderr
+    assert not (tmp_path / "tiny-text").exists()
+
+
+def test_run_with_a_missing_column_names_the_columns(
+    tmp_path: Path, tiny_bert: Path, text_data: dict
+) -> None:
+    spec = text_spec(tiny_bert, text_data, tmp_path, data={"text_column": "body"})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    result = tlsearch("run", str(tmp_path / "s.yaml"))
+    assert result.returncode == 2
+    assert "has no column `body`; its columns: text, label" in result.stderr
+
+
+def test_run_refuses_an_existing_run_directory(tmp_path: Path) -> None:
+    (tmp_path / "bbc-news-minilm").mkdir()
+    (tmp_path / "bbc-news-minilm" / "keep.txt").write_text("precious")
+    result = tlsearch("run", "search_spaces/bbc_news_minilm.yaml", "--set", f"storage={tmp_path}")
+    assert result.returncode == 2
+    assert "tlsearch resume" in result.stderr and "--name bbc-news-minilm-2" in result.stderr
+    assert (tmp_path / "bbc-news-minilm" / "keep.txt").read_text() == "precious"
+
+
+@pytest.mark.parametrize("command", ["report", "resume"])
+def test_report_and_resume_need_a_run_directory(tmp_path: Path, command: str) -> None:
+    result = tlsearch(command, str(tmp_path))
+    assert result.returncode == 2 and "is not a tlsearch run directory" in result.stderr
+
+
+def test_help_lists_the_commands() -> None:
+    result = tlsearch("--help")
+    assert result.returncode == 0
+    for command in ("validate", "run", "resume", "report"):
+        assert command in result.stdout

@@ -1,0 +1,3 @@
+from tlsearch.cli import main
+
+raise SystemExit(main())

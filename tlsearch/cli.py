@@ -1,0 +1,110 @@
+"""`tlsearch validate | run | resume | report`. Exit codes: 0 success, 1 the search failed,
+2 bad input (spec, paths, names, an existing run) -- always one clear message, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tlsearch import __version__
+from tlsearch.errors import UserInputError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tlsearch",
+        description="Distributed hyperparameter search for transfer learning on Ray.",
+        epilog="Exit codes: 0 success, 1 the search failed (no trial finished), 2 bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"tlsearch {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    overrides = argparse.ArgumentParser(add_help=False)
+    overrides.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a spec value (parsed as YAML), e.g. --set search.num_samples=4; repeatable",
+    )
+    address = argparse.ArgumentParser(add_help=False)
+    address.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to attach to (default: $RAY_ADDRESS, else a new local cluster on 127.0.0.1)",
+    )
+
+    p = sub.add_parser(
+        "validate", parents=[overrides], help="check spec files; exit 0 if all are valid, else 2"
+    )
+    p.add_argument("specs", nargs="+", metavar="SPEC")
+
+    p = sub.add_parser("run", parents=[overrides, address], help="run a search from a spec")
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument(
+        "--name", default=None, help="search name (run directory <storage>/<name>); default: the spec's"
+    )
+
+    p = sub.add_parser("resume", parents=[address], help="continue an interrupted or killed search")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+
+    p = sub.add_parser("report", help="print the leaderboard of a search from its files")
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except UserInputError as exc:
+        print(f"tlsearch: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        print("tlsearch: interrupted; continue with `tlsearch resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from tlsearch.spec import load_spec
+
+    if args.command == "validate":
+        bad = 0
+        for path in args.specs:
+            try:
+                spec = load_spec(path, args.overrides)
+            except UserInputError as exc:
+                print(exc, file=sys.stderr)
+                bad += 1
+            else:
+                print(f"{path}: ok ({spec.name}: {', '.join(spec.strategies.enabled())})")
+        return EXIT_BAD_INPUT if bad else EXIT_OK
+
+    if args.command == "report":
+        from tlsearch.results.report import leaderboard
+
+        print(leaderboard(Path(args.run_dir)))
+        return EXIT_OK
+
+    from tlsearch.search.runner import Outcome, resume_search, run_search
+
+    outcome: Outcome
+    if args.command == "run":
+        overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+        outcome = run_search(load_spec(args.spec, overrides), address=args.address)
+    else:
+        outcome = resume_search(Path(args.run_dir), address=args.address)
+
+    from tlsearch.results.report import leaderboard
+
+    print()
+    print(leaderboard(outcome.run_dir))
+    if not outcome.succeeded:
+        print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK

@@ -1,0 +1,97 @@
+"""Torch datasets over a split: pre-tokenised text or decoded-on-the-fly images."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from tlsearch.data.tables import DataFiles, label_strings, read_table, stratified_subset
+from tlsearch.errors import UserInputError
+
+
+@dataclass
+class Split:
+    inputs: list[Any]  # texts, image bytes or image paths
+    targets: np.ndarray  # class indices (int64)
+    base_dir: Path  # image paths are relative to the data file
+
+
+def load_split(files: DataFiles, split: str) -> Split:
+    path = files.path(split)
+    table = read_table(path, [files.input_column, files.label_column])
+    labels = label_strings(table, files.label_column)
+    limit = {"train": files.max_train_samples, "validation": files.max_validation_samples}.get(split)
+    rows = stratified_subset(labels, limit)
+    index = {label: i for i, label in enumerate(files.labels)}
+    unknown = sorted({labels[i] for i in rows} - set(index))
+    if unknown:
+        raise UserInputError(
+            f"{path}: labels {unknown[:5]} are not in the label set {list(files.labels)[:10]}"
+        )
+    inputs = table.column(files.input_column).to_pylist()
+    missing = sum(inputs[i] is None for i in rows)
+    if missing:
+        raise UserInputError(f"{path}: {missing} rows have no `{files.input_column}`; drop or fill them")
+    return Split(
+        inputs=[inputs[i] for i in rows],
+        targets=np.asarray([index[labels[i]] for i in rows], dtype=np.int64),
+        base_dir=Path(path).resolve().parent,
+    )
+
+
+class TextDataset(Dataset):
+    """Tokenised once up front (fast tokenizers batch this); padded per batch by `collate`."""
+
+    def __init__(self, split: Split, tokenizer: Any, max_length: int):
+        encoded = tokenizer([str(t) for t in split.inputs], truncation=True, max_length=max_length)
+        self.features = [{key: encoded[key][i] for key in encoded} for i in range(len(split.inputs))]
+        self.targets = split.targets
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[dict[str, list[int]], int]:
+        return self.features[i], int(self.targets[i])
+
+    def collate(
+        self, batch: list[tuple[dict[str, list[int]], int]]
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        features = self.tokenizer.pad([f for f, _ in batch], return_tensors="pt")
+        return dict(features), torch.tensor([t for _, t in batch], dtype=torch.long)
+
+
+class ImageDataset(Dataset):
+    """Images as encoded bytes or file paths, decoded and transformed per item."""
+
+    def __init__(self, split: Split, transform: Callable[[Any], torch.Tensor]):
+        self.split = split
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.split.targets)
+
+    def _open(self, item: Any) -> Any:
+        from PIL import Image
+
+        if isinstance(item, bytes | bytearray):
+            return Image.open(io.BytesIO(item))
+        if isinstance(item, dict) and "bytes" in item:  # Hugging Face datasets' image struct
+            return Image.open(io.BytesIO(item["bytes"])) if item["bytes"] else Image.open(item["path"])
+        path = Path(str(item))
+        return Image.open(path if path.is_absolute() else self.split.base_dir / path)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        image = self._open(self.split.inputs[i]).convert("RGB")
+        return self.transform(image), int(self.split.targets[i])
+
+    @staticmethod
+    def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.stack([x for x, _ in batch]), torch.tensor([t for _, t in batch], dtype=torch.long)

@@ -1,0 +1,118 @@
+"""Labelled tables on disk (Parquet or CSV via pyarrow): reading, hashing, labels, subsets."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from tlsearch.errors import UserInputError
+
+# Subsets are drawn with this seed, independent of the search seed, so that two searches over the
+# same spec data see the same rows.
+SUBSET_SEED = 20261127
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Where a search's data lives and how to read it; shipped to every worker."""
+
+    train: str
+    validation: str
+    test: str | None
+    input_column: str
+    input_kind: str  # "text" | "image"
+    label_column: str
+    labels: tuple[str, ...]  # class names in index order, as strings
+    max_train_samples: int | None = None
+    max_validation_samples: int | None = None
+
+    def path(self, split: str) -> str:
+        value = getattr(self, split)
+        if value is None:
+            raise UserInputError(f"no `{split}` split in this search's data")
+        return value
+
+
+def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"data file not found: {path}")
+    try:
+        if path.suffix.lower() == ".csv":
+            table = pacsv.read_csv(path)
+            return table.select(list(columns)) if columns else table
+        return pq.read_table(path, columns=list(columns) if columns else None)
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise UserInputError(f"cannot read {path}: {exc}") from None
+
+
+def column_names(path: str | Path) -> list[str]:
+    """Column names without reading the data (Parquet schema; CSV header)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserInputError(f"data file not found: {path}")
+    try:
+        if path.suffix.lower() == ".csv":
+            with pacsv.open_csv(path) as reader:
+                return reader.schema.names
+        return pq.read_schema(path).names
+    except pa.ArrowInvalid as exc:
+        raise UserInputError(f"cannot read {path}: {exc}") from None
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def label_strings(table: pa.Table, column: str) -> list[str]:
+    """Labels as strings, the one representation every split and checkpoint shares."""
+    values = table.column(column).to_pylist()
+    missing = sum(v is None for v in values)
+    if missing:
+        raise UserInputError(f"label column `{column}` has {missing} missing values; drop or fill those rows")
+    return [str(v) for v in values]
+
+
+def label_set(tables: Sequence[pa.Table], column: str) -> tuple[str, ...]:
+    """Sorted union of the labels in all splits (numeric labels sort numerically)."""
+    seen: set[str] = set()
+    for table in tables:
+        seen.update(label_strings(table, column))
+
+    def key(label: str) -> tuple[int, float | str]:
+        try:
+            return (0, float(label))
+        except ValueError:
+            return (1, label)
+
+    return tuple(sorted(seen, key=key))
+
+
+def stratified_subset(labels: Sequence[str], size: int | None, seed: int = SUBSET_SEED) -> np.ndarray:
+    """Row indices of a class-stratified subset of `size` rows (all rows when size is None or larger)."""
+    n = len(labels)
+    if size is None or size >= n:
+        return np.arange(n)
+    from sklearn.model_selection import train_test_split
+
+    keep, _ = train_test_split(
+        np.arange(n), train_size=size, stratify=_stratifiable(labels), random_state=seed
+    )
+    return np.sort(keep)
+
+
+def _stratifiable(labels: Sequence[str]) -> Sequence[str] | None:
+    # Stratification needs at least two rows per class; fall back to a plain random subset.
+    _, counts = np.unique(np.asarray(labels), return_counts=True)
+    return labels if counts.min() >= 2 else None

@@ -1,0 +1,59 @@
+"""LoRA target presets resolved against the model's own module names (never the head).
+
+- `attention`: linear layers inside the blocks whose path names an attention module
+  (`attn`, `attention`, `self_attn`, ...): timm's `attn.qkv`/`attn.proj`, BERT's
+  `attention.self.query`/`attention.output.dense`, Llama's `self_attn.q_proj`, ...
+- `attention_mlp`: every linear layer inside the blocks.
+- `all_linear`: every linear layer of the backbone (blocks, pooler, projections), not the head.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import nn
+
+from tlsearch.errors import UserInputError
+from tlsearch.models.sources import LoadedModel
+from tlsearch.spec import vocab
+
+_ATTENTION = re.compile(r"(^|_)(attn|attention)($|_)", re.IGNORECASE)
+
+
+def _is_linear(module: nn.Module) -> bool:
+    if isinstance(module, nn.Linear):
+        return True
+    # GPT-2 style models use transformers' Conv1D as their linear layer; peft supports it.
+    return type(module).__name__ == "Conv1D"
+
+
+def linear_modules(loaded: LoadedModel) -> list[str]:
+    head = loaded.head_modules
+    return [
+        name
+        for name, module in loaded.model.named_modules()
+        if name and _is_linear(module) and not any(name == h or name.startswith(h + ".") for h in head)
+    ]
+
+
+def resolve_lora_targets(loaded: LoadedModel, preset: str) -> list[str]:
+    if preset not in vocab.LORA_TARGET_PRESETS:
+        raise UserInputError(
+            f"unknown LoRA target preset `{preset}`; known: {', '.join(vocab.LORA_TARGET_PRESETS)}"
+        )
+    candidates = linear_modules(loaded)
+    in_blocks = [n for n in candidates if loaded.layers.in_blocks(n)]
+    if preset == "all_linear":
+        targets = candidates
+    elif preset == "attention_mlp":
+        targets = in_blocks
+    else:
+        targets = [n for n in in_blocks if any(_ATTENTION.search(part) for part in n.split("."))]
+    if not targets:
+        shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
+        raise UserInputError(
+            f"LoRA target preset `{preset}` matches no module of this model. "
+            "Linear modules outside the head: "
+            f"{shown or 'none (a convolutional model: use partial or full fine-tuning instead)'}"
+        )
+    return targets

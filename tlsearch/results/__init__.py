@@ -1,0 +1,1 @@
+"""Results on disk (trials.parquet, epochs.parquet, best.json) and the leaderboard report."""

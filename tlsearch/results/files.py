@@ -1,0 +1,206 @@
+"""The results on disk: a contract other tools and tests rely on.
+
+<run_dir>/
+  epochs.jsonl      one line per reported epoch, appended as results arrive (live view)
+  events.jsonl      trial start / checkpoint / end events
+  trials.parquet    one row per trial, rewritten as trials finish
+  epochs.parquet    one row per trial per epoch (deduplicated: a resumed trial may repeat an epoch)
+  best.json         the best trial
+  spec.resolved.yaml
+Everything here is derived from the two JSONL logs, so a resumed search continues them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tlsearch.spec import vocab
+
+EPOCHS_LOG = "epochs.jsonl"
+EVENTS_LOG = "events.jsonl"
+TRIALS_TABLE = "trials.parquet"
+EPOCHS_TABLE = "epochs.parquet"
+BEST_FILE = "best.json"
+RESOLVED_SPEC = "spec.resolved.yaml"
+
+STATUSES = ("completed", "stopped_early", "error", "running")
+METRICS = tuple(vocab.METRICS)
+# Reported each epoch but constant for a trial: copied onto its trials.parquet row.
+TRIAL_CONSTANTS = ("trainable_params", "node_id", "workers", "param_groups")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    # One write per line, flushed and synced: a driver killed mid-search loses at most this line.
+    with open(path, "a") as f:
+        f.write(json.dumps(record, default=_json_default) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut short by a killed driver
+    return records
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _finite(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def abandoned_trials(run_dir: Path) -> set[str]:
+    """Trials a killed driver had started but the resumed search never knew (see search.runner)."""
+    return {e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e.get("event") == "abandoned"}
+
+
+def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
+    """Deduplicated epoch rows (last report of each (trial, epoch) wins), with checkpoints attached."""
+    rows: dict[tuple[str, int], dict[str, Any]] = {}
+    abandoned = abandoned_trials(run_dir)
+    for record in read_jsonl(run_dir / EPOCHS_LOG):
+        if record["trial_id"] not in abandoned:
+            rows[(record["trial_id"], int(record["epoch"]))] = record
+    for event in read_jsonl(run_dir / EVENTS_LOG):
+        if event.get("event") == "checkpoint":
+            row = rows.get((event["trial_id"], int(event["epoch"])))
+            if row is not None:
+                row["checkpoint"] = event["path"]
+    return [rows[k] for k in sorted(rows, key=lambda k: (k[0], k[1]))]
+
+
+def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[dict[str, Any]]:
+    starts: dict[str, dict[str, Any]] = {}
+    ends: dict[str, dict[str, Any]] = {}
+    for event in read_jsonl(run_dir / EVENTS_LOG):
+        if event.get("event") == "start":
+            starts.setdefault(event["trial_id"], event)
+        elif event.get("event") == "end":
+            ends[event["trial_id"]] = event  # the last word on a retried or resumed trial
+    for trial_id in abandoned_trials(run_dir):
+        starts.pop(trial_id, None)
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in epoch_rows(run_dir):
+        by_trial.setdefault(row["trial_id"], []).append(row)
+
+    out = []
+    for trial_id, start in starts.items():
+        epochs = by_trial.get(trial_id, [])
+        end = ends.get(trial_id)
+        row: dict[str, Any] = {"trial_id": trial_id, "strategy": start["config"].get("strategy")}
+        row.update({k: v for k, v in start["config"].items() if k != "strategy"})
+        if end is None:
+            row["status"] = "running"
+        elif end["status"] == "error":
+            row["status"] = "error"
+        else:
+            row["status"] = "completed" if epochs and epochs[-1]["epoch"] >= max_epochs else "stopped_early"
+        row["error"] = end.get("error") if end else None
+        row["epochs"] = epochs[-1]["epoch"] if epochs else 0
+        for name in METRICS:
+            values = [_finite(e.get(name)) for e in epochs]
+            values = [v for v in values if v is not None]
+            row[name] = _finite(epochs[-1].get(name)) if epochs else None
+            pick = min if vocab.METRICS[name] == "min" else max
+            row[f"best_{name}"] = pick(values) if values else None
+        last = epochs[-1] if epochs else {}
+        row["wall_s"] = _finite(last.get("wall_s"))
+        row["device_s"] = _finite(last.get("device_s"))
+        for key in TRIAL_CONSTANTS:
+            row[key] = last.get(key)
+        row["checkpoint"] = _best_checkpoint(run_dir, epochs, metric, mode)
+        out.append(row)
+    return out
+
+
+def _best_checkpoint(run_dir: Path, epochs: list[dict[str, Any]], metric: str, mode: str) -> str | None:
+    """The best epoch's checkpoint that is still on disk, relative to the run directory."""
+    kept = [
+        e
+        for e in epochs
+        if e.get("checkpoint") and Path(e["checkpoint"]).exists() and _finite(e.get(metric)) is not None
+    ]
+    if not kept:
+        return None
+    pick = min if mode == "min" else max
+    best = pick(kept, key=lambda e: e[metric])
+    return os.path.relpath(best["checkpoint"], run_dir)
+
+
+def _table(rows: list[dict[str, Any]], leading: Iterable[str]) -> pa.Table:
+    columns: list[str] = list(leading)
+    for row in rows:
+        for key in row:
+            if key not in columns:
+                columns.append(key)
+    return (
+        pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+        if rows
+        else pa.table({c: pa.array([], pa.null()) for c in columns})
+    )
+
+
+def write_tables(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[dict[str, Any]]:
+    """Rewrite trials.parquet, epochs.parquet and best.json from the logs. Returns the trial rows."""
+    trials = trial_rows(run_dir, metric, mode, max_epochs)
+    epochs = [{k: v for k, v in row.items() if k != "param_groups"} for row in epoch_rows(run_dir)]
+    _atomic_parquet(_table(trials, ("trial_id", "strategy")), run_dir / TRIALS_TABLE)
+    _atomic_parquet(_table(epochs, ("trial_id", "strategy", "epoch")), run_dir / EPOCHS_TABLE)
+    best = best_trial(trials, metric, mode)
+    if best is not None:
+        tmp = run_dir / f".{BEST_FILE}.tmp"
+        tmp.write_text(json.dumps(best, indent=2, default=_json_default))
+        tmp.replace(run_dir / BEST_FILE)
+    return trials
+
+
+def _atomic_parquet(table: pa.Table, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)  # readers never see a half-written file
+
+
+def best_trial(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
+    scored = [t for t in trials if t.get(f"best_{metric}") is not None and t["status"] != "error"]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    best = pick(scored, key=lambda t: t[f"best_{metric}"])
+    config = {k: v for k, v in best.items() if k == "strategy" or "/" in k}
+    return {
+        "trial_id": best["trial_id"],
+        "strategy": best["strategy"],
+        "metric": metric,
+        "mode": mode,
+        "value": best[f"best_{metric}"],
+        "config": config,
+        "metrics": {k: best[k] for k in best if k in METRICS or k.startswith("best_")},
+        "epochs": best["epochs"],
+        "status": best["status"],
+        "checkpoint": best["checkpoint"],
+    }
+
+
+def read_trials(run_dir: Path) -> list[dict[str, Any]]:
+    path = Path(run_dir) / TRIALS_TABLE
+    if not path.exists():
+        return []
+    return pq.read_table(path).to_pylist()

@@ -1,0 +1,168 @@
+"""Everything a search needs checked and pinned down before Ray starts: data files, labels, model
+structure, the search space; written to spec.resolved.yaml."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tlsearch.data.builtin import materialize
+from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
+from tlsearch.errors import UserInputError
+from tlsearch.models import build_model, resolve_lora_targets
+from tlsearch.results.files import RESOLVED_SPEC
+from tlsearch.space import SearchSpace, build_space
+from tlsearch.spec import Spec
+from tlsearch.spec.load import validate_spec
+
+LIBRARIES = (
+    "tlsearch",
+    "ray",
+    "torch",
+    "torchvision",
+    "timm",
+    "transformers",
+    "peft",
+    "optuna",
+    "pyarrow",
+    "pydantic",
+    "wandb",
+)
+
+
+@dataclass(frozen=True)
+class Resolved:
+    spec: Spec
+    data: DataFiles
+    space: SearchSpace
+    num_blocks: int
+    hashes: dict[str, str]
+
+
+def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[DataFiles, dict[str, str]]:
+    d = spec.data
+    if d.builtin is not None:
+        paths, column, kind = materialize(d.builtin, run_dir / "data", reuse=reuse)
+        splits: dict[str, str | None] = {k: str(v) for k, v in paths.items()}
+    else:
+        kind = "text" if spec.model.task == "text-classification" else "image"
+        column = (d.text_column if kind == "text" else d.image_column) or ""
+        splits = {
+            k: (str(Path(v).expanduser().resolve()) if v else None)
+            for k, v in (("train", d.train), ("validation", d.validation), ("test", d.test))
+        }
+    tables = []
+    for split, path in splits.items():
+        if path is None:
+            continue
+        names = column_names(path)
+        missing = [c for c in (column, d.label_column) if c not in names]
+        if missing:
+            raise UserInputError(
+                f"data.{split} ({path}) has no column {', '.join(f'`{m}`' for m in missing)}; "
+                f"its columns: {', '.join(names)}"
+            )
+        tables.append(read_table(path, [d.label_column]))
+    labels = label_set(tables, d.label_column)
+    if len(labels) < 2:
+        raise UserInputError(f"the data has {len(labels)} class(es) in `{d.label_column}`: need at least 2")
+    files = DataFiles(
+        train=splits["train"],  # type: ignore[arg-type]
+        validation=splits["validation"],  # type: ignore[arg-type]
+        test=splits.get("test"),
+        input_column=column,
+        input_kind=kind,
+        label_column=d.label_column,
+        labels=labels,
+        max_train_samples=d.max_train_samples,
+        max_validation_samples=d.max_validation_samples,
+    )
+    hashes = {split: file_sha256(path) for split, path in splits.items() if path}
+    return files, hashes
+
+
+def resolve(spec: Spec, run_dir: Path, *, reuse_data: bool = False) -> Resolved:
+    """Check and pin down a search. reuse_data (resume): keep the run's data files and refuse to go on
+    if any changed since the search started."""
+    data, hashes = resolve_data(spec, run_dir, reuse=reuse_data)
+    if reuse_data:
+        _check_unchanged(run_dir, hashes)
+    probe = build_model(spec.model, len(data.labels), weights=False)
+    space = build_space(spec, num_blocks=probe.layers.num_blocks)
+    if "lora" in space.strategy_names():
+        for preset in space.dims("lora")["targets"].choices or ():
+            resolve_lora_targets(probe, str(preset))  # fail now, not in every trial
+    return Resolved(spec, data, space, probe.layers.num_blocks, hashes)
+
+
+def _check_unchanged(run_dir: Path, hashes: dict[str, str]) -> None:
+    recorded = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text()).get("resolved", {}).get("data", {})
+    changed = [split for split, info in recorded.items() if hashes.get(split) != info.get("sha256")]
+    if changed:
+        raise UserInputError(
+            f"the {', '.join(changed)} data changed since this search started (sha256 differs from "
+            f"{RESOLVED_SPEC}); resuming would mix results from different data. Start a new search instead."
+        )
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for lib in LIBRARIES:
+        try:
+            out[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            out[lib] = "not installed"
+    return out
+
+
+def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
+    spec = resolved.spec
+    document: dict[str, Any] = spec.model_dump(mode="json")
+    document["storage"] = str(Path(spec.storage).expanduser().resolve())
+    document["search"]["mode"] = spec.search.resolved_mode
+    if "partial" in resolved.space.strategy_names():
+        # The default depth range is clipped to the model's blocks: record the range searched.
+        document["strategies"]["partial"]["unfreeze_depth"] = _describe(
+            resolved.space.dims("partial")["unfreeze_depth"]
+        )
+    document["resolved"] = {
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+        "data": {
+            split: {"path": getattr(resolved.data, split), "sha256": digest}
+            for split, digest in resolved.hashes.items()
+        },
+        "labels": list(resolved.data.labels),
+        "model_blocks": resolved.num_blocks,
+        "space": {
+            name: {knob: _describe(dim) for knob, dim in resolved.space.dims(name).items()}
+            for name in resolved.space.strategy_names()
+        }
+        | {"common": {knob: _describe(dim) for knob, dim in resolved.space.common}},
+    }
+    (run_dir / RESOLVED_SPEC).write_text(
+        "# Written by tlsearch: the spec with every default filled in, the data's content hashes and the\n"
+        "# library versions. `tlsearch run` accepts this file as a spec (the `resolved` block is ignored).\n"
+        + yaml.safe_dump(document, sort_keys=False)
+    )
+
+
+def _describe(dim: Any) -> Any:
+    from tlsearch.spec.params import Param
+
+    return Param(choices=dim.choices, low=dim.low, high=dim.high, log=dim.log, step=dim.step).model_dump()
+
+
+def read_resolved_spec(run_dir: Path) -> Spec:
+    path = run_dir / RESOLVED_SPEC
+    if not path.exists():
+        raise UserInputError(f"{run_dir} is not a tlsearch run directory (no {RESOLVED_SPEC})")
+    document = yaml.safe_load(path.read_text())
+    document.pop("resolved", None)
+    return validate_spec(document, source=str(path))

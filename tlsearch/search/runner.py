@@ -1,0 +1,205 @@
+"""Start, resume and finish a search: the only module that builds Tune objects."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tlsearch.errors import UserInputError
+from tlsearch.results.files import TRIALS_TABLE, write_tables
+from tlsearch.search.recorder import ResultsRecorder
+from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
+from tlsearch.search.trainable import DRIVER_CPUS, run_trial
+from tlsearch.space import make_sampler, seed_points
+from tlsearch.spec import Spec
+from tlsearch.train.inputs import RunContext
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_dir: Path
+    trials: list[dict[str, Any]]
+
+    @property
+    def succeeded(self) -> bool:
+        return any(t["status"] in ("completed", "stopped_early") for t in self.trials)
+
+
+def connect(address: str | None) -> None:
+    """Attach to `address` / RAY_ADDRESS, or start a local cluster on loopback with the dashboard
+    (Ray Train's cleanup of stopped trials goes through the dashboard's State API: DESIGN.md §2)."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    if address or os.environ.get("RAY_ADDRESS"):
+        ray.init(address=address, log_to_driver=True)
+    else:
+        # address="local": a new cluster even when another one runs on this machine (plain
+        # ray.init() would silently join that one).
+        ray.init(
+            address="local", include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1"
+        )
+
+
+def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[str, float], int]:
+    """(use GPUs?, the trial actor's resources, how many trials may run at once).
+
+    Tune accounts only for the trial actor; a multi-worker trial's Train workers reserve their own
+    placement group, so concurrency must come from the whole trial's need or extra trials wait forever.
+    """
+    r = spec.resources
+    gpus = cluster.get("GPU", 0.0)
+    use_gpu = gpus > 0 if r.use_gpu == "auto" else bool(r.use_gpu)
+    if use_gpu and gpus <= 0:
+        raise UserInputError("resources.use_gpu is true, but the Ray cluster has no GPUs")
+    gpus_per_worker = (r.gpus_per_worker if r.gpus_per_worker is not None else 1.0) if use_gpu else 0.0
+    workers = r.workers_per_trial
+    need_cpu = workers * r.cpus_per_worker + (DRIVER_CPUS if workers > 1 else 0.0)
+    need_gpu = workers * gpus_per_worker
+    fits = [cluster.get("CPU", 0.0) / need_cpu]
+    if need_gpu:
+        fits.append(gpus / need_gpu)
+    fit = math.floor(min(fits) + 1e-9)
+    if fit < 1:
+        raise UserInputError(
+            f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({workers} workers), but the cluster "
+            f"has {cluster.get('CPU', 0):g} CPUs and {gpus:g} GPUs: lower resources.workers_per_trial or "
+            "cpus_per_worker"
+        )
+    max_concurrent = min(spec.search.max_concurrent or fit, spec.search.num_samples)
+    # Single-worker trials train inside the trial actor, which holds the worker's resources.
+    actor = {"cpu": r.cpus_per_worker, "gpu": gpus_per_worker} if workers == 1 else {"cpu": DRIVER_CPUS}
+    return use_gpu, actor, max_concurrent
+
+
+def trial_dirname(trial: Any) -> str:
+    """`trial_<id>` instead of Tune's default name with every parameter in it."""
+    return f"trial_{trial.trial_id}"
+
+
+def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    spec = resolved.spec
+    metric, mode = spec.search.metric, spec.search.resolved_mode
+    use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
+    run = RunContext(str(run_dir), spec, resolved.data, use_gpu)
+    trainable = tune.with_resources(tune.with_parameters(run_trial, run=run), actor)
+    print(
+        f"[tlsearch] {spec.name}: {spec.search.num_samples} trials, up to {max_concurrent} at once, "
+        f"{'GPU' if use_gpu else 'CPU'}; strategies: {', '.join(resolved.space.strategy_names())}",
+        flush=True,
+    )
+    if restore:
+        return tune.Tuner.restore(
+            str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+        )
+
+    s = spec.search
+    scheduler = (
+        ASHAScheduler(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            max_t=s.max_epochs,
+            grace_period=s.scheduler.grace_period,
+            reduction_factor=s.scheduler.reduction_factor,
+            stop_last_trials=False,  # trials that reach max_epochs end normally (DESIGN.md §2)
+        )
+        if s.scheduler.type == "asha"
+        else FIFOScheduler()
+    )
+    searcher = OptunaSearch(
+        space=resolved.space,
+        metric=metric,
+        mode=mode,
+        points_to_evaluate=seed_points(spec, resolved.space) or None,
+        sampler=make_sampler(spec),
+        study_name=f"{spec.name}-{uuid.uuid4().hex[:8]}",
+    )
+    multi_worker = spec.resources.workers_per_trial > 1
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=s.num_samples,
+            max_concurrent_trials=max_concurrent,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=run_dir.name,
+            storage_path=str(run_dir.parent),
+            callbacks=[ResultsRecorder(str(run_dir), metric, mode, s.max_epochs)],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.training.checkpoints_to_keep,
+                checkpoint_score_attribute=metric,
+                checkpoint_score_order=mode,
+            ),
+            # Multi-worker trials retry inside Ray Train (from the Train checkpoint); retrying the
+            # trial driver too would multiply attempts.
+            failure_config=tune.FailureConfig(max_failures=0 if multi_worker else s.max_failures),
+            verbose=1,
+        ),
+    )
+
+
+def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | None) -> Outcome:
+    connect(address)
+    tuner = _tuner(resolved, run_dir, restore=restore)
+    grid = tuner.fit()
+    if restore:
+        forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
+    spec = resolved.spec
+    trials = write_tables(run_dir, spec.search.metric, spec.search.resolved_mode, spec.search.max_epochs)
+    return Outcome(run_dir, trials)
+
+
+def forget_lost_trials(run_dir: Path, tune_trial_ids: set[str]) -> None:
+    """A driver killed between two saves of Tune's experiment state had started trials that the
+    restored experiment (and its Optuna study) never knew. They are not part of the search: mark them
+    abandoned so the tables list every search trial exactly once (the raw logs keep their lines)."""
+    from tlsearch.results.files import EVENTS_LOG, append_jsonl, read_jsonl
+
+    started = {e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e.get("event") == "start"}
+    for trial_id in sorted(started - tune_trial_ids):
+        append_jsonl(run_dir / EVENTS_LOG, {"event": "abandoned", "trial_id": trial_id})
+
+
+def run_search(spec: Spec, *, address: str | None = None) -> Outcome:
+    run_dir = spec.run_dir()
+    if run_dir.exists():
+        raise UserInputError(
+            f"{run_dir} already exists: continue it with `tlsearch resume {run_dir}`, or start a new search "
+            f"with another name (`--name {spec.name}-2`)"
+        )
+    run_dir.mkdir(parents=True)
+    try:
+        resolved = resolve(spec, run_dir)
+    except BaseException:
+        # Nothing ran yet: remove only what this call created a moment ago.
+        shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    write_resolved_spec(resolved, run_dir)
+    return _fit(resolved, run_dir, restore=False, address=address)
+
+
+def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
+    from ray import tune
+
+    run_dir = Path(run_dir).expanduser().resolve()
+    spec = read_resolved_spec(run_dir)
+    resolved = resolve(spec, run_dir, reuse_data=True)
+    restorable = tune.Tuner.can_restore(str(run_dir))
+    if not restorable and (run_dir / TRIALS_TABLE).exists():
+        raise UserInputError(f"{run_dir} has results but no Tune experiment state to resume from")
+    return _fit(resolved, run_dir, restore=restorable, address=address)

@@ -1,0 +1,66 @@
+"""The Tune function trainable: one trial. Module level, so `Tuner.restore` can import it."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from tlsearch.space.trial_config import TrialConfig
+from tlsearch.train.inputs import RunContext, TrialInputs
+from tlsearch.train.loop import train_trial
+from tlsearch.train.session import TrainSession, TuneSession
+
+# The trial driver of a multi-worker trial only waits on its Train controller.
+DRIVER_CPUS = 0.01
+TRAIN_CONTROLLER_FAILURE_LIMIT = 2
+
+
+def run_trial(config: dict[str, Any], run: RunContext) -> None:
+    from ray import tune
+
+    inputs = TrialInputs(run, TrialConfig.parse(config), tune.get_context().get_trial_id(), time.time())
+    if run.spec.resources.workers_per_trial == 1:
+        train_trial(inputs, TuneSession(run.use_gpu))
+    else:
+        _fit_with_ray_train(inputs)
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    train_trial(loop_config["inputs"], TrainSession())
+
+
+def _fit_with_ray_train(inputs: TrialInputs) -> None:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    run, spec = inputs.run, inputs.run.spec
+    r = spec.resources
+    resources = {"CPU": r.cpus_per_worker}
+    if run.use_gpu:
+        resources["GPU"] = r.gpus_per_worker if r.gpus_per_worker is not None else 1.0
+    trainer = TorchTrainer(
+        _train_worker,
+        train_loop_config={"inputs": inputs},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=run.use_gpu, resources_per_worker=resources
+        ),
+        run_config=ray.train.RunConfig(
+            # A fit() with an existing (storage, name) resumes that run: one name per trial, so a
+            # retried trial continues from its own checkpoint and never from another's.
+            name=f"{spec.name}-{inputs.trial_id}",
+            storage_path=f"{run.run_dir}/train",
+            callbacks=[TuneReportCallback()],
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=spec.training.checkpoints_to_keep,
+                checkpoint_score_attribute=spec.search.metric,
+                checkpoint_score_order=spec.search.resolved_mode,
+            ),
+            failure_config=ray.train.FailureConfig(
+                max_failures=spec.search.max_failures, controller_failure_limit=TRAIN_CONTROLLER_FAILURE_LIMIT
+            ),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error

@@ -1,0 +1,6 @@
+"""Search space (Optuna define-by-run) and the typed trial config. Imports neither torch nor ray."""
+
+from tlsearch.space.space import SearchSpace, build_space, make_sampler, seed_points
+from tlsearch.space.trial_config import TrialConfig, flatten
+
+__all__ = ["SearchSpace", "TrialConfig", "build_space", "flatten", "make_sampler", "seed_points"]

@@ -1,0 +1,161 @@
+"""The conditional search space as an Optuna define-by-run function.
+
+`strategy` is suggested first; then only that strategy's knobs, namespaced per strategy
+(`lora/rank`, `partial/unfreeze_depth`), so every parameter name keeps one distribution for the
+whole study (DESIGN.md §3). Knobs shared by all strategies live under `common/`.
+Fixed values are returned as constants, not suggested, so the sampler only models real choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+
+from tlsearch.errors import UserInputError
+from tlsearch.spec.model import STRATEGY_SPACES, CommonSpace, Spec, knob_kind, preferred_default
+from tlsearch.spec.params import Param
+
+STRATEGY_PARAM = "strategy"
+COMMON = "common"
+
+
+@dataclass(frozen=True)
+class Dim:
+    """One knob's distribution, plain data so the space pickles with Tune's searcher state."""
+
+    kind: str  # float | int | str
+    choices: tuple[Any, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+
+    @classmethod
+    def from_param(cls, kind: str, p: Param) -> Dim:
+        return cls(kind, p.choices, p.low, p.high, p.log, p.step)
+
+    @property
+    def fixed(self) -> bool:
+        return self.choices is not None and len(self.choices) == 1
+
+    def suggest(self, trial: optuna.Trial, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, list(self.choices))
+        if self.kind == "int":
+            return trial.suggest_int(
+                name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
+            )
+        return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
+
+    def default(self, preferred: Any) -> Any:
+        return Param(choices=self.choices, low=self.low, high=self.high, log=self.log).default(preferred)
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Callable define-by-run space. A module-level class so `Tuner.restore` can unpickle it."""
+
+    strategies: tuple[tuple[str, tuple[tuple[str, Dim], ...]], ...]
+    common: tuple[tuple[str, Dim], ...]
+
+    def strategy_names(self) -> list[str]:
+        return [name for name, _ in self.strategies]
+
+    def dims(self, strategy: str) -> dict[str, Dim]:
+        return dict(dict(self.strategies)[strategy])
+
+    def __call__(self, trial: optuna.Trial) -> dict[str, Any]:
+        names = self.strategy_names()
+        strategy = names[0] if len(names) == 1 else trial.suggest_categorical(STRATEGY_PARAM, names)
+        constants: dict[str, Any] = {STRATEGY_PARAM: strategy} if len(names) == 1 else {}
+        for prefix, dims in ((strategy, self.dims(strategy)), (COMMON, dict(self.common))):
+            for knob, dim in dims.items():
+                name = f"{prefix}/{knob}"
+                if dim.fixed:
+                    constants[name] = dim.choices[0]  # type: ignore[index]
+                else:
+                    dim.suggest(trial, name)
+        return constants
+
+    def is_suggested(self, name: str) -> bool:
+        if name == STRATEGY_PARAM:
+            return len(self.strategies) > 1
+        prefix, knob = name.split("/", 1)
+        dims = dict(self.common) if prefix == COMMON else self.dims(prefix)
+        return not dims[knob].fixed
+
+    def default_point(self, strategy: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+        """A full flat config for `strategy`: preferred defaults, clipped into range, then overrides."""
+        overrides = overrides or {}
+        point: dict[str, Any] = {STRATEGY_PARAM: strategy}
+        for prefix, dims in ((strategy, self.dims(strategy)), (COMMON, dict(self.common))):
+            for knob, dim in dims.items():
+                point[f"{prefix}/{knob}"] = overrides.get(
+                    knob, dim.default(preferred_default(strategy, knob))
+                )
+        return point
+
+
+def build_space(spec: Spec, num_blocks: int | None = None) -> SearchSpace:
+    """The space for `spec`. `num_blocks` (the backbone's block count) bounds `unfreeze_depth`."""
+    strategies = []
+    for name in spec.strategies.enabled():
+        space = spec.strategies.space(name)
+        dims = []
+        for knob in type(space).model_fields:
+            param: Param = getattr(space, knob)
+            if knob == "unfreeze_depth" and num_blocks is not None:
+                param = _bound_depth(param, num_blocks, explicit="unfreeze_depth" in space.model_fields_set)
+            dims.append((knob, Dim.from_param(knob_kind(type(space), knob), param)))
+        strategies.append((name, tuple(dims)))
+    common = spec.strategies.common
+    common_dims = tuple(
+        (knob, Dim.from_param(knob_kind(CommonSpace, knob), getattr(common, knob)))
+        for knob in CommonSpace.model_fields
+    )
+    assert set(STRATEGY_SPACES) >= {n for n, _ in strategies}
+    return SearchSpace(tuple(strategies), common_dims)
+
+
+def _bound_depth(param: Param, num_blocks: int, *, explicit: bool) -> Param:
+    values = list(param.choices) if param.choices is not None else [param.low, param.high]
+    if max(values) <= num_blocks:  # type: ignore[type-var]
+        return param
+    if explicit:
+        raise UserInputError(
+            f"strategies.partial.unfreeze_depth: the model has {num_blocks} blocks, so depths must be ≤ "
+            f"{num_blocks}, but the range is {param.describe()}"
+        )
+    if param.choices is not None:
+        kept = tuple(c for c in param.choices if c <= num_blocks) or (num_blocks,)
+        return Param(choices=kept)
+    return Param(low=min(param.low, num_blocks), high=num_blocks)  # type: ignore[type-var]
+
+
+def seed_points(spec: Spec, space: SearchSpace) -> list[dict[str, Any]]:
+    """Configurations evaluated first (Tune's points_to_evaluate), flat Optuna names."""
+    seeds = spec.search.seed_configs
+    if seeds == "none":
+        return []
+    if seeds == "default":
+        points = [space.default_point(s) for s in space.strategy_names()]
+    else:
+        points = [space.default_point(seed.strategy, seed.knobs()) for seed in seeds]  # type: ignore[union-attr]
+    # Enqueue only what the space suggests; constants come back from the space function itself.
+    return [{k: v for k, v in p.items() if space.is_suggested(k)} for p in points]
+
+
+def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:
+    s = spec.search.sampler
+    seed = s.seed if s.seed is not None else spec.seed
+    if s.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed,
+        n_startup_trials=s.n_startup_trials,
+        multivariate=s.multivariate,
+        group=s.group and s.multivariate,
+        constant_liar=s.constant_liar,
+    )

@@ -1,0 +1,173 @@
+"""Read a spec from YAML, apply `--set` overrides, validate, and report every problem at once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from tlsearch.errors import SpecError
+from tlsearch.registry import suggest
+from tlsearch.spec.model import Spec, cross_checks
+
+
+def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
+    """Parse, override and validate one spec file. Raises SpecError listing every problem."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError([f"cannot read the spec: {exc.strerror}"], source) from None
+    try:
+        data = yaml.safe_load(text)
+        lines = _line_numbers(yaml.compose(text))
+    except yaml.YAMLError as exc:
+        raise SpecError([f"not valid YAML: {exc}"], source) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise SpecError(["the spec must be a mapping of keys (name, model, data, ...)"], source)
+    data.pop("resolved", None)  # a run's spec.resolved.yaml is a spec too; its record block is not input
+    problems = apply_overrides(data, overrides)
+    if problems:
+        raise SpecError(problems, source)
+    return validate_spec(data, source=source, lines=lines, overridden=_override_paths(overrides))
+
+
+def validate_spec(
+    data: dict[str, Any],
+    *,
+    source: str | None = None,
+    lines: dict[str, int] | None = None,
+    overridden: set[str] | None = None,
+) -> Spec:
+    lines, overridden = lines or {}, overridden or set()
+
+    def where(path: str) -> str:
+        if any(path == o or path.startswith(o + ".") for o in overridden):
+            return f"{path} (from --set)"
+        line = lines.get(path)
+        return f"{path} (line {line})" if line else path
+
+    try:
+        spec = Spec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecError([f"{where(p)}: {m}" for p, m in _explain(exc)], source) from None
+    problems = cross_checks(spec)
+    if problems:
+        raise SpecError([f"{where(p)}: {m}" for p, m in problems], source)
+    return spec
+
+
+# --- overrides ------------------------------------------------------------------------------
+
+
+def _override_paths(overrides: list[str] | tuple[str, ...]) -> set[str]:
+    return {o.split("=", 1)[0].strip() for o in overrides if "=" in o}
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> list[str]:
+    """`search.num_samples=4`: values are parsed as YAML scalars (or flow lists/maps)."""
+    problems = []
+    for item in overrides:
+        if "=" not in item:
+            problems.append(f"--set {item!r}: expected KEY.PATH=VALUE, e.g. search.num_samples=4")
+            continue
+        key, raw = (s.strip() for s in item.split("=", 1))
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(f"--set {key}: `{'.'.join(parts[: i + 1])}` is not a mapping")
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    return problems
+
+
+# --- error messages -------------------------------------------------------------------------
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that owns the keys at `loc` (for listing the allowed keys)."""
+    cls: Any = Spec
+    for part in loc:
+        if isinstance(part, int) or cls is None:
+            continue
+        field = cls.model_fields.get(part)
+        if field is None:
+            return None
+        cls = _first_model(field.annotation)
+    return cls
+
+
+def _first_model(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation) if get_origin(annotation) is not None else ():
+        found = _first_model(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def _explain(exc: ValidationError) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(
+            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+        )
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden":
+            owner = _model_at(loc[:-1])
+            allowed = list(owner.model_fields) if owner else []
+            msg = f"unknown key `{loc[-1]}`.{suggest(str(loc[-1]), allowed)}"
+            if allowed:
+                msg += f" Allowed here: {', '.join(allowed)}"
+        elif kind == "missing":
+            msg = "required key is missing"
+        elif kind == "string_pattern_mismatch" and loc == ("name",):
+            msg = f"must be letters, digits, '.', '_' or '-' (it names a directory), but got {err['input']!r}"
+        else:
+            msg = msg.removeprefix("Value error, ").replace("Input should be", "must be")
+            if kind != "value_error" and not isinstance(err.get("input"), dict):
+                msg = f"{msg}, but got {err['input']!r}"
+        out.append((_path(loc), msg))
+    # Keep one message per path: a union reports one failure per member.
+    seen: dict[str, str] = {}
+    for path, msg in out:
+        seen.setdefault(path, msg)
+    return list(seen.items())
+
+
+def _line_numbers(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
+    lines: dict[str, int] = {}
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            lines[path] = key.start_mark.line + 1
+            lines.update(_line_numbers(value, path))
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            path = f"{prefix}[{i}]"
+            lines[path] = item.start_mark.line + 1
+            lines.update(_line_numbers(item, path))
+    return lines

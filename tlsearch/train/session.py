@@ -1,0 +1,100 @@
+"""The seam between the training loop and Ray: one loop, two runners.
+
+- TuneSession: a single-worker trial runs the loop inside the Tune trial actor and checkpoints
+  at Tune level (no worker group to start: DESIGN.md §2).
+- TrainSession: a multi-worker trial runs the loop on Ray Train workers (DDP); rank 0's
+  reports reach Tune through TuneReportCallback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+
+class Session(Protocol):
+    world_rank: int
+    world_size: int
+    device: torch.device
+
+    def wrap(self, model: nn.Module) -> nn.Module: ...
+    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None: ...
+
+
+def node_id() -> str:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+@contextlib.contextmanager
+def _checkpoint_as_dir(checkpoint: Any) -> Iterator[Path | None]:
+    if checkpoint is None:
+        yield None
+    else:
+        with checkpoint.as_directory() as d:
+            yield Path(d)
+
+
+class TuneSession:
+    world_rank = 0
+    world_size = 1
+
+    def __init__(self, use_gpu: bool):
+        self.device = torch.device("cuda:0" if use_gpu and torch.cuda.is_available() else "cpu")
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
+        from ray import tune
+
+        return _checkpoint_as_dir(tune.get_checkpoint())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+
+class TrainSession:
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.world_rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
+        import ray.train
+
+        return _checkpoint_as_dir(ray.train.get_checkpoint())
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        import ray.train
+
+        # Every rank reports (it is a barrier); only rank 0 carries the checkpoint.
+        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="tlsearch-ckpt-", dir=os.environ.get("TLSEARCH_TMPDIR")) as d:
+        yield Path(d)
