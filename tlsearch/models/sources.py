@@ -142,6 +142,9 @@ def build_timm(spec: ModelSpec, num_classes: int, weights: bool) -> LoadedModel:
             raise
         except (OSError, RuntimeError, ValueError) as exc:
             raise UserInputError(f"cannot load timm model `{spec.name}`: {exc}") from exc
+    if weights:
+        # Transfer learning trains a new head, even when the checkpoint carries one of the same size.
+        model.reset_classifier(num_classes)
     head = _timm_head_modules(model)
     data_config = timm.data.resolve_model_data_config(model)
     if spec.image_size is not None:
@@ -194,7 +197,24 @@ def build_hf(spec: ModelSpec, num_classes: int, weights: bool) -> LoadedModel:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         model.config.pad_token_id = tokenizer.pad_token_id
     head = _hf_head_modules(model)
+    if weights:
+        _fresh_head(model, head)
     return LoadedModel(model, head, hf_layer_map(model, head), tokenizer)
+
+
+def _fresh_head(model: nn.Module, head_modules: tuple[str, ...]) -> None:
+    """Re-initialise the head as transformers initialises a new one (normal(0, initializer_range),
+    zero bias): a checkpoint that already has a classifier of the right size must not leak it in."""
+    std = getattr(model.config, "initializer_range", 0.02)  # type: ignore[union-attr]
+    with torch.no_grad():
+        for name in head_modules:
+            for module in model.get_submodule(name).modules():
+                if isinstance(module, nn.Linear):
+                    module.weight.normal_(0.0, std)
+                    if module.bias is not None:
+                        module.bias.zero_()
+                elif hasattr(module, "reset_parameters") and module is not model:
+                    module.reset_parameters()
 
 
 assert set(vocab.MODEL_SOURCES) == set(SOURCES), "model sources out of sync with spec.vocab"

@@ -108,7 +108,7 @@ def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, session: Session, autocast: Any
+    model: nn.Module, loader: DataLoader, session: Session, autocast: Any, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     logits, targets = [], []
@@ -116,8 +116,8 @@ def evaluate(
         with autocast():
             logits.append(_forward(model, batch, session.device).float().cpu())
         targets.append(target)
-    n_cls = logits[0].shape[1] if logits else 0
-    local_logits = torch.cat(logits) if logits else torch.zeros((0, n_cls))
+    # A rank may hold no validation rows at all (fewer rows than workers).
+    local_logits = torch.cat(logits) if logits else torch.zeros((0, num_classes))
     local_targets = torch.cat(targets) if targets else torch.zeros((0,), dtype=torch.long)
     return _gather(local_logits, session.world_size), _gather(local_targets, session.world_size)
 
@@ -209,7 +209,8 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         epoch_start = time.time()
         sampler.set_epoch(epoch)
         prepared.train_mode(model)
-        loss_sum = torch.zeros((), dtype=torch.float64)
+        # Summed on the device and read once per epoch: a per-step .item() would stall the GPU.
+        loss_sum = torch.zeros((), dtype=torch.float64, device=session.device)
         seen = 0
         for batch, target in train_loader:
             target = target.to(session.device, non_blocking=True)
@@ -221,7 +222,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 torch.nn.utils.clip_grad_norm_(trainable, spec.training.grad_clip_norm)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach().double().cpu() * target.shape[0]
+            loss_sum += loss.detach().double() * target.shape[0]
             seen += target.shape[0]
         train_time = time.time() - epoch_start
         totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64)
@@ -231,7 +232,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training diverged at epoch {epoch + 1}: train_loss={train_loss}")
 
-        logits, targets = evaluate(model, val_loader, session, autocast)
+        logits, targets = evaluate(model, val_loader, session, autocast, run.num_classes)
         metrics = classification_metrics(logits, targets, run.num_classes)
         wall_s = wall_before + (time.time() - resumed_at)
         metrics.update(
