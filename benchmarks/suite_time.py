@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, write_result  # noqa: E402
+from benchmarks._common import ROOT, write_result
 
 
 def timed(marker: str) -> tuple[float, int]:
