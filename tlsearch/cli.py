@@ -11,14 +11,15 @@ from pathlib import Path
 from tlsearch import __version__
 from tlsearch.errors import UserInputError
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tlsearch",
         description="Distributed hyperparameter search for transfer learning on Ray.",
-        epilog="Exit codes: 0 success, 1 the search failed (no trial finished), 2 bad input.",
+        epilog="Exit codes: 0 success, 1 the search failed (no trial finished), 2 bad input, "
+        "130 interrupted (resume it).",
     )
     parser.add_argument("--version", action="version", version=f"tlsearch {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -67,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("tlsearch: interrupted; continue with `tlsearch resume RUN_DIR`", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -104,6 +105,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     print()
     print(leaderboard(outcome.run_dir))
+    if outcome.interrupted:
+        print(
+            f"tlsearch: the search stopped early; continue it with `tlsearch resume {outcome.run_dir}`",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     if not outcome.succeeded:
         print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
         return EXIT_FAILED

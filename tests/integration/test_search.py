@@ -236,3 +236,50 @@ def test_killed_trial_retries_from_its_checkpoint_and_killed_driver_resumes(  # 
     for trial_id in retried:
         epochs = [r["epoch"] for r in reported if r["trial_id"] == trial_id]
         assert epochs.count(1) == 1, epochs
+
+
+def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_cluster, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    data = {
+        "train": write_parquet(text_rows(300, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+    }
+    spec = text_spec(
+        tiny_bert,
+        data,
+        tmp_path / "runs",
+        search={"num_samples": 3, "max_epochs": 2, "max_concurrent": 1, "scheduler": {"type": "fifo"}},
+        strategies={"full": {}, "common": {"batch_size": 4}},
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "runs" / spec["name"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: _ends(run_dir) >= 1, 240, "a finished trial")
+        driver.send_signal(signal.SIGINT)
+        _, stderr = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 130, stderr[-2000:]
+    assert f"tlsearch resume {run_dir}" in stderr and "Traceback" not in stderr[-2000:]
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "resume", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)

@@ -27,6 +27,18 @@ def problems(data: dict) -> list[str]:
     return info.value.problems
 
 
+def changed(changes: dict) -> dict:
+    """MINIMAL with `section__key` or top-level keys replaced."""
+    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
+    for key, value in changes.items():
+        if "__" in key:
+            section, leaf = key.split("__")
+            data.setdefault(section, {})[leaf] = value
+        else:
+            data[key] = value
+    return data
+
+
 def with_(**changes: object) -> dict:
     data = yaml.safe_load(yaml.safe_dump(MINIMAL))
     for dotted, value in changes.items():
@@ -115,14 +127,7 @@ def test_three_shapes_of_a_knob() -> None:
     ],
 )
 def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, message: str) -> None:
-    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
-    for key, value in changes.items():
-        if "__" in key:
-            section, leaf = key.split("__")
-            data.setdefault(section, {})[leaf] = value
-        else:
-            data[key] = value
-    found = problems(data)
+    found = problems(changed(changes))
     assert any(p.startswith(path + ":") and message in p for p in found), found
 
 
@@ -175,14 +180,7 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
     ],
 )
 def test_cross_field_errors(changes: dict, path: str, message: str) -> None:
-    data = yaml.safe_load(yaml.safe_dump(MINIMAL))
-    for key, value in changes.items():
-        if "__" in key:
-            section, leaf = key.split("__")
-            data.setdefault(section, {})[leaf] = value
-        else:
-            data[key] = value
-    found = problems(data)
+    found = problems(changed(changes))
     assert any(p.startswith(path) and message in p for p in found), found
 
 

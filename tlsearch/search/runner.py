@@ -24,10 +24,16 @@ from tlsearch.train.inputs import RunContext
 class Outcome:
     run_dir: Path
     trials: list[dict[str, Any]]
+    num_samples: int
 
     @property
     def succeeded(self) -> bool:
         return any(t["status"] in ("completed", "stopped_early") for t in self.trials)
+
+    @property
+    def interrupted(self) -> bool:
+        """Stopped before every trial ran to an end (Ctrl-C): `tlsearch resume` continues it."""
+        return len(self.trials) < self.num_samples or any(t["status"] == "running" for t in self.trials)
 
 
 def connect(address: str | None) -> None:
@@ -155,13 +161,14 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
 
 def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | None) -> Outcome:
     connect(address)
+    print(f"[tlsearch] run directory: {run_dir}", flush=True)
     tuner = _tuner(resolved, run_dir, restore=restore)
     grid = tuner.fit()
     if restore:
         forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
     spec = resolved.spec
     trials = write_tables(run_dir, spec.search.metric, spec.search.resolved_mode, spec.search.max_epochs)
-    return Outcome(run_dir, trials)
+    return Outcome(run_dir, trials, spec.search.num_samples)
 
 
 def forget_lost_trials(run_dir: Path, tune_trial_ids: set[str]) -> None:

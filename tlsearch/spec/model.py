@@ -259,6 +259,12 @@ class Spec(Strict):
         return Path(self.storage).expanduser().resolve() / self.name
 
 
+def _unknown(kind: str, name: str, known: dict[str, str], prefix: str = "") -> str:
+    return (
+        f"unknown {kind} `{name}`.{suggest(name, tuple(known))} Known: {', '.join(prefix + k for k in known)}"
+    )
+
+
 def cross_checks(spec: Spec) -> list[tuple[str, str]]:
     """Rules across fields: (yaml path, message) for each problem found."""
     problems: list[tuple[str, str]] = []
@@ -272,11 +278,7 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
     if m.builtin is not None:
         if m.builtin not in vocab.BUILTIN_MODELS:
             problems.append(
-                (
-                    "model.name",
-                    f"unknown builtin model `{m.builtin}`.{suggest(m.builtin, tuple(vocab.BUILTIN_MODELS))} "
-                    f"Known: {', '.join('builtin:' + n for n in vocab.BUILTIN_MODELS)}",
-                )
+                ("model.name", _unknown("builtin model", m.builtin, vocab.BUILTIN_MODELS, "builtin:"))
             )
         elif vocab.BUILTIN_MODELS[m.builtin] != m.source:
             problems.append(
@@ -294,14 +296,7 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
 
     if d.builtin is not None:
         if d.builtin not in vocab.BUILTIN_DATASETS:
-            problems.append(
-                (
-                    "data.builtin",
-                    f"unknown builtin data set `{d.builtin}`."
-                    f"{suggest(d.builtin, tuple(vocab.BUILTIN_DATASETS))} "
-                    f"Known: {', '.join(vocab.BUILTIN_DATASETS)}",
-                )
-            )
+            problems.append(("data.builtin", _unknown("builtin data set", d.builtin, vocab.BUILTIN_DATASETS)))
         elif vocab.BUILTIN_DATASETS[d.builtin] != m.task:
             problems.append(
                 (
