@@ -62,7 +62,11 @@ class LocalCluster:
             text=True,
             start_new_session=True,
         )
-        self._wait_ready()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()  # never leave a head running behind a failed start
+            raise
 
     def _wait_ready(self, timeout: float = 120) -> None:
         import urllib.error

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -80,8 +81,25 @@ def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) ->
             resources={"workers_per_trial": 2, "cpus_per_worker": 1},
         )
     )
+    # Kill the first trial's rank-0 worker after its first checkpoint: Ray Train restarts the worker
+    # group, which resumes from that checkpoint.
+    run_dir = spec.run_dir()
+    killed: list[str] = []
+
+    def kill_a_worker() -> None:
+        def first_checkpoint() -> bool:
+            return any(r.get("checkpoint") for r in read_jsonl(run_dir / "epochs.jsonl"))
+
+        _wait_for(first_checkpoint, 300, "a first Train checkpoint")
+        row = next(r for r in read_jsonl(run_dir / "epochs.jsonl") if r.get("checkpoint"))
+        killed.append(row["trial_id"])
+        os.kill(row["rank0_pid"], signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_a_worker, daemon=True)
+    killer.start()
     outcome = run_search(spec)
-    run_dir = outcome.run_dir
+    killer.join(timeout=1)
+    assert outcome.run_dir == run_dir
 
     trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
     assert len(trials) == 5 and len({t["trial_id"] for t in trials}) == 5
@@ -100,6 +118,11 @@ def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) ->
         assert abs(row["val_accuracy"] * 25 - round(row["val_accuracy"] * 25)) < 1e-6, row
     best = json.loads((run_dir / BEST_FILE).read_text())
     assert best["strategy"] == "full" and best["value"] == min(t["best_val_loss"] for t in trials)
+    # The killed trial went on from its checkpoint: epoch 1 was reported once, the rest followed.
+    (victim,) = killed
+    reported = [r["epoch"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim]
+    assert reported.count(1) == 1 and max(reported) == 3, reported
+    assert {t["trial_id"]: t["status"] for t in trials}[victim] == "completed"
 
 
 def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -200,7 +223,7 @@ def test_killed_trial_retries_from_its_checkpoint_and_killed_driver_resumes(  # 
             "a first checkpoint",
         )
         victim = next(e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e["event"] == "checkpoint")
-        pid = next(r["pid"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim)
+        pid = next(r["rank0_pid"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim)
         os.kill(pid, signal.SIGKILL)
         # 2. Kill the driver itself once two trials have finished.
         _wait_for(lambda: _ends(run_dir) >= 2, 300, "two finished trials")

@@ -29,7 +29,7 @@ EPOCH_FIELDS = (
     "device_s",
     "lr_head",
     "strategy",
-    "pid",
+    "rank0_pid",
     *TRIAL_CONSTANTS,
 )
 

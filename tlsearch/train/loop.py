@@ -201,7 +201,8 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "trainable_params": prepared.trainable_params,
         "param_groups": json.dumps([g.describe() for g in prepared.param_groups]),
         "node_id": node_id(),
-        "pid": os.getpid(),  # rank 0's process, for py-spy and friends
+        # Not "pid": Tune overwrites that key with the trial actor's pid.
+        "rank0_pid": os.getpid(),  # the process that trains (rank 0), for py-spy and friends
         "workers": session.world_size,
     }
 
