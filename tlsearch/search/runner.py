@@ -64,7 +64,7 @@ def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[st
     use_gpu = gpus > 0 if r.use_gpu == "auto" else bool(r.use_gpu)
     if use_gpu and gpus <= 0:
         raise UserInputError("resources.use_gpu is true, but the Ray cluster has no GPUs")
-    gpus_per_worker = (r.gpus_per_worker if r.gpus_per_worker is not None else 1.0) if use_gpu else 0.0
+    gpus_per_worker = r.worker_gpus(use_gpu)
     workers = r.workers_per_trial
     need_cpu = workers * r.cpus_per_worker + (DRIVER_CPUS if workers > 1 else 0.0)
     need_gpu = workers * gpus_per_worker

@@ -38,7 +38,7 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
     r = spec.resources
     resources = {"CPU": r.cpus_per_worker}
     if run.use_gpu:
-        resources["GPU"] = r.gpus_per_worker if r.gpus_per_worker is not None else 1.0
+        resources["GPU"] = r.worker_gpus(True)
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"inputs": inputs},

@@ -227,6 +227,12 @@ class ResourcesSpec(Strict):
     gpus_per_worker: float | None = Field(None, ge=0)
     use_gpu: Literal["auto"] | bool = "auto"
 
+    def worker_gpus(self, on_gpu: bool) -> float:
+        """GPUs each worker holds once the search knows whether it runs on GPUs."""
+        if not on_gpu:
+            return 0.0
+        return self.gpus_per_worker if self.gpus_per_worker is not None else 1.0
+
 
 class TrainingSpec(Strict):
     grad_clip_norm: float | None = Field(1.0, gt=0)

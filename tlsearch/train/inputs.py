@@ -26,11 +26,7 @@ class RunContext:
     def devices_per_worker(self) -> float:
         """GPUs per worker when on GPU, else CPUs: the unit of device-seconds."""
         r = self.spec.resources
-        return (
-            (r.gpus_per_worker if r.gpus_per_worker is not None else 1.0)
-            if self.use_gpu
-            else r.cpus_per_worker
-        )
+        return r.worker_gpus(True) if self.use_gpu else r.cpus_per_worker
 
 
 @dataclass(frozen=True)
