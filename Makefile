@@ -8,7 +8,7 @@ DEMO_SPEC ?= search_spaces/bbc_news_minilm.yaml
 DEMO_NAME ?= bbc-news-minilm-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint
+.PHONY: setup demo test browser
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints/cpu.txt
@@ -20,6 +20,13 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: setup
 	$(VENV)/bin/tlsearch run $(DEMO_SPEC) --name $(DEMO_NAME)
 
-test: setup
+# Debian's chromium renders report.html in the browser test (DESIGN.md §8). Installed when missing
+# and apt-get is usable; otherwise that test is skipped (CI sets TLSEARCH_REQUIRE_BROWSER=1: fail).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+		echo "chromium not installed: the report's browser test will be skipped"
+
+test: setup browser
 	$(VENV)/bin/ruff check tlsearch tests benchmarks
 	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)

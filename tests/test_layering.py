@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tlsearch"
-# spec -> space -> data/models -> strategies -> train -> results -> search -> cli
-LAYERS = ["spec", "space", "data", "models", "strategies", "train", "results", "search", "cli"]
+# spec -> space -> data/models -> strategies -> train -> results (files, report) -> tracking (W&B)
+# -> search (Ray Tune wiring) -> cli
+LAYERS = ["spec", "space", "data", "models", "strategies", "train", "results", "tracking", "search", "cli"]
 BASE = {"errors", "registry", "__init__", "__main__"}  # usable everywhere
 
 

@@ -54,8 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", parents=[address], help="continue an interrupted or killed search")
     p.add_argument("run_dir", metavar="RUN_DIR")
 
-    p = sub.add_parser("report", help="print the leaderboard of a search from its files")
+    p = sub.add_parser(
+        "report", help="print the leaderboard of a search and write report.html / report.md from its files"
+    )
     p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=["html", "md", "json"],
+        default=None,
+        help="which report files to write (repeatable; default: html and md)",
+    )
     return parser
 
 
@@ -87,9 +97,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT if bad else EXIT_OK
 
     if args.command == "report":
-        from tlsearch.results.report import leaderboard
+        from tlsearch.results.report import leaderboard, write_report
 
-        print(leaderboard(Path(args.run_dir)))
+        run_dir = Path(args.run_dir)
+        print(leaderboard(run_dir))
+        report = write_report(run_dir, tuple(args.formats or ("html", "md")))
+        print("\nwritten: " + ", ".join(str(path) for path in report.files.values()))
         return EXIT_OK
 
     from tlsearch.search.runner import Outcome, resume_search, run_search

@@ -12,11 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+import optuna
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
 from tests.helpers import image_spec, text_rows, text_spec, write_parquet
+from tests.wandb_read import history, run_summary
 from tlsearch.results.files import (
     BEST_FILE,
     EPOCHS_TABLE,
@@ -25,6 +27,8 @@ from tlsearch.results.files import (
     TRIALS_TABLE,
     read_jsonl,
 )
+from tlsearch.results.report import latest_offline_runs
+from tlsearch.results.study import open_storage
 from tlsearch.search.runner import run_search
 from tlsearch.spec import validate_spec
 
@@ -251,6 +255,17 @@ def test_killed_trial_retries_from_its_checkpoint_and_killed_driver_resumes(  # 
     assert all(t["status"] == "completed" and t["epochs"] == 4 for t in trials), trials
     rows = epochs_of(run_dir)
     assert len(rows) == 6 * 4 and len({(r["trial_id"], r["epoch"]) for r in rows}) == 24
+    # Each trial's newest offline W&B directory holds its whole history (replayed after the resume),
+    # and the Optuna journal ends with every trial terminal (the dead driver's RUNNING ones failed).
+    runs = latest_offline_runs(run_dir)
+    for t in trials:
+        assert [h["_step"] for h in history(runs[f"{spec['name']}-{t['trial_id']}"])] == [1, 2, 3, 4]
+        assert run_summary(runs[f"{spec['name']}-{t['trial_id']}"])["summary"]["stop_reason"] == "completed"
+    info = yaml.safe_load((run_dir / "spec.resolved.yaml").read_text())["resolved"]["optuna"]
+    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+    assert len(study.trials) >= 6 and all(t.state.is_finished() for t in study.trials)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 6
+
     events = read_jsonl(run_dir / EVENTS_LOG)
     retried = {e["trial_id"] for e in events if e["event"] == "retry"}
     assert victim in retried

@@ -184,7 +184,8 @@ def best_trial(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str
         return None
     pick = min if mode == "min" else max
     best = pick(scored, key=lambda t: t[f"best_{metric}"])
-    config = {k: v for k, v in best.items() if k == "strategy" or "/" in k}
+    # Columns of the other strategies' parameters are empty (None) on this trial's row.
+    config = {k: v for k, v in best.items() if k == "strategy" or ("/" in k and v is not None)}
     return {
         "trial_id": best["trial_id"],
         "strategy": best["strategy"],

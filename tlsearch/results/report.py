@@ -1,15 +1,43 @@
-"""A leaderboard from the files on disk alone (works after the cluster is gone)."""
+"""The search report, from the files on disk alone (it works after the cluster is gone).
+
+`leaderboard()` is the text the CLI prints; `write_report()` writes report.html (self-contained: inline
+SVG plots and CSS, opens offline), report.md (with PNG plots under report/) and report.json.
+"""
 
 from __future__ import annotations
 
+import html
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tlsearch.errors import UserInputError
-from tlsearch.results.files import RESOLVED_SPEC, TRIALS_TABLE, read_trials
+from tlsearch.results.files import (
+    RESOLVED_SPEC,
+    TRIALS_TABLE,
+    abandoned_trials,
+    best_trial,
+    epoch_rows,
+    read_trials,
+)
+from tlsearch.results.study import load_recorded_study
 from tlsearch.spec import vocab
+
+REPORT_DIR = "report"
+FORMATS = ("html", "md", "json")
+STRATEGY_COLORS = {"linear_probe": "#1f77b4", "partial": "#2ca02c", "full": "#d62728", "lora": "#9467bd"}
+FIGURES = {
+    "learning_curves": "Learning curves: the search metric per epoch, one line per trial",
+    "anytime": "Best so far against trial index (anytime curve); dots are each trial's best",
+    "strategy_metric": "Best value of the search metric per strategy (each dot one trial)",
+    "cost": "Trainable parameters and device-seconds per trial, by strategy",
+    "importances": "Parameter importances per strategy (Optuna, over completed trials)",
+}
 
 
 def load_resolved(run_dir: Path) -> dict[str, Any]:
@@ -19,69 +47,526 @@ def load_resolved(run_dir: Path) -> dict[str, Any]:
     return yaml.safe_load(path.read_text())
 
 
+@dataclass
+class Report:
+    run_dir: Path
+    resolved: dict[str, Any]
+    trials: list[dict[str, Any]]
+    epochs: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    importances: dict[str, dict[str, float]] = field(default_factory=dict)
+    importance_notes: dict[str, str] = field(default_factory=dict)
+    images: dict[str, Path] = field(default_factory=dict)  # figure name -> PNG
+    files: dict[str, Path] = field(default_factory=dict)  # format -> written file
+
+    @property
+    def name(self) -> str:
+        return self.resolved["name"]
+
+    @property
+    def metric(self) -> str:
+        return self.resolved["search"]["metric"]
+
+    @property
+    def mode(self) -> str:
+        return self.resolved["search"].get("mode") or vocab.METRICS[self.metric]
+
+    def sorted_trials(self) -> list[dict[str, Any]]:
+        key = f"best_{self.metric}"
+        scored = [t for t in self.trials if t.get(key) is not None]
+        return sorted(scored, key=lambda t: t[key], reverse=self.mode == "max")
+
+    def best_per_strategy(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for t in self.sorted_trials():
+            out.setdefault(t["strategy"], t)
+        return out
+
+
+def load_report(run_dir: Path, *, importances: bool = False) -> Report:
+    run_dir = Path(run_dir)
+    resolved = load_resolved(run_dir)
+    trials = read_trials(run_dir)
+    report = Report(run_dir, resolved, trials, epoch_rows(run_dir), None)
+    report.best = best_trial(trials, report.metric, report.mode)
+    if importances:  # fits a model per strategy: only for the written report
+        report.importances, report.importance_notes = _importances(report)
+    return report
+
+
+# --- text ------------------------------------------------------------------------------------
+
+
 def _fmt(value: Any) -> str:
-    if value is None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
+    if isinstance(value, int) and abs(value) >= 10000:
+        return f"{value:,}"
     return str(value)
 
 
-def leaderboard(run_dir: Path) -> str:
-    run_dir = Path(run_dir)
-    resolved = load_resolved(run_dir)
-    metric = resolved["search"]["metric"]
-    mode = resolved["search"].get("mode") or vocab.METRICS[metric]
-    trials = read_trials(run_dir)
-    if not trials:
-        return f"{run_dir}: no trials recorded yet ({TRIALS_TABLE} missing or empty)"
-    key = f"best_{metric}"
-    scored = [t for t in trials if t.get(key) is not None]
-    reverse = mode == "max"
-    scored.sort(key=lambda t: t[key], reverse=reverse)
-    per_strategy: dict[str, dict[str, Any]] = {}
-    for t in scored:
-        per_strategy.setdefault(t["strategy"], t)
-    counts: dict[str, int] = {}
-    for t in trials:
-        counts[t["status"]] = counts.get(t["status"], 0) + 1
-
-    columns = [
+def _columns(report: Report) -> list[str]:
+    m = report.metric
+    return [
         "strategy",
         "trial_id",
         "status",
         "epochs",
-        key,
-        metric,
+        f"best_{m}",
+        m,
         "trainable_params",
         "wall_s",
         "device_s",
     ]
-    rows = [[_fmt(t.get(c)) for c in columns] for t in per_strategy.values()]
-    widths = [max(len(c), *(len(r[i]) for r in rows)) for i, c in enumerate(columns)]
-    line = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+
+
+def _text_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
+    return [header, "-" * len(header), *body]
+
+
+def leaderboard(run_dir: Path) -> str:
+    report = load_report(run_dir)
+    if not report.trials:
+        return f"{run_dir}: no trials recorded yet ({TRIALS_TABLE} missing or empty)"
+    counts: dict[str, int] = {}
+    for t in report.trials:
+        counts[t["status"]] = counts.get(t["status"], 0) + 1
     out = [
-        f"search {resolved['name']} ({run_dir})",
-        f"trials: {len(trials)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
-        f"metric: {metric} ({mode})",
+        f"search {report.name} ({report.run_dir})",
+        f"trials: {len(report.trials)} ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))}); "
+        f"metric: {report.metric} ({report.mode})",
         "",
         "best trial per strategy:",
-        line,
-        "-" * len(line),
+        *_text_table(list(report.best_per_strategy().values()), _columns(report)),
     ]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in rows]
-    if scored:
-        best = scored[0]
-        params = {k: v for k, v in best.items() if "/" in k and v is not None}
+    if report.best:
         out += [
             "",
-            f"best overall: {best['trial_id']} ({best['strategy']}) {key}={_fmt(best[key])}",
-            f"  config: {params}",
-            f"  checkpoint: {best.get('checkpoint') or '-'}",
+            f"best overall: {report.best['trial_id']} ({report.best['strategy']}) "
+            f"best_{report.metric}={_fmt(report.best['value'])}",
+            f"  config: { {k: v for k, v in report.best['config'].items() if k != 'strategy'} }",
+            f"  checkpoint: {report.best.get('checkpoint') or '-'}",
+            f"  reproduce: {reproduce_command(report)}",
         ]
-    errors = [t for t in trials if t["status"] == "error"]
-    for t in errors[:5]:
-        out.append(
-            f"error in {t['trial_id']} ({t['strategy']}): {(t.get('error') or '').splitlines()[-1:] or ''}"
-        )
+    for t in [t for t in report.trials if t["status"] == "error"][:5]:
+        last = (t.get("error") or "").strip().splitlines()[-1:] or [""]
+        out.append(f"error in {t['trial_id']} ({t['strategy']}): {last[0]}")
+    out += ["", *follow_up_commands(report)]
     return "\n".join(out)
+
+
+def reproduce_command(report: Report) -> str:
+    """A one-trial search with exactly the best configuration, on the same data and seed."""
+    if report.best is None:
+        return "-"
+    config = report.best["config"]
+    seed = {"strategy": config["strategy"]} | {k.split("/", 1)[1]: v for k, v in config.items() if "/" in k}
+    args = [
+        "tlsearch",
+        "run",
+        str(report.run_dir / RESOLVED_SPEC),
+        "--name",
+        f"{report.name}-trial-{report.best['trial_id']}",
+        "--set",
+        "search.num_samples=1",
+        "--set",
+        "search.scheduler.type=fifo",
+        "--set",
+        f"search.seed_configs={json.dumps([seed])}",
+    ]
+    return shlex.join(args)
+
+
+def latest_offline_runs(run_dir: Path) -> dict[str, Path]:
+    """The newest offline W&B directory of each run id. A resumed search replays a trial's whole
+    history into a new directory, so syncing the newest one uploads the complete run. Runs of
+    trials a killed driver had started but the resumed search never knew are left out."""
+    abandoned = {f"-{trial_id}" for trial_id in abandoned_trials(Path(run_dir))}
+    latest: dict[str, Path] = {}
+    for path in sorted((Path(run_dir) / "wandb").glob("offline-run-*")):
+        run_id = path.name.split("-", 3)[-1]
+        if not any(run_id.endswith(suffix) for suffix in abandoned):
+            latest[run_id] = path  # sorted by the timestamp in the name: the last wins
+    return latest
+
+
+def follow_up_commands(report: Report) -> list[str]:
+    lines = []
+    offline = latest_offline_runs(report.run_dir)
+    if offline:
+        lines.append(f"upload the {len(offline)} offline W&B runs (newest directory of each run):")
+        lines.append("  " + shlex.join(["wandb", "sync", *map(str, sorted(offline.values()))]))
+    info = report.resolved.get("resolved", {}).get("optuna")
+    if info:
+        lines.append(f"Optuna study `{info['study_name']}`: optuna-dashboard {shlex.quote(info['storage'])}")
+    return lines
+
+
+# --- importances ---------------------------------------------------------------------------
+
+
+def _importances(report: Report) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    import optuna
+
+    study = load_recorded_study(report.resolved)
+    if study is None:
+        return {}, {"all": "no Optuna study recorded"}
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    values: dict[str, dict[str, float]] = {}
+    notes: dict[str, str] = {}
+    for strategy in vocab.STRATEGIES:
+        mine = [t for t in complete if t.params.get("strategy", _only_strategy(report)) == strategy]
+        params = sorted(
+            {p for t in mine for p in t.params if p.startswith(f"{strategy}/") or p.startswith("common/")}
+        )
+        if strategy not in report.resolved.get("strategies", {}):
+            continue
+        if len(mine) < 3 or not params:
+            notes[strategy] = f"{len(mine)} completed trials: too few to estimate importances"
+            continue
+        try:
+            values[strategy] = optuna.importance.get_param_importances(study, params=params)
+        except (ValueError, RuntimeError) as exc:
+            notes[strategy] = f"not computed: {exc}"
+    return values, notes
+
+
+def _only_strategy(report: Report) -> str | None:
+    enabled = [s for s in vocab.STRATEGIES if s in report.resolved.get("strategies", {})]
+    return enabled[0] if len(enabled) == 1 else None
+
+
+# --- figures -------------------------------------------------------------------------------
+
+
+def _pyplot():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display: render to files only
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"figure.dpi": 100, "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "tlsearch"})
+    return plt
+
+
+def _legend(ax: Any, strategies: list[str]) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=STRATEGY_COLORS.get(s, "grey"), marker="o", label=s) for s in strategies]
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="best")
+
+
+def figures(report: Report) -> dict[str, Any]:
+    plt = _pyplot()
+    metric, strategies = report.metric, sorted({t["strategy"] for t in report.trials}, key=_strategy_order)
+    out: dict[str, Any] = {}
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    by_trial: dict[str, list[dict[str, Any]]] = {}
+    for row in report.epochs:
+        by_trial.setdefault(row["trial_id"], []).append(row)
+    status = {t["trial_id"]: t["status"] for t in report.trials}
+    for trial_id, rows in by_trial.items():
+        points = [(r["epoch"], r.get(metric)) for r in rows if r.get(metric) is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        color = STRATEGY_COLORS.get(rows[0].get("strategy"), "grey")
+        ax.plot(xs, ys, color=color, alpha=0.8, linewidth=1.2)
+        end = "x" if status.get(trial_id) == "stopped_early" else "o"
+        ax.plot(xs[-1:], ys[-1:], marker=end, color=color, markersize=5)
+    ax.set(xlabel="epoch", ylabel=metric, title="learning curves (x: stopped early)")
+    _legend(ax, strategies)
+    out["learning_curves"] = fig
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    order = sorted(report.trials, key=lambda t: _start_order(report, t["trial_id"]))
+    pick = max if report.mode == "max" else min
+    best_so_far: list[float] = []
+    for i, t in enumerate(order, start=1):
+        value = t.get(f"best_{metric}")
+        if value is not None:
+            ax.scatter([i], [value], color=STRATEGY_COLORS.get(t["strategy"], "grey"), s=18, zorder=3)
+            best_so_far.append(value if not best_so_far else pick(best_so_far[-1], value))
+        elif best_so_far:
+            best_so_far.append(best_so_far[-1])
+        else:
+            best_so_far.append(math.nan)
+    ax.step(
+        range(1, len(order) + 1), best_so_far, where="post", color="black", linewidth=1.5, label="best so far"
+    )
+    ax.set(xlabel="trial (in start order)", ylabel=f"best {metric}", title="anytime performance")
+    _legend(ax, strategies)
+    out["anytime"] = fig
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    groups = [
+        [
+            t[f"best_{metric}"]
+            for t in report.trials
+            if t["strategy"] == s and t.get(f"best_{metric}") is not None
+        ]
+        for s in strategies
+    ]
+    if any(groups):
+        ax.boxplot([g or [math.nan] for g in groups], tick_labels=strategies, showfliers=False)
+        for i, (s, g) in enumerate(zip(strategies, groups, strict=True), start=1):
+            ax.scatter([i] * len(g), g, color=STRATEGY_COLORS.get(s, "grey"), s=18, zorder=3)
+    ax.set(ylabel=f"best {metric}", title=f"{metric} by strategy")
+    out["strategy_metric"] = fig
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
+    for i, s in enumerate(strategies, start=1):
+        mine = [t for t in report.trials if t["strategy"] == s]
+        color = STRATEGY_COLORS.get(s, "grey")
+        params = [t["trainable_params"] for t in mine if t.get("trainable_params")]
+        cost = [t["device_s"] for t in mine if t.get("device_s") is not None]
+        left.scatter([i] * len(params), params, color=color, s=18)
+        right.bar([i], [sum(cost)], color=color, alpha=0.35)
+        right.scatter([i] * len(cost), cost, color=color, s=18, zorder=3)
+    for ax, title, label in (
+        (left, "trainable parameters", "parameters"),
+        (right, "device-seconds (bar: total)", "device-s"),
+    ):
+        ax.set_xticks(range(1, len(strategies) + 1), strategies, rotation=20)
+        ax.set(title=title, ylabel=label)
+    left.set_yscale("log")
+    fig.tight_layout()
+    out["cost"] = fig
+
+    shown = [s for s in strategies if report.importances.get(s)]
+    fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.5 * max(1, len(shown)), 3.5), squeeze=False)
+    for ax, s in zip(axes[0], shown, strict=False):
+        names = list(report.importances[s])[::-1]
+        ax.barh(names, [report.importances[s][n] for n in names], color=STRATEGY_COLORS.get(s, "grey"))
+        ax.set(title=s, xlabel="importance")
+        ax.tick_params(axis="y", labelsize=8)
+    if not shown:
+        axes[0][0].text(0.5, 0.5, "too few completed trials per strategy", ha="center", va="center")
+        axes[0][0].set_axis_off()
+    fig.tight_layout()
+    out["importances"] = fig
+    return out
+
+
+def _strategy_order(strategy: str) -> int:
+    return vocab.STRATEGIES.index(strategy) if strategy in vocab.STRATEGIES else len(vocab.STRATEGIES)
+
+
+def _start_order(report: Report, trial_id: str) -> float:
+    times = [r.get("time", math.inf) for r in report.epochs if r["trial_id"] == trial_id]
+    return min(times) if times else math.inf
+
+
+def _svg(fig: Any) -> str:
+    import io
+
+    buffer = io.StringIO()
+    fig.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prologue: the SVG sits inline in the HTML
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
+def write_report(run_dir: Path, formats: tuple[str, ...] = FORMATS) -> Report:
+    report = load_report(run_dir, importances=True)
+    plt = _pyplot()
+    figs = figures(report)
+    images_dir = report.run_dir / REPORT_DIR
+    images_dir.mkdir(exist_ok=True)
+    for name, fig in figs.items():
+        report.images[name] = images_dir / f"{name}.png"
+        fig.savefig(report.images[name], bbox_inches="tight")
+    if "html" in formats:
+        report.files["html"] = _write(report.run_dir / "report.html", _html(report, figs))
+    if "md" in formats:
+        report.files["md"] = _write(report.run_dir / "report.md", _markdown(report))
+    if "json" in formats:
+        report.files["json"] = _write(
+            report.run_dir / "report.json", json.dumps(_summary(report), indent=2, default=str)
+        )
+    for fig in figs.values():
+        plt.close(fig)
+    return report
+
+
+def _write(path: Path, text: str) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
+def _summary(report: Report) -> dict[str, Any]:
+    return {
+        "search": report.name,
+        "metric": report.metric,
+        "mode": report.mode,
+        "trials": len(report.trials),
+        "statuses": {
+            s: sum(t["status"] == s for t in report.trials) for s in ("completed", "stopped_early", "error")
+        },
+        "best": report.best,
+        "best_per_strategy": {
+            s: {k: t.get(k) for k in _columns(report)} for s, t in report.best_per_strategy().items()
+        },
+        "importances": report.importances,
+        "importance_notes": report.importance_notes,
+        "reproduce": reproduce_command(report),
+        "follow_up": follow_up_commands(report),
+        "figures": {name: str(path.relative_to(report.run_dir)) for name, path in report.images.items()},
+    }
+
+
+def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    return lines
+
+
+def _markdown(report: Report) -> str:
+    columns = _columns(report)
+    out = [
+        f"# Search `{report.name}`",
+        "",
+        *_overview(report),
+        "",
+        "## Best trial per strategy",
+        "",
+        *_md_table(list(report.best_per_strategy().values()), columns),
+        "",
+        "## Leaderboard",
+        "",
+        *_md_table(report.sorted_trials(), columns),
+        "",
+    ]
+    for name, caption in FIGURES.items():
+        out += [f"## {caption}", "", f"![{name}]({REPORT_DIR}/{name}.png)", ""]
+    out += [
+        "## Parameter importances",
+        "",
+        *_importance_lines(report),
+        "",
+        "## Reproduce the best trial",
+        "",
+        "```",
+        reproduce_command(report),
+        "```",
+        "",
+        "## Follow up",
+        "",
+        "```",
+        *follow_up_commands(report),
+        "```",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def _overview(report: Report) -> list[str]:
+    statuses = {
+        s: sum(t["status"] == s for t in report.trials) for s in ("completed", "stopped_early", "error")
+    }
+    lines = [
+        f"- metric: `{report.metric}` ({report.mode})",
+        f"- trials: {len(report.trials)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})",
+        f"- device-seconds: {sum(t.get('device_s') or 0 for t in report.trials):,.0f}",
+        f"- run directory: `{report.run_dir}`",
+    ]
+    if report.best:
+        lines.insert(
+            0,
+            f"- best: trial `{report.best['trial_id']}` ({report.best['strategy']}), "
+            f"best_{report.metric} = {_fmt(report.best['value'])}",
+        )
+    return lines
+
+
+def _importance_lines(report: Report) -> list[str]:
+    lines = []
+    for strategy, values in report.importances.items():
+        lines.append(f"- **{strategy}**: " + ", ".join(f"`{k}` {v:.2f}" for k, v in values.items()))
+    for strategy, note in report.importance_notes.items():
+        lines.append(f"- **{strategy}**: {note}")
+    return lines or ["- none"]
+
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1100px;
+color:#222}h1{font-size:1.6rem}h2{font-size:1.2rem;margin-top:2rem;border-bottom:1px solid #ddd;
+padding-bottom:.2rem}
+table{border-collapse:collapse;font-size:.85rem;margin:.5rem 0}
+th,td{border:1px solid #ddd;padding:.25rem .5rem;text-align:right}th{background:#f5f5f5}
+td:first-child,th:first-child,td:nth-child(2){text-align:left}
+figure{margin:1rem 0}figure svg{max-width:100%;height:auto}figcaption{font-size:.85rem;color:#555}
+pre{background:#f6f8fa;padding:.6rem;overflow-x:auto;font-size:.8rem;white-space:pre-wrap;word-break:break-all}
+.swatch{display:inline-block;width:.8rem;height:.8rem;border-radius:50%;margin-right:.3rem;vertical-align:middle}
+"""
+# Marks each figure once the browser has laid its SVG out with a non-empty size: tests read it back.
+CHECK_JS = """
+window.addEventListener('load', function () {
+  var figs = document.querySelectorAll('figure.plot'), ok = 0;
+  figs.forEach(function (f) {
+    var svg = f.querySelector('svg'), box = svg && svg.getBoundingClientRect();
+    var drawn = svg && svg.querySelectorAll('path,use,line,rect').length;
+    var rendered = !!(box && box.width > 50 && box.height > 50 && drawn > 5);
+    f.setAttribute('data-rendered', rendered ? 'true' : 'false'); if (rendered) ok++;
+  });
+  document.body.setAttribute('data-figures-rendered', ok + '/' + figs.length);
+});
+"""
+
+
+def _html_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for c in columns:
+            text = html.escape(_fmt(r.get(c)))
+            if c == "strategy":
+                color = STRATEGY_COLORS.get(str(r.get(c)), "grey")
+                text = f'<span class="swatch" style="background:{color}"></span>{text}'
+            cells.append(f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _html(report: Report, figs: dict[str, Any]) -> str:
+    columns = _columns(report)
+    overview = "".join(f"<li>{html.escape(line[2:]).replace('`', '')}</li>" for line in _overview(report))
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>tlsearch report: {html.escape(report.name)}</title><style>{CSS}</style>",
+        f"<script>{CHECK_JS}</script></head><body>",
+        f"<h1>Search <code>{html.escape(report.name)}</code></h1><ul>{overview}</ul>",
+        "<h2>Best trial per strategy</h2>",
+        _html_table(list(report.best_per_strategy().values()), columns),
+        "<h2>Leaderboard</h2>",
+        _html_table(report.sorted_trials(), columns),
+    ]
+    for name, caption in FIGURES.items():
+        parts.append(
+            f"<h2>{html.escape(caption)}</h2><figure class='plot' id='fig-{name}'>{_svg(figs[name])}"
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+        )
+    importances = "".join(
+        f"<li>{html.escape(line[2:]).replace('**', '').replace('`', '')}</li>"
+        for line in _importance_lines(report)
+    )
+    parts += [
+        f"<h2>Parameter importances</h2><ul>{importances}</ul>",
+        f"<h2>Reproduce the best trial</h2><pre>{html.escape(reproduce_command(report))}</pre>",
+        f"<h2>Follow up</h2><pre>{html.escape(chr(10).join(follow_up_commands(report)))}</pre>",
+        "</body></html>",
+    ]
+    return "\n".join(parts)

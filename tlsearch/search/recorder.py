@@ -1,4 +1,5 @@
-"""A Tune callback on the driver that writes the results contract as trials report and finish."""
+"""A Tune callback on the driver that writes the results contract as trials report and finish, and
+mirrors each trial to Weights & Biases."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from tlsearch.results.files import (
     METRICS,
     TRIAL_CONSTANTS,
     append_jsonl,
+    read_jsonl,
     write_tables,
 )
 from tlsearch.space.trial_config import flatten
+from tlsearch.spec.model import WandbSpec
+from tlsearch.tracking.wandb_runs import WandbTracker, runs_to_catch_up
 from tlsearch.train.loop import META_FILE
 
 EPOCH_FIELDS = (
@@ -32,35 +36,60 @@ EPOCH_FIELDS = (
     "rank0_pid",
     *TRIAL_CONSTANTS,
 )
+# What a trial's W&B summary carries beyond its metrics (all taken from its trials.parquet row).
+SUMMARY_FIELDS = ("status", "epochs", "trainable_params", "wall_s", "device_s", "node_id", "checkpoint")
 
 
 class ResultsRecorder(Callback):
     """Holds only paths and settings, so it pickles into Tune's experiment state and works again
     after `Tuner.restore` (the JSONL logs carry everything recorded before the restore)."""
 
-    def __init__(self, run_dir: str, metric: str, mode: str, max_epochs: int):
+    def __init__(self, run_dir: str, metric: str, mode: str, max_epochs: int, search: str, wandb: WandbSpec):
         self.run_dir = run_dir
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.search, self.wandb = search, wandb
+        self._tracker: WandbTracker | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
 
     @property
     def _dir(self) -> Path:
         return Path(self.run_dir)
 
+    @property
+    def tracker(self) -> WandbTracker:
+        if self._tracker is None:
+            self._tracker = WandbTracker(self._dir, self.search, self.wandb)
+        return self._tracker
+
     def _event(self, record: dict[str, Any]) -> None:
         append_jsonl(self._dir / EVENTS_LOG, {"time": time.time(), **record})
 
-    def rewrite(self) -> None:
-        write_tables(self._dir, self.metric, self.mode, self.max_epochs)
+    def rewrite(self) -> list[dict[str, Any]]:
+        return write_tables(self._dir, self.metric, self.mode, self.max_epochs)
+
+    def setup(self, **info: Any) -> None:
+        # A resumed search: write again the W&B runs of trials that ended just before the old driver
+        # died, before their run was finished.
+        pending = set(runs_to_catch_up(self._dir))
+        if not pending:
+            return
+        configs = {
+            e["trial_id"]: e["config"] for e in read_jsonl(self._dir / EVENTS_LOG) if e["event"] == "start"
+        }
+        epochs = read_jsonl(self._dir / EPOCHS_LOG)
+        for row in self.rewrite():
+            if row["trial_id"] in pending:
+                history = [r for r in epochs if r["trial_id"] == row["trial_id"]]
+                self.tracker.start_trial(row["trial_id"], configs[row["trial_id"]], history)
+                self._finish_run(row)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._event(
-            {
-                "event": "start",
-                "trial_id": trial.trial_id,
-                "config": flatten(trial.config),
-                "path": trial.path,
-            }
-        )
+        config = flatten(trial.config)
+        self._event({"event": "start", "trial_id": trial.trial_id, "config": config, "path": trial.path})
+        history = [r for r in read_jsonl(self._dir / EPOCHS_LOG) if r["trial_id"] == trial.trial_id]
+        self.tracker.start_trial(trial.trial_id, config, history)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" not in result:
@@ -70,6 +99,7 @@ class ResultsRecorder(Callback):
         if result.get("checkpoint_path"):  # Ray Train runner: the checkpoint arrives as a metric
             row["checkpoint"] = result["checkpoint_path"]
         append_jsonl(self._dir / EPOCHS_LOG, row)
+        self.tracker.log_epoch(trial.trial_id, row)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         # In-actor runner: Tune persisted the checkpoint; its meta.json says which epoch it holds.
@@ -86,16 +116,32 @@ class ResultsRecorder(Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event({"event": "end", "trial_id": trial.trial_id, "status": "ok"})
-        self.rewrite()
+        self._finish(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event(
             {"event": "end", "trial_id": trial.trial_id, "status": "error", "error": _error_text(trial)}
         )
-        self.rewrite()
+        self._finish(trial.trial_id)
+
+    def _finish(self, trial_id: str) -> None:
+        row = next((t for t in self.rewrite() if t["trial_id"] == trial_id), None)
+        if row is not None:
+            self._finish_run(row)
+
+    def _finish_run(self, row: dict[str, Any]) -> None:
+        trial_id = row["trial_id"]
+        summary = {k: row.get(k) for k in SUMMARY_FIELDS}
+        summary["stop_reason"] = summary.pop("status")
+        summary.update(
+            {k: row[k] for k in row if k in METRICS or (k.startswith("best_") and k[5:] in METRICS)}
+        )
+        checkpoint = self._dir / row["checkpoint"] if row.get("checkpoint") else None
+        self.tracker.end_trial(trial_id, summary, failed=row["status"] == "error", checkpoint=checkpoint)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self.rewrite()
+        self.tracker.close()
 
 
 def _error_text(trial: Any) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib.metadata
 import platform
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set
 from tlsearch.errors import UserInputError
 from tlsearch.models import build_model, resolve_lora_targets
 from tlsearch.results.files import RESOLVED_SPEC
+from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
 from tlsearch.spec import Spec
 from tlsearch.spec.load import validate_spec
@@ -43,6 +45,7 @@ class Resolved:
     space: SearchSpace
     num_blocks: int
     hashes: dict[str, str]
+    study_name: str  # unique: several searches may share one Optuna storage
 
 
 def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[DataFiles, dict[str, str]]:
@@ -87,23 +90,31 @@ def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[Dat
     return files, hashes
 
 
-def resolve(spec: Spec, run_dir: Path, *, reuse_data: bool = False) -> Resolved:
-    """Check and pin down a search. reuse_data (resume): keep the run's data files and refuse to go on
-    if any changed since the search started."""
-    data, hashes = resolve_data(spec, run_dir, reuse=reuse_data)
-    if reuse_data:
+def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
+    """Check and pin down a search. resuming: keep the run's data files (refusing to go on if any
+    changed since the search started) and its Optuna study."""
+    data, hashes = resolve_data(spec, run_dir, reuse=resuming)
+    if resuming:
         _check_unchanged(run_dir, hashes)
+        study_name = recorded(run_dir)["optuna"]["study_name"]
+    else:
+        study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     probe = build_model(spec.model, len(data.labels), weights=False)
     space = build_space(spec, num_blocks=probe.layers.num_blocks)
     if "lora" in space.strategy_names():
         for preset in space.dims("lora")["targets"].choices or ():
             resolve_lora_targets(probe, str(preset))  # fail now, not in every trial
-    return Resolved(spec, data, space, probe.layers.num_blocks, hashes)
+    return Resolved(spec, data, space, probe.layers.num_blocks, hashes, study_name)
+
+
+def recorded(run_dir: Path) -> dict[str, Any]:
+    """The `resolved` block of a run's spec.resolved.yaml."""
+    return yaml.safe_load((run_dir / RESOLVED_SPEC).read_text()).get("resolved", {})
 
 
 def _check_unchanged(run_dir: Path, hashes: dict[str, str]) -> None:
-    recorded = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text()).get("resolved", {}).get("data", {})
-    changed = [split for split, info in recorded.items() if hashes.get(split) != info.get("sha256")]
+    previous = recorded(run_dir).get("data", {})
+    changed = [split for split, info in previous.items() if hashes.get(split) != info.get("sha256")]
     if changed:
         raise UserInputError(
             f"the {', '.join(changed)} data changed since this search started (sha256 differs from "
@@ -139,6 +150,10 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
             for split, digest in resolved.hashes.items()
         },
         "labels": list(resolved.data.labels),
+        "optuna": {
+            "study_name": resolved.study_name,
+            "storage": storage_description(spec.tracking.optuna.storage, run_dir),
+        },
         "model_blocks": resolved.num_blocks,
         "space": {
             name: {knob: _describe(dim) for knob, dim in resolved.space.dims(name).items()}

@@ -5,18 +5,21 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import TRIALS_TABLE, write_tables
+from tlsearch.results.report import Report, write_report
+from tlsearch.results.study import make_storage
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
+from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import make_sampler, seed_points
 from tlsearch.spec import Spec
+from tlsearch.tracking.wandb_runs import WandbTracker
 from tlsearch.train.inputs import RunContext
 
 
@@ -45,12 +48,19 @@ def connect(address: str | None) -> None:
         return
     if address or os.environ.get("RAY_ADDRESS"):
         ray.init(address=address, log_to_driver=True)
-    else:
+        return
+    # The processes of a local cluster inherit this environment: keep the W&B key out of them
+    # (only this driver logs to W&B).
+    secret = os.environ.pop("WANDB_API_KEY", None)
+    try:
         # address="local": a new cluster even when another one runs on this machine (plain
         # ray.init() would silently join that one).
         ray.init(
             address="local", include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1"
         )
+    finally:
+        if secret is not None:
+            os.environ["WANDB_API_KEY"] = secret
 
 
 def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[str, float], int]:
@@ -93,7 +103,6 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
 
     spec = resolved.spec
     metric, mode = spec.search.metric, spec.search.resolved_mode
@@ -124,13 +133,15 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
         if s.scheduler.type == "asha"
         else FIFOScheduler()
     )
-    searcher = OptunaSearch(
+    searcher = StudySearch(
         space=resolved.space,
         metric=metric,
         mode=mode,
         points_to_evaluate=seed_points(spec, resolved.space) or None,
         sampler=make_sampler(spec),
-        study_name=f"{spec.name}-{uuid.uuid4().hex[:8]}",
+        study_name=resolved.study_name,
+        storage=make_storage(spec.tracking.optuna.storage, run_dir),
+        max_epochs=s.max_epochs,
     )
     multi_worker = spec.resources.workers_per_trial > 1
     return tune.Tuner(
@@ -145,7 +156,9 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
         run_config=tune.RunConfig(
             name=run_dir.name,
             storage_path=str(run_dir.parent),
-            callbacks=[ResultsRecorder(str(run_dir), metric, mode, s.max_epochs)],
+            callbacks=[
+                ResultsRecorder(str(run_dir), metric, mode, s.max_epochs, spec.name, spec.tracking.wandb)
+            ],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
                 checkpoint_score_attribute=metric,
@@ -168,7 +181,56 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
         forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
     spec = resolved.spec
     trials = write_tables(run_dir, spec.search.metric, spec.search.resolved_mode, spec.search.max_epochs)
-    return Outcome(run_dir, trials, spec.search.num_samples)
+    outcome = Outcome(run_dir, trials, spec.search.num_samples)
+    if not outcome.interrupted:
+        close_orphans(resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir))
+    report = write_report(run_dir)
+    log_search_to_wandb(run_dir, spec, trials, report)
+    return outcome
+
+
+def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]], report: Report) -> None:
+    """The search's own W&B run: leaderboard, best configuration, and the report's plots."""
+    tracker = WandbTracker(run_dir, spec.name, spec.tracking.wandb)
+    if not tracker.enabled:
+        return
+    metric = spec.search.metric
+    best = report.best or {}
+    statuses = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped_early", "error")}
+    config = {
+        "search": spec.name,
+        "metric": metric,
+        "mode": spec.search.resolved_mode,
+        "num_samples": spec.search.num_samples,
+        "max_epochs": spec.search.max_epochs,
+        "strategies": spec.strategies.enabled(),
+        "best_config": best.get("config", {}),
+    }
+    summary = {
+        "best_trial": best.get("trial_id"),
+        "best_strategy": best.get("strategy"),
+        f"best_{metric}": best.get("value"),
+        "trials": len(trials),
+        **{f"trials_{k}": v for k, v in statuses.items()},
+        "device_s": sum(t.get("device_s") or 0.0 for t in trials),
+    }
+    columns = [
+        "trial_id",
+        "strategy",
+        "status",
+        "epochs",
+        f"best_{metric}",
+        metric,
+        "trainable_params",
+        "wall_s",
+        "device_s",
+    ]
+    table = [
+        {c: t.get(c) for c in columns} | {k: v for k, v in t.items() if "/" in k and v is not None}
+        for t in trials
+    ]
+    tracker.log_search(config, summary, table, report.images)
+    tracker.close()
 
 
 def forget_lost_trials(run_dir: Path, tune_trial_ids: set[str]) -> None:
@@ -205,7 +267,7 @@ def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
 
     run_dir = Path(run_dir).expanduser().resolve()
     spec = read_resolved_spec(run_dir)
-    resolved = resolve(spec, run_dir, reuse_data=True)
+    resolved = resolve(spec, run_dir, resuming=True)
     restorable = tune.Tuner.can_restore(str(run_dir))
     if not restorable and (run_dir / TRIALS_TABLE).exists():
         raise UserInputError(f"{run_dir} has results but no Tune experiment state to resume from")

@@ -242,8 +242,30 @@ class TrainingSpec(Strict):
     checkpoints_to_keep: int = Field(2, ge=1)
 
 
+class WandbSpec(Strict):
+    """One W&B run per trial (and one for the search), written by the search's driver process."""
+
+    project: str = Field("tlsearch", min_length=1)
+    entity: str | None = None
+    group: str | None = None  # default: the search name
+    tags: tuple[str, ...] = ()
+    # auto: online when an API key is configured (WANDB_API_KEY or `wandb login`), else offline.
+    # The WANDB_MODE environment variable, when set, takes precedence.
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    log_checkpoints: bool = False  # each trial's best checkpoint as a W&B artifact
+
+
+class OptunaSpec(Strict):
+    # None: an Optuna journal file in the run directory (optuna.journal). Or an RDB URL such as
+    # sqlite:////abs/path/study.db or postgresql://user@host/db.
+    storage: str | None = None
+
+
 class TrackingSpec(Strict):
     """Per-epoch JSONL and Parquet under the run directory are always written."""
+
+    wandb: WandbSpec = WandbSpec()
+    optuna: OptunaSpec = OptunaSpec()
 
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"

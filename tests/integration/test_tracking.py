@@ -1,0 +1,162 @@
+"""A real search tracked end to end with no network: offline W&B runs read back with wandb's own
+tool, the Optuna journal opened with Optuna's API, the report, and a fake API key found nowhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.helpers import text_rows, text_spec, write_parquet
+from tests.wandb_read import history, run_info, run_summary
+from tlsearch.results.files import EPOCHS_TABLE, TRIALS_TABLE
+from tlsearch.results.report import latest_offline_runs
+from tlsearch.results.study import open_storage
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_KEY = "tlsearchfakekey" + "0123456789abcdef" * 2 + "xyz"
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    found = []
+    for path in root.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            try:
+                if needle in path.read_bytes():
+                    found.append(path)
+            except OSError:
+                continue
+    return found
+
+
+def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tmp_path: Path) -> None:
+    data = {
+        "train": write_parquet(text_rows(120, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+    }
+    spec = text_spec(
+        tiny_bert,
+        data,
+        tmp_path / "runs",
+        search={
+            "num_samples": 5,
+            "max_epochs": 3,
+            "metric": "val_loss",
+            "max_concurrent": 1,
+            "scheduler": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+            "seed_configs": [
+                {"strategy": "full", "head_lr": 3e-2, "backbone_lr": 3e-3},
+                {"strategy": "linear_probe", "head_lr": 1e-5},
+            ],
+        },
+        strategies={
+            "full": {
+                "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
+                "backbone_lr": {"low": 1e-5, "high": 1e-2, "log": True},
+            },
+            "linear_probe": {"head_lr": {"low": 1e-5, "high": 1e-1, "log": True}},
+            "common": {"batch_size": 8},
+        },
+        tracking={"wandb": {"mode": "offline", "project": "tlsearch-tests", "tags": ["ci"]}},
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "runs" / spec["name"]
+    sessions_before = set(Path("/tmp/ray").glob("session_2*"))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
+    env |= {"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "offline"}
+    started = time.time()
+    result = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    trials = {t["trial_id"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
+    epochs = pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
+    assert len(trials) == 5 and any(t["status"] == "stopped_early" for t in trials.values())
+
+    # W&B: one run per trial plus the search run, grouped by search, read back with wandb's own tool.
+    runs = latest_offline_runs(run_dir)
+    assert set(runs) == {f"{spec['name']}-{t}" for t in trials} | {f"{spec['name']}-search"}
+    for trial_id, row in trials.items():
+        directory = runs[f"{spec['name']}-{trial_id}"]
+        info, summary = run_info(directory), run_summary(directory)
+        assert info["run_group"] == spec["name"] and info["job_type"] == row["strategy"]
+        assert info["project"] == "tlsearch-tests" and info["tags"] == ["ci"]
+        config = summary["config"]
+        assert config["strategy"] == row["strategy"] and config["trial_id"] == trial_id
+        for key, value in row.items():
+            if "/" in key and value is not None:
+                assert config[key] == pytest.approx(value), key
+        logged = [(h["_step"], h["val_loss"]) for h in history(directory)]
+        reported = [(e["epoch"], e["val_loss"]) for e in epochs if e["trial_id"] == trial_id]
+        assert logged == [(e, pytest.approx(v)) for e, v in reported]  # every epoch reported to Tune
+        s = summary["summary"]
+        assert s["stop_reason"] == row["status"] and s["epochs"] == row["epochs"]
+        assert s["best_val_loss"] == pytest.approx(row["best_val_loss"])
+        assert s["trainable_params"] == row["trainable_params"] and s["device_s"] == pytest.approx(
+            row["device_s"]
+        )
+        assert summary["state"] == "finished" and summary["exit_code"] == 0
+    search = run_summary(runs[f"{spec['name']}-search"])
+    assert run_info(runs[f"{spec['name']}-search"])["job_type"] == "search"
+    assert search["summary"]["trials"] == 5
+
+    # Optuna: the persisted study opens with Optuna's own API; stopped trials are PRUNED.
+    resolved = yaml.safe_load((run_dir / "spec.resolved.yaml").read_text())["resolved"]["optuna"]
+    study = optuna.load_study(study_name=resolved["study_name"], storage=open_storage(resolved["storage"]))
+    assert len(study.trials) == 5
+    expected = {
+        "completed": optuna.trial.TrialState.COMPLETE,
+        "stopped_early": optuna.trial.TrialState.PRUNED,
+    }
+    assert sorted(t.state for t in study.trials) == sorted(expected[t["status"]] for t in trials.values())
+
+    # The report, written at the end of the search.
+    assert (run_dir / "report.html").stat().st_size > 10_000 and (run_dir / "report.md").exists()
+    assert "wandb sync" in result.stdout and "optuna-dashboard" in result.stdout
+
+    # The key: in no file of the run, of W&B, or of the Ray session this search started.
+    sessions = [
+        s
+        for s in set(Path("/tmp/ray").glob("session_2*")) - sessions_before
+        if s.stat().st_mtime >= started - 5
+    ]
+    assert sessions, "the search's Ray session directory was not found"
+    for root in (run_dir, *sessions):
+        assert files_containing(root, FAKE_KEY.encode()) == [], root
+
+
+def test_the_key_stays_out_of_ray_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A local cluster started by tlsearch: its workers (trial actors, Train workers) never see the key,
+    while the driver, which writes to W&B, keeps it."""
+    import ray
+
+    from tlsearch.search.runner import connect
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", FAKE_KEY)
+    connect(None)
+    try:
+
+        @ray.remote(num_cpus=0)
+        def worker_key() -> str | None:
+            return os.environ.get("WANDB_API_KEY")
+
+        assert ray.get(worker_key.remote()) is None
+        assert os.environ["WANDB_API_KEY"] == FAKE_KEY
+    finally:
+        ray.shutdown()

@@ -1,0 +1,66 @@
+"""The Optuna study behind a search: persisted in a journal, ASHA-stopped trials PRUNED, orphans closed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from tlsearch.results.study import make_storage, open_storage, storage_description
+from tlsearch.search.study import StudySearch, close_orphans
+from tlsearch.space import build_space, make_sampler
+from tlsearch.spec import validate_spec
+
+SPEC = validate_spec(
+    {
+        "name": "s",
+        "model": {"source": "hf", "name": "builtin:all-minilm-l6-v2", "task": "text-classification"},
+        "data": {"builtin": "bbc-news"},
+    }
+)
+
+
+def searcher(run_dir: Path) -> StudySearch:
+    return StudySearch(
+        space=build_space(SPEC, num_blocks=6),
+        metric="val_accuracy",
+        mode="max",
+        sampler=make_sampler(SPEC),
+        study_name="s-1",
+        storage=make_storage(None, run_dir),
+        max_epochs=3,
+    )
+
+
+def run(search: StudySearch, trial_id: str, values: list[float], error: bool = False) -> None:
+    assert search.suggest(trial_id)["strategy"]
+    for epoch, value in enumerate(values, start=1):
+        result = {"val_accuracy": value, "epoch": epoch, "training_iteration": epoch}
+        search.on_trial_result(trial_id, result)
+    search.on_trial_complete(trial_id, None if error else result, error=error)
+
+
+def test_states_in_the_journal_and_restore(tmp_path: Path) -> None:
+    search = searcher(tmp_path)
+    run(search, "stopped", [0.4])  # ASHA stopped it after one of three epochs
+    run(search, "full", [0.5, 0.6, 0.7])
+    run(search, "broken", [0.3], error=True)
+    search.suggest("orphan")  # started, then its driver died
+    checkpoint = tmp_path / "searcher.pkl"
+    search.save(str(checkpoint))
+
+    study = optuna.load_study(study_name="s-1", storage=open_storage(storage_description(None, tmp_path)))
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.PRUNED, TrialState.COMPLETE, TrialState.FAIL, TrialState.RUNNING]
+    pruned, complete = study.trials[0], study.trials[1]
+    assert pruned.intermediate_values == {1: 0.4} and pruned.value == 0.4  # its last intermediate value
+    assert complete.value == 0.7 and complete.intermediate_values == {1: 0.5, 2: 0.6, 3: 0.7}
+
+    restored = searcher(tmp_path)
+    restored.restore(str(checkpoint))  # what Tuner.restore does with the searcher's state
+    run(restored, "after-restore", [0.5, 0.55, 0.8])
+    assert close_orphans("s-1", make_storage(None, tmp_path)) == 1
+    study = optuna.load_study(study_name="s-1", storage=make_storage(None, tmp_path))
+    assert [t.state for t in study.trials][3:] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert all(t.state.is_finished() for t in study.trials)

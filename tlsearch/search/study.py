@@ -1,0 +1,61 @@
+"""The Optuna study behind a search: persisted (journal file in the run directory, or an RDB URL),
+and told how ASHA ended each trial.
+
+Trials stopped early by the scheduler are recorded as PRUNED at the epoch they were stopped, with
+every epoch's value as an intermediate value. Ray's OptunaSearch would record them COMPLETE with
+their last value, as if a network trained for one epoch had been trained to the end. PRUNED is what
+ASHA decided: Optuna's TPE ranks every completed trial above every pruned one, and among pruned
+trials the ones that got further above the ones stopped earlier.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import optuna
+from ray.tune.search.optuna import OptunaSearch
+
+
+class StudySearch(OptunaSearch):
+    """OptunaSearch that records trials the scheduler stopped as PRUNED, and epochs as the steps of
+    intermediate values (module level: it is pickled with Tune's experiment state and must import
+    again on `Tuner.restore`).
+
+    After a restore the persisted study can be ahead of this searcher's pickled state: a trial the
+    killed driver had already told may run again from its last checkpoint. The study keeps its
+    first, terminal record of such a trial.
+    """
+
+    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._max_epochs = max_epochs
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
+            return
+        try:
+            # The epoch, not Tune's training_iteration: the same step after a retry or a resume.
+            self._ot_trials[trial_id].report(result[self.metric], int(result.get("epoch", 0)))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        epoch = (result or {}).get("epoch", self._max_epochs)
+        stopped_early = not error and result is not None and epoch < self._max_epochs
+        if not stopped_early or trial_id not in self._ot_trials or trial_id in self._completed_trials:
+            super().on_trial_complete(trial_id, result=result, error=error)
+            return
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+        self._completed_trials.add(trial_id)
+
+
+def close_orphans(study_name: str, storage: optuna.storages.BaseStorage) -> int:
+    """Fail the trials a killed driver left RUNNING, so every trial of the study ends terminal.
+    Call only when the search has ended (no trial of this search is running any more)."""
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
+    for number in orphans:
+        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    return len(orphans)

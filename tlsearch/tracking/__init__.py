@@ -1,0 +1,1 @@
+"""Trackers that mirror the results on disk elsewhere: Weights & Biases."""
