@@ -53,6 +53,13 @@ def main() -> None:
                 "trainable_params": t["trainable_params"],
                 "device_s": t["device_s"],
             }
+    from tlsearch.results.report import latest_offline_runs, load_resolved
+    from tlsearch.results.study import load_recorded_study
+
+    study = load_recorded_study(load_resolved(outcome.run_dir))
+    optuna_states: dict[str, int] = {}
+    for trial in study.trials if study else []:
+        optuna_states[trial.state.name] = optuna_states.get(trial.state.name, 0) + 1
     figures = {
         "spec": str(Path(args.spec).resolve().relative_to(ROOT)),
         "overrides": args.overrides,
@@ -62,6 +69,11 @@ def main() -> None:
         "epochs_trained": sum(t["epochs"] for t in outcome.trials),
         "metric": metric,
         "best_per_strategy": per_strategy,
+        # What the search left besides its tables: offline W&B runs (newest directory of each), the
+        # Optuna study's trial states, and the report files.
+        "wandb_offline_runs": len(latest_offline_runs(outcome.run_dir)),
+        "optuna_trials": optuna_states,
+        "report_files": sorted(p.name for p in outcome.run_dir.glob("report.*")),
         "run_dir": str(outcome.run_dir),
     }
     command = "python benchmarks/demo_search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])

@@ -3,10 +3,15 @@ tool, the Optuna journal opened with Optuna's API, the report, and a fake API ke
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import optuna
@@ -23,6 +28,44 @@ from tlsearch.results.study import open_storage
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
 FAKE_KEY = "tlsearchfakekey" + "0123456789abcdef" * 2 + "xyz"
+
+
+@contextlib.contextmanager
+def optuna_dashboard(storage: Path) -> Iterator[Callable[[str], dict]]:
+    """A real optuna-dashboard server on loopback over the study's storage; yields a GET helper."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("optuna-dashboard")),
+            str(storage),
+            "--port",
+            str(port),
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def get(path: str) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=10) as response:
+            return json.loads(response.read())
+
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                get("/api/studies")
+                break
+            except OSError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        yield get
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def files_containing(root: Path, needle: bytes) -> list[Path]:
@@ -74,15 +117,29 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local cluster of its own
     env |= {"WANDB_API_KEY": FAKE_KEY, "WANDB_MODE": "offline"}
     started = time.time()
-    result = subprocess.run(
+    driver = subprocess.Popen(
         [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
         cwd=ROOT,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=900,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
+    # optuna-dashboard opens the study while the search runs, and again after it.
+    journal = run_dir / "optuna.journal"
+    deadline = time.time() + 300
+    while not (journal.exists() and (run_dir / "trials.parquet").exists()) and time.time() < deadline:
+        time.sleep(0.5)
+    with optuna_dashboard(journal) as dashboard:
+        during = dashboard("/api/studies")["study_summaries"]
+    stdout, stderr = driver.communicate(timeout=900)
+    assert driver.returncode == 0, stderr[-3000:]
+    assert [s["study_name"] for s in during] == [
+        yaml.safe_load((run_dir / "spec.resolved.yaml").read_text())["resolved"]["optuna"]["study_name"]
+    ]
+    with optuna_dashboard(journal) as dashboard:
+        after = dashboard(f"/api/studies/{during[0]['study_id']}?after=0")
+    assert len(after["trials"]) == 5
 
     trials = {t["trial_id"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
     epochs = pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
@@ -127,7 +184,25 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
 
     # The report, written at the end of the search.
     assert (run_dir / "report.html").stat().st_size > 10_000 and (run_dir / "report.md").exists()
-    assert "wandb sync" in result.stdout and "optuna-dashboard" in result.stdout
+    assert "wandb sync" in stdout and "optuna-dashboard" in stdout
+    cli = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("optuna")),
+            "trials",
+            "--storage",
+            resolved["storage"],
+            "--storage-class",
+            "JournalFileBackend",
+            "--study-name",
+            resolved["study_name"],
+            "-f",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert len(json.loads(cli.stdout)) == 5  # Optuna's own CLI reads the journal too
 
     # The key: in no file of the run, of W&B, or of the Ray session this search started.
     sessions = [

@@ -204,7 +204,26 @@ def follow_up_commands(report: Report) -> list[str]:
         lines.append("  " + shlex.join(["wandb", "sync", *map(str, sorted(offline.values()))]))
     info = report.resolved.get("resolved", {}).get("optuna")
     if info:
-        lines.append(f"Optuna study `{info['study_name']}`: optuna-dashboard {shlex.quote(info['storage'])}")
+        storage = info["storage"]
+        lines.append(f"look at the Optuna study `{info['study_name']}`:")
+        lines.append(f"  optuna-dashboard {shlex.quote(storage)}")
+        journal = [] if "://" in storage else ["--storage-class", "JournalFileBackend"]
+        lines.append(
+            "  "
+            + shlex.join(
+                [
+                    "optuna",
+                    "trials",
+                    "--storage",
+                    storage,
+                    *journal,
+                    "--study-name",
+                    info["study_name"],
+                    "-f",
+                    "table",
+                ]
+            )
+        )
     return lines
 
 
