@@ -185,6 +185,12 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     # The report, written at the end of the search.
     assert (run_dir / "report.html").stat().st_size > 10_000 and (run_dir / "report.md").exists()
     assert "wandb sync" in stdout and "optuna-dashboard" in stdout
+    sync = next(
+        line
+        for line in json.loads((run_dir / "report.json").read_text())["follow_up"]
+        if "wandb sync" in line
+    )
+    assert all(str(directory) in sync for directory in runs.values())  # the search run included
     cli = subprocess.run(
         [
             str(Path(sys.executable).with_name("optuna")),

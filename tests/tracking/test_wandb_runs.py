@@ -87,3 +87,21 @@ def test_runs_to_catch_up_after_a_killed_driver(tmp_path: Path) -> None:
     append_jsonl(tmp_path / PROGRESS_LOG, {"trial_id": "a", "finished": 11.0})  # finished after it ended
     append_jsonl(tmp_path / PROGRESS_LOG, {"trial_id": "b", "finished": 12.0})  # before its last end
     assert runs_to_catch_up(tmp_path) == ["b", "c"]
+
+
+def test_best_checkpoint_as_an_artifact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.wandb_read import run_records
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    tracker = WandbTracker(tmp_path, "s", WandbSpec(mode="offline", log_checkpoints=True))
+    tracker.start_trial("t1", {"strategy": "full"}, history=[])
+    tracker.log_epoch("t1", {"epoch": 1, "val_accuracy": 0.5})
+    tracker.end_trial("t1", {"stop_reason": "completed"}, failed=False, checkpoint=checkpoint)
+    tracker.close()
+    (run,) = (tmp_path / "wandb").glob("offline-run-*-s-t1")
+    artifacts = [r["artifact"] for r in run_records(run) if r["type"] == "artifact"]
+    assert artifacts and artifacts[0]["type"] == "model" and artifacts[0]["name"] == "s-t1-checkpoint"
+    assert any(e["path"] == "model.safetensors" for e in artifacts[0]["manifest"]["contents"])

@@ -57,6 +57,7 @@ class Report:
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_notes: dict[str, str] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)  # figure name -> PNG
+    svgs: dict[str, str] = field(default_factory=dict)  # figure name -> inline SVG text
     files: dict[str, Path] = field(default_factory=dict)  # format -> written file
 
     @property
@@ -97,9 +98,11 @@ def load_report(run_dir: Path, *, importances: bool = False) -> Report:
 # --- text ------------------------------------------------------------------------------------
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, column: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "-"
+    if isinstance(value, float) and column.endswith("_s"):  # seconds: a tenth is plenty
+        return f"{value:,.1f}"
     if isinstance(value, float):
         return f"{value:.4f}" if abs(value) < 1000 else f"{value:,.0f}"
     if isinstance(value, int) and abs(value) >= 10000:
@@ -123,7 +126,7 @@ def _columns(report: Report) -> list[str]:
 
 
 def _text_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
-    cells = [[_fmt(r.get(c)) for c in columns] for r in rows]
+    cells = [[_fmt(r.get(c), c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     header = "  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True))
     body = ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
@@ -247,7 +250,8 @@ def _importances(report: Report) -> tuple[dict[str, dict[str, float]], dict[str,
         if strategy not in report.resolved.get("strategies", {}):
             continue
         if len(mine) < 3 or not params:
-            notes[strategy] = f"{len(mine)} completed trials: too few to estimate importances"
+            noun = "trial" if len(mine) == 1 else "trials"
+            notes[strategy] = f"{len(mine)} completed {noun}: too few to estimate importances"
             continue
         try:
             values[strategy] = optuna.importance.get_param_importances(study, params=params)
@@ -396,26 +400,37 @@ def _svg(fig: Any) -> str:
 # --- files ---------------------------------------------------------------------------------
 
 
-def write_report(run_dir: Path, formats: tuple[str, ...] = FORMATS) -> Report:
+def render_figures(run_dir: Path) -> Report:
+    """Load the search's tables and draw every figure: PNGs under report/ (for Markdown and W&B),
+    SVG text kept for the self-contained HTML."""
     report = load_report(run_dir, importances=True)
     plt = _pyplot()
-    figs = figures(report)
     images_dir = report.run_dir / REPORT_DIR
     images_dir.mkdir(exist_ok=True)
-    for name, fig in figs.items():
+    for name, fig in figures(report).items():
         report.images[name] = images_dir / f"{name}.png"
         fig.savefig(report.images[name], bbox_inches="tight")
+        report.svgs[name] = _svg(fig)
+        plt.close(fig)
+    return report
+
+
+def write_report_files(report: Report, formats: tuple[str, ...] = FORMATS) -> Report:
+    """Write the report in the given formats. Called after anything that adds to the run directory
+    (the search's own W&B run), so the follow-up commands list it."""
     if "html" in formats:
-        report.files["html"] = _write(report.run_dir / "report.html", _html(report, figs))
+        report.files["html"] = _write(report.run_dir / "report.html", _html(report))
     if "md" in formats:
         report.files["md"] = _write(report.run_dir / "report.md", _markdown(report))
     if "json" in formats:
         report.files["json"] = _write(
             report.run_dir / "report.json", json.dumps(_summary(report), indent=2, default=str)
         )
-    for fig in figs.values():
-        plt.close(fig)
     return report
+
+
+def write_report(run_dir: Path, formats: tuple[str, ...] = FORMATS) -> Report:
+    return write_report_files(render_figures(run_dir), formats)
 
 
 def _write(path: Path, text: str) -> Path:
@@ -448,7 +463,7 @@ def _summary(report: Report) -> dict[str, Any]:
 
 def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in columns) + " |" for r in rows]
+    lines += ["| " + " | ".join(_fmt(r.get(c), c) for c in columns) + " |" for r in rows]
     return lines
 
 
@@ -551,7 +566,7 @@ def _html_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     for r in rows:
         cells = []
         for c in columns:
-            text = html.escape(_fmt(r.get(c)))
+            text = html.escape(_fmt(r.get(c), c))
             if c == "strategy":
                 color = STRATEGY_COLORS.get(str(r.get(c)), "grey")
                 text = f'<span class="swatch" style="background:{color}"></span>{text}'
@@ -560,7 +575,7 @@ def _html_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
-def _html(report: Report, figs: dict[str, Any]) -> str:
+def _html(report: Report) -> str:
     columns = _columns(report)
     overview = "".join(f"<li>{html.escape(line[2:]).replace('`', '')}</li>" for line in _overview(report))
     parts = [
@@ -575,7 +590,7 @@ def _html(report: Report, figs: dict[str, Any]) -> str:
     ]
     for name, caption in FIGURES.items():
         parts.append(
-            f"<h2>{html.escape(caption)}</h2><figure class='plot' id='fig-{name}'>{_svg(figs[name])}"
+            f"<h2>{html.escape(caption)}</h2><figure class='plot' id='fig-{name}'>{report.svgs[name]}"
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"
         )
     importances = "".join(

@@ -11,7 +11,7 @@ from typing import Any
 
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import TRIALS_TABLE, write_tables
-from tlsearch.results.report import Report, write_report
+from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
@@ -184,8 +184,9 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
     outcome = Outcome(run_dir, trials, spec.search.num_samples)
     if not outcome.interrupted:
         close_orphans(resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir))
-    report = write_report(run_dir)
-    log_search_to_wandb(run_dir, spec, trials, report)
+    report = render_figures(run_dir)
+    log_search_to_wandb(run_dir, spec, trials, report)  # uses the PNGs; its offline run joins the follow-up
+    write_report_files(report)
     return outcome
 
 
