@@ -1,4 +1,4 @@
-"""`tlsearch validate | run | resume | report`. Exit codes: 0 success, 1 the search failed,
+"""`tlsearch validate | run | resume | report | submit`. Exit codes: 0 success, 1 the search failed,
 2 bad input (spec, paths, names, an existing run) -- always one clear message, never a traceback."""
 
 from __future__ import annotations
@@ -49,6 +49,32 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("spec", metavar="SPEC")
     p.add_argument(
         "--name", default=None, help="search name (run directory <storage>/<name>); default: the spec's"
+    )
+
+    p = sub.add_parser(
+        "submit",
+        parents=[overrides],
+        help="run a search as a Ray job on a cluster; exit with the job's outcome",
+        description="Upload the working directory, run `python -m tlsearch run SPEC` as a Ray job, stream "
+        "its logs and exit with its outcome: 0 succeeded, the driver's code when it failed (1 no trial "
+        "finished, 2 bad input), 1 stopped, 130 interrupted here (the job is stopped too).",
+    )
+    p.add_argument("spec", metavar="SPEC", help="a spec file inside the working directory")
+    p.add_argument(
+        "--address",
+        default=None,
+        help="the cluster's job server, e.g. http://HEAD:8265 (default: $RAY_ADDRESS)",
+    )
+    p.add_argument("--name", default=None, help="search name; default: the spec's")
+    p.add_argument("--working-dir", default=".", help="uploaded as the job's working directory (default: .)")
+    p.add_argument(
+        "--python", default="python", help="the job's Python on the head node (default: python on its PATH)"
+    )
+    p.add_argument(
+        "--no-wait",
+        dest="wait",
+        action="store_false",
+        help="print the job id and exit 0 once it is submitted",
     )
 
     p = sub.add_parser("resume", parents=[address], help="continue an interrupted or killed search")
@@ -104,6 +130,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         report = write_report(run_dir, tuple(args.formats or ("html", "md")))
         print("\nwritten: " + ", ".join(str(path) for path in report.files.values()))
         return EXIT_OK
+
+    if args.command == "submit":
+        from tlsearch.search.submit import submit_search
+
+        overrides = list(args.overrides) + ([f"name={args.name}"] if args.name else [])
+        return submit_search(
+            args.spec,
+            overrides,
+            address=args.address,
+            working_dir=args.working_dir,
+            wait=args.wait,
+            python=args.python,
+        )
 
     from tlsearch.search.runner import Outcome, resume_search, run_search
 

@@ -6,7 +6,9 @@ Never `ray stop` (it would end every Ray process on the machine): the head runs 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,38 +32,81 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class LocalCluster:
-    def __init__(self, num_cpus: int):
-        self.port, self.dashboard_port = free_port(), free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log = tempfile.NamedTemporaryFile("w+", prefix="ray-head-", suffix=".log", delete=False)  # noqa: SIM115
+def node_ports() -> list[str]:
+    """Every per-node port on a free, non-default number: two nodes on one machine never collide."""
+    flags = (
+        "--node-manager-port",
+        "--object-manager-port",
+        "--metrics-export-port",
+        "--dashboard-agent-listen-port",
+        "--dashboard-agent-grpc-port",
+        "--runtime-env-agent-port",
+    )
+    return [arg for flag in flags for arg in (flag, str(free_port()))]
+
+
+class RayNode:
+    """One `ray start --block` process (a head or a worker node) on loopback."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None, role: str):
+        self.env = env
+        self.log = tempfile.NamedTemporaryFile("w+", prefix=f"ray-{role}-", suffix=".log", delete=False)  # noqa: SIM115
         self.process = subprocess.Popen(
-            [
-                RAY,
-                "start",
-                "--head",
-                "--block",
-                "--port",
-                str(self.port),
-                "--node-ip-address",
-                "127.0.0.1",
-                "--include-dashboard",
-                "true",
-                "--dashboard-host",
-                "127.0.0.1",
-                "--dashboard-port",
-                str(self.dashboard_port),
-                "--num-cpus",
-                str(num_cpus),
-                "--num-gpus",
-                "0",
-                "--disable-usage-stats",
-            ],
+            [RAY, "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args],
             stdout=self.log,
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            env=env,
         )
+
+    def log_text(self) -> str:
+        return Path(self.log.name).read_text()[-3000:]
+
+    def stop(self) -> None:
+        # SIGTERM to `ray start --block` shuts down the processes it started, and only those.
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+        if getattr(self, "temp_dir", None):
+            shutil.rmtree(self.temp_dir, ignore_errors=True)
+
+
+class LocalCluster(RayNode):
+    def __init__(
+        self,
+        num_cpus: int,
+        *,
+        env: dict[str, str] | None = None,
+        resources: dict[str, float] | None = None,
+        all_ports: bool = False,
+    ):
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard_url = f"http://127.0.0.1:{self.dashboard_port}"
+        args = [
+            "--head",
+            "--port",
+            str(self.port),
+            "--include-dashboard",
+            "true",
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            "0",
+        ]
+        if resources:
+            args += ["--resources", json.dumps(resources)]
+        if all_ports:
+            args += ["--ray-client-server-port", str(free_port()), *node_ports()]
+        super().__init__(args, env, "head")
         try:
             self._wait_ready()
         except BaseException:
@@ -75,9 +120,9 @@ class LocalCluster:
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"ray start exited: {Path(self.log.name).read_text()[-3000:]}")
+                raise RuntimeError(f"ray start exited: {self.log_text()}")
             try:
-                urllib.request.urlopen(f"http://127.0.0.1:{self.dashboard_port}/api/version", timeout=2)
+                urllib.request.urlopen(f"{self.dashboard_url}/api/version", timeout=2)
                 return
             except urllib.error.HTTPError:
                 return  # the dashboard answers (401 without a token): the head is up
@@ -85,14 +130,26 @@ class LocalCluster:
                 time.sleep(1)
         raise TimeoutError("the Ray head did not come up")
 
-    def stop(self) -> None:
-        # SIGTERM to `ray start --block` shuts down the processes it started, and only those.
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
+
+class WorkerNode(RayNode):
+    def __init__(self, head: LocalCluster, num_cpus: int, resources: dict[str, float], env: dict[str, str]):
+        # Its own temp dir, as a real second machine has: nodes sharing /tmp/ray also share the
+        # unpacked job working directories, and one node's cleanup deletes the other's.
+        self.temp_dir = tempfile.mkdtemp(prefix="rw", dir="/tmp")  # short: Unix socket paths are capped
+        args = [
+            "--temp-dir",
+            self.temp_dir,
+            "--address",
+            head.address,
+            "--num-cpus",
+            str(num_cpus),
+            "--num-gpus",
+            "0",
+            "--resources",
+            json.dumps(resources),
+            *node_ports(),
+        ]
+        super().__init__(args, env, "worker")
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,8 @@ from tlsearch.results.files import (
     EVENTS_LOG,
     TRIALS_TABLE,
     append_jsonl,
+    checkpoint_exists,
+    checkpoint_uri,
     read_jsonl,
     write_tables,
 )
@@ -112,3 +114,34 @@ def test_a_torn_last_line_is_skipped(tmp_path: Path) -> None:
     with open(tmp_path / "x.jsonl", "a") as f:
         f.write('{"a": ')
     assert read_jsonl(tmp_path / "x.jsonl") == [{"a": 1}]
+
+
+def test_checkpoint_locations_keep_their_filesystem(tmp_path: Path) -> None:
+    # Ray drops the scheme from checkpoint paths on S3/GCS: it comes back from checkpoint_storage.
+    assert checkpoint_uri("bucket/runs/s/trial_1/checkpoint_0", "s3://bucket/runs") == (
+        "s3://bucket/runs/s/trial_1/checkpoint_0"
+    )
+    assert checkpoint_uri("/abs/ckpt", "file:///abs") == "/abs/ckpt"
+    assert checkpoint_uri("/abs/ckpt", None) == "/abs/ckpt"
+    (tmp_path / "ckpt").mkdir()
+    assert checkpoint_exists(str(tmp_path / "ckpt")) and checkpoint_exists(f"file://{tmp_path}/ckpt")
+    assert not checkpoint_exists(f"file://{tmp_path}/gone")
+
+
+def test_a_checkpoint_outside_the_run_directory_is_recorded_by_its_full_location(tmp_path: Path) -> None:
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "checkpoints" / "trial_a" / "checkpoint_0001"
+    run_dir.mkdir()
+    elsewhere.mkdir(parents=True)
+    inside = run_dir / "trial_a" / "checkpoint_0002"
+    inside.mkdir(parents=True)
+    append_jsonl(run_dir / EVENTS_LOG, {"event": "start", "trial_id": "a", "config": {"strategy": "full"}})
+    for epoch, value, path in ((1, 0.9, elsewhere), (2, 0.5, inside)):
+        append_jsonl(run_dir / EPOCHS_LOG, {"trial_id": "a", "epoch": epoch, "val_accuracy": value})
+        append_jsonl(
+            run_dir / EVENTS_LOG, {"event": "checkpoint", "trial_id": "a", "epoch": epoch, "path": str(path)}
+        )
+    (row,) = write_tables(run_dir, "val_accuracy", "max", 2)
+    assert row["checkpoint"] == str(elsewhere)  # the best epoch's, outside: absolute
+    elsewhere.rmdir()
+    (row,) = write_tables(run_dir, "val_accuracy", "max", 2)
+    assert row["checkpoint"] == "trial_a/checkpoint_0002"  # the best one left, inside: relative

@@ -53,3 +53,22 @@ def test_a_trial_that_cannot_fit_is_refused() -> None:
         plan_resources(spec({"workers_per_trial": 2, "cpus_per_worker": 2}), {"CPU": 2})
     with pytest.raises(UserInputError, match="has no GPUs"):
         plan_resources(spec({"use_gpu": True}), {"CPU": 8})
+
+
+def test_trial_drivers_ask_for_their_custom_resource_and_it_bounds_concurrency() -> None:
+    resources = {"workers_per_trial": 2, "trial_driver_resources": {"trial_driver": 1}}
+    _, actor, concurrent = plan_resources(spec(resources), {"CPU": 64, "GPU": 16, "trial_driver": 3})
+    assert actor == {"cpu": DRIVER_CPUS, "custom_resources": {"trial_driver": 1}}
+    assert concurrent == 3  # GPUs would allow 8 trials, the stable nodes hold 3 drivers
+    with pytest.raises(UserInputError, match="has 0: start the nodes that should run trial drivers"):
+        plan_resources(spec(resources), {"CPU": 64, "GPU": 16})
+
+
+def test_an_explicit_max_concurrent_waits_for_the_autoscaler_instead_of_refusing() -> None:
+    # A cluster scaled down to its CPU head: GPU nodes and trial-driver capacity come on demand.
+    head_only = {"CPU": 1, "trial_driver": 0}
+    resources = {"workers_per_trial": 2, "use_gpu": True, "trial_driver_resources": {"trial_driver": 1}}
+    with pytest.raises(UserInputError, match=r"set search\.max_concurrent"):
+        plan_resources(spec(resources), head_only)
+    use_gpu, actor, concurrent = plan_resources(spec(resources, max_concurrent=4), head_only)
+    assert use_gpu and concurrent == 4 and actor["custom_resources"] == {"trial_driver": 1}

@@ -149,6 +149,22 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
             "resources.gpus_per_worker",
             "fractional GPUs need `workers_per_trial: 1`",
         ),
+        (
+            {"resources": {"trial_driver_resources": {"trial_driver": 0.01}}},
+            "resources.trial_driver_resources",
+            "applies to multi-worker trials only",
+        ),
+        (
+            {"resources": {"workers_per_trial": 2, "trial_driver_resources": {"CPU": 1}}},
+            "resources.trial_driver_resources.CPU",
+            "only custom resources",
+        ),
+        (
+            {"resources": {"workers_per_trial": 2, "trial_driver_resources": {"stable": 0}}},
+            "resources.trial_driver_resources.stable",
+            "must be > 0, but got 0",
+        ),
+        ({"checkpoint_storage": "s4://bucket/x"}, "checkpoint_storage", "Did you mean `s3`?"),
         ({"search": {"metric": "val_loss", "mode": "max"}}, "search.mode", "minimised"),
         (
             {"search": {"max_epochs": 2, "scheduler": {"grace_period": 3}}},

@@ -99,7 +99,7 @@ def test_best_checkpoint_as_an_artifact(tmp_path: Path, monkeypatch: pytest.Monk
     tracker = WandbTracker(tmp_path, "s", WandbSpec(mode="offline", log_checkpoints=True))
     tracker.start_trial("t1", {"strategy": "full"}, history=[])
     tracker.log_epoch("t1", {"epoch": 1, "val_accuracy": 0.5})
-    tracker.end_trial("t1", {"stop_reason": "completed"}, failed=False, checkpoint=checkpoint)
+    tracker.end_trial("t1", {"stop_reason": "completed"}, failed=False, checkpoint=str(checkpoint))
     tracker.close()
     (run,) = (tmp_path / "wandb").glob("offline-run-*-s-t1")
     artifacts = [r["artifact"] for r in run_records(run) if r["type"] == "artifact"]

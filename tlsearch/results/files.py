@@ -34,7 +34,15 @@ RESOLVED_SPEC = "spec.resolved.yaml"
 STATUSES = ("completed", "stopped_early", "error", "running")
 METRICS = tuple(vocab.METRICS)
 # Reported each epoch but constant for a trial: copied onto its trials.parquet row.
-TRIAL_CONSTANTS = ("trainable_params", "node_id", "workers", "param_groups")
+TRIAL_CONSTANTS = (
+    "trainable_params",
+    "node_id",
+    "node_ip",
+    "worker_nodes",
+    "driver_node",
+    "workers",
+    "param_groups",
+)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -132,17 +140,42 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
 
 
 def _best_checkpoint(run_dir: Path, epochs: list[dict[str, Any]], metric: str, mode: str) -> str | None:
-    """The best epoch's checkpoint that is still on disk, relative to the run directory."""
-    kept = [
-        e
-        for e in epochs
-        if e.get("checkpoint") and Path(e["checkpoint"]).exists() and _finite(e.get(metric)) is not None
-    ]
-    if not kept:
-        return None
+    """The best epoch's checkpoint that still exists: relative to the run directory when inside it,
+    else its absolute path or URI (`checkpoint_storage`)."""
+    candidates = [e for e in epochs if e.get("checkpoint") and _finite(e.get(metric)) is not None]
     pick = min if mode == "min" else max
-    best = pick(kept, key=lambda e: e[metric])
-    return os.path.relpath(best["checkpoint"], run_dir)
+    # Best first; older checkpoints are deleted as better ones arrive (checkpoints_to_keep).
+    for best in sorted(candidates, key=lambda e: e[metric], reverse=pick is max):
+        if checkpoint_exists(best["checkpoint"]):
+            location = best["checkpoint"]
+            if "://" in location or not Path(location).is_relative_to(run_dir):
+                return location
+            return os.path.relpath(location, run_dir)
+    return None
+
+
+def checkpoint_uri(path: str, storage_root: str | None) -> str:
+    """Ray hands out checkpoint paths without their filesystem's scheme (`bucket/prefix/...` for
+    s3://bucket/prefix): put the scheme of `checkpoint_storage` back. Local paths stay paths."""
+    if storage_root and "://" in storage_root and "://" not in path:
+        scheme = storage_root.split("://", 1)[0]
+        if scheme != "file":
+            return f"{scheme}://{path}"
+    return path.removeprefix("file://")
+
+
+def checkpoint_exists(location: str) -> bool:
+    if "://" not in location:
+        return Path(location).exists()
+    import pyarrow.fs
+
+    filesystem, path = pyarrow.fs.FileSystem.from_uri(location)
+    return filesystem.get_file_info(path).type != pyarrow.fs.FileType.NotFound
+
+
+def checkpoint_location(run_dir: Path, value: str) -> str:
+    """A trials.parquet `checkpoint` value as an absolute path or a URI."""
+    return value if "://" in value else str(Path(run_dir) / value)
 
 
 def _table(rows: list[dict[str, Any]], leading: Iterable[str]) -> pa.Table:

@@ -16,6 +16,8 @@ from tlsearch.results.files import (
     METRICS,
     TRIAL_CONSTANTS,
     append_jsonl,
+    checkpoint_location,
+    checkpoint_uri,
     read_jsonl,
     write_tables,
 )
@@ -44,8 +46,18 @@ class ResultsRecorder(Callback):
     """Holds only paths and settings, so it pickles into Tune's experiment state and works again
     after `Tuner.restore` (the JSONL logs carry everything recorded before the restore)."""
 
-    def __init__(self, run_dir: str, metric: str, mode: str, max_epochs: int, search: str, wandb: WandbSpec):
+    def __init__(
+        self,
+        run_dir: str,
+        metric: str,
+        mode: str,
+        max_epochs: int,
+        search: str,
+        wandb: WandbSpec,
+        checkpoint_root: str | None = None,
+    ):
         self.run_dir = run_dir
+        self.checkpoint_root = checkpoint_root  # `checkpoint_storage`: gives checkpoint paths their scheme
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.search, self.wandb = search, wandb
         self._tracker: WandbTracker | None = None
@@ -97,19 +109,19 @@ class ResultsRecorder(Callback):
         row = {"trial_id": trial.trial_id, "time": time.time()}
         row.update({k: result.get(k) for k in EPOCH_FIELDS})
         if result.get("checkpoint_path"):  # Ray Train runner: the checkpoint arrives as a metric
-            row["checkpoint"] = result["checkpoint_path"]
+            row["checkpoint"] = checkpoint_uri(result["checkpoint_path"], self.checkpoint_root)
         append_jsonl(self._dir / EPOCHS_LOG, row)
         self.tracker.log_epoch(trial.trial_id, row)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         # In-actor runner: Tune persisted the checkpoint; its meta.json says which epoch it holds.
-        try:
-            epoch = json.loads((Path(checkpoint.path) / META_FILE).read_text())["epoch"]
+        try:  # through the checkpoint's own filesystem: it may be S3 or GCS
+            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{META_FILE}") as f:
+                epoch = json.loads(f.read())["epoch"]
         except (OSError, KeyError, ValueError):
             return
-        self._event(
-            {"event": "checkpoint", "trial_id": trial.trial_id, "epoch": epoch, "path": checkpoint.path}
-        )
+        path = checkpoint_uri(checkpoint.path, self.checkpoint_root)
+        self._event({"event": "checkpoint", "trial_id": trial.trial_id, "epoch": epoch, "path": path})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._event({"event": "retry", "trial_id": trial.trial_id, "error": _error_text(trial)})
@@ -136,7 +148,7 @@ class ResultsRecorder(Callback):
         summary.update(
             {k: row[k] for k in row if k in METRICS or (k.startswith("best_") and k[5:] in METRICS)}
         )
-        checkpoint = self._dir / row["checkpoint"] if row.get("checkpoint") else None
+        checkpoint = checkpoint_location(self._dir, row["checkpoint"]) if row.get("checkpoint") else None
         self.tracker.end_trial(trial_id, summary, failed=row["status"] == "error", checkpoint=checkpoint)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:

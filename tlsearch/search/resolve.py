@@ -136,6 +136,8 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
     spec = resolved.spec
     document: dict[str, Any] = spec.model_dump(mode="json")
     document["storage"] = str(Path(spec.storage).expanduser().resolve())
+    if spec.checkpoint_storage is not None:
+        document["checkpoint_storage"] = spec.checkpoint_root()
     document["search"]["mode"] = spec.search.resolved_mode
     if "partial" in resolved.space.strategy_names():
         # The default depth range is clipped to the model's blocks: record the range searched.

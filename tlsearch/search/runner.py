@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch.errors import UserInputError
-from tlsearch.results.files import TRIALS_TABLE, write_tables
+from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, write_tables
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
 from tlsearch.search.recorder import ResultsRecorder
@@ -63,7 +63,7 @@ def connect(address: str | None) -> None:
             os.environ["WANDB_API_KEY"] = secret
 
 
-def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[str, float], int]:
+def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[str, Any], int]:
     """(use GPUs?, the trial actor's resources, how many trials may run at once).
 
     Tune accounts only for the trial actor; a multi-worker trial's Train workers reserve their own
@@ -71,9 +71,15 @@ def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[st
     """
     r = spec.resources
     gpus = cluster.get("GPU", 0.0)
+    # An explicit search.max_concurrent says how many trials the cluster will hold once its
+    # autoscaler has added nodes: then what is missing now is waited for, not refused.
+    autoscaling = spec.search.max_concurrent is not None
     use_gpu = gpus > 0 if r.use_gpu == "auto" else bool(r.use_gpu)
-    if use_gpu and gpus <= 0:
-        raise UserInputError("resources.use_gpu is true, but the Ray cluster has no GPUs")
+    if use_gpu and gpus <= 0 and not autoscaling:
+        raise UserInputError(
+            "resources.use_gpu is true, but the Ray cluster has no GPUs now; on an autoscaling cluster "
+            "set search.max_concurrent so the search waits for GPU nodes"
+        )
     gpus_per_worker = r.worker_gpus(use_gpu)
     workers = r.workers_per_trial
     need_cpu = workers * r.cpus_per_worker + (DRIVER_CPUS if workers > 1 else 0.0)
@@ -81,17 +87,67 @@ def plan_resources(spec: Spec, cluster: dict[str, float]) -> tuple[bool, dict[st
     fits = [cluster.get("CPU", 0.0) / need_cpu]
     if need_gpu:
         fits.append(gpus / need_gpu)
+    driver_extra = dict(r.trial_driver_resources) if workers > 1 else {}
+    for name, amount in driver_extra.items():
+        if cluster.get(name, 0.0) < amount and not autoscaling:
+            raise UserInputError(
+                f"resources.trial_driver_resources asks for {amount:g} `{name}`, but the cluster has "
+                f"{cluster.get(name, 0.0):g}: start the nodes that should run trial drivers with "
+                f"`ray start ... --resources '{{\"{name}\": 100}}'` (cluster/README.md)"
+            )
+        fits.append(cluster.get(name, 0.0) / amount)
     fit = math.floor(min(fits) + 1e-9)
-    if fit < 1:
+    if fit < 1 and not autoscaling:
         raise UserInputError(
             f"one trial needs {need_cpu:g} CPUs and {need_gpu:g} GPUs ({workers} workers), but the cluster "
             f"has {cluster.get('CPU', 0):g} CPUs and {gpus:g} GPUs: lower resources.workers_per_trial or "
-            "cpus_per_worker"
+            "cpus_per_worker (or, on an autoscaling cluster, set search.max_concurrent)"
+        )
+    if autoscaling and fit < (spec.search.max_concurrent or 0):
+        print(
+            f"[tlsearch] the cluster holds {fit} trial(s) now; search.max_concurrent is "
+            f"{spec.search.max_concurrent}: the rest wait for the autoscaler to add nodes",
+            flush=True,
         )
     max_concurrent = min(spec.search.max_concurrent or fit, spec.search.num_samples)
     # Single-worker trials train inside the trial actor, which holds the worker's resources.
-    actor = {"cpu": r.cpus_per_worker, "gpu": gpus_per_worker} if workers == 1 else {"cpu": DRIVER_CPUS}
+    actor: dict[str, Any] = (
+        {"cpu": r.cpus_per_worker, "gpu": gpus_per_worker} if workers == 1 else {"cpu": DRIVER_CPUS}
+    )
+    if driver_extra:
+        actor["custom_resources"] = driver_extra
     return use_gpu, actor, max_concurrent
+
+
+def experiment_location(spec: Spec, run_dir: Path) -> tuple[str, str]:
+    """(storage_path, name) of the Tune experiment: the run directory itself, or a directory named
+    after the search under `checkpoint_storage` (checkpoints on S3/GCS, the rest on the driver)."""
+    root = spec.checkpoint_root()
+    return (str(run_dir.parent), run_dir.name) if root is None else (root, run_dir.name)
+
+
+def in_ray_job() -> bool:
+    """Started by `ray job submit` (the job supervisor passes the job's config this way)."""
+    return "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+
+
+def check_job_storage(spec: Spec) -> None:
+    """A Ray job runs in a temporary copy of its working directory: results under a relative path
+    would vanish with it."""
+    if not in_ray_job():
+        return
+    relative = [
+        (key, value)
+        for key, value in (("storage", spec.storage), ("checkpoint_storage", spec.checkpoint_storage))
+        if value is not None and "://" not in value and not Path(value).expanduser().is_absolute()
+    ]
+    if relative:
+        key, value = relative[0]
+        raise UserInputError(
+            f"`{key}` is {value!r}, relative to this Ray job's temporary working directory, which Ray "
+            f"deletes: give an absolute path on a filesystem the head node keeps (a shared mount), "
+            f"e.g. --set {key}=/mnt/shared/tlsearch-runs"
+        )
 
 
 def trial_dirname(trial: Any) -> str:
@@ -107,7 +163,9 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     spec = resolved.spec
     metric, mode = spec.search.metric, spec.search.resolved_mode
     use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
-    run = RunContext(str(run_dir), spec, resolved.data, use_gpu)
+    storage_path, experiment_name = experiment_location(spec, run_dir)
+    experiment_dir = f"{storage_path}/{experiment_name}"
+    run = RunContext(str(run_dir), spec, resolved.data, use_gpu, experiment_dir)
     trainable = tune.with_resources(tune.with_parameters(run_trial, run=run), actor)
     print(
         f"[tlsearch] {spec.name}: {spec.search.num_samples} trials, up to {max_concurrent} at once, "
@@ -116,7 +174,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     )
     if restore:
         return tune.Tuner.restore(
-            str(run_dir), trainable=trainable, resume_unfinished=True, resume_errored=False
+            experiment_dir, trainable=trainable, resume_unfinished=True, resume_errored=False
         )
 
     s = spec.search
@@ -154,10 +212,18 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             trial_dirname_creator=trial_dirname,
         ),
         run_config=tune.RunConfig(
-            name=run_dir.name,
-            storage_path=str(run_dir.parent),
+            name=experiment_name,
+            storage_path=storage_path,
             callbacks=[
-                ResultsRecorder(str(run_dir), metric, mode, s.max_epochs, spec.name, spec.tracking.wandb)
+                ResultsRecorder(
+                    str(run_dir),
+                    metric,
+                    mode,
+                    s.max_epochs,
+                    spec.name,
+                    spec.tracking.wandb,
+                    checkpoint_root=spec.checkpoint_root(),
+                )
             ],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
@@ -246,12 +312,20 @@ def forget_lost_trials(run_dir: Path, tune_trial_ids: set[str]) -> None:
 
 
 def run_search(spec: Spec, *, address: str | None = None) -> Outcome:
+    check_job_storage(spec)
     run_dir = spec.run_dir()
     if run_dir.exists():
         raise UserInputError(
             f"{run_dir} already exists: continue it with `tlsearch resume {run_dir}`, or start a new search "
             f"with another name (`--name {spec.name}-2`)"
         )
+    if spec.checkpoint_storage is not None:
+        experiment = "/".join(experiment_location(spec, run_dir))
+        if checkpoint_exists(experiment):
+            raise UserInputError(
+                f"{experiment} already exists (checkpoint_storage): another search of this name wrote "
+                f"there; start this one with another name (`--name {spec.name}-2`)"
+            )
     run_dir.mkdir(parents=True)
     try:
         resolved = resolve(spec, run_dir)
@@ -269,7 +343,7 @@ def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
     run_dir = Path(run_dir).expanduser().resolve()
     spec = read_resolved_spec(run_dir)
     resolved = resolve(spec, run_dir, resuming=True)
-    restorable = tune.Tuner.can_restore(str(run_dir))
+    restorable = tune.Tuner.can_restore("/".join(experiment_location(spec, run_dir)))
     if not restorable and (run_dir / TRIALS_TABLE).exists():
         raise UserInputError(f"{run_dir} has results but no Tune experiment state to resume from")
     return _fit(resolved, run_dir, restore=restorable, address=address)

@@ -8,7 +8,7 @@ from typing import Any
 from tlsearch.space.trial_config import TrialConfig
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
-from tlsearch.train.session import TrainSession, TuneSession
+from tlsearch.train.session import TrainSession, TuneSession, node_id
 
 # The trial driver of a multi-worker trial only waits on its Train controller.
 DRIVER_CPUS = 0.01
@@ -18,7 +18,9 @@ TRAIN_CONTROLLER_FAILURE_LIMIT = 2
 def run_trial(config: dict[str, Any], run: RunContext) -> None:
     from ray import tune
 
-    inputs = TrialInputs(run, TrialConfig.parse(config), tune.get_context().get_trial_id(), time.time())
+    inputs = TrialInputs(
+        run, TrialConfig.parse(config), tune.get_context().get_trial_id(), time.time(), driver_node=node_id()
+    )
     if run.spec.resources.workers_per_trial == 1:
         train_trial(inputs, TuneSession(run.use_gpu))
     else:
@@ -36,7 +38,7 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
 
     run, spec = inputs.run, inputs.run.spec
     r = spec.resources
-    resources = {"CPU": r.cpus_per_worker}
+    resources: dict[str, float] = {"CPU": r.cpus_per_worker}
     if run.use_gpu:
         resources["GPU"] = r.worker_gpus(True)
     trainer = TorchTrainer(
@@ -49,7 +51,7 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
             # A fit() with an existing (storage, name) resumes that run: one name per trial, so a
             # retried trial continues from its own checkpoint and never from another's.
             name=f"{spec.name}-{inputs.trial_id}",
-            storage_path=f"{run.run_dir}/train",
+            storage_path=f"{run.experiment_dir or run.run_dir}/train",
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,

@@ -226,6 +226,10 @@ class ResourcesSpec(Strict):
     # None: 1 GPU per worker when GPUs are used. Fractions pack single-worker trials on one GPU.
     gpus_per_worker: float | None = Field(None, ge=0)
     use_gpu: Literal["auto"] | bool = "auto"
+    # Custom Ray resources the trial driver of a multi-worker trial asks for, e.g. {trial_driver: 0.01}:
+    # it (and the Train controller Ray attaches to its node) then lands on the stable nodes that
+    # advertise them, while the Train workers go to GPU nodes that may be preempted.
+    trial_driver_resources: dict[str, float] = Field(default_factory=dict)
 
     def worker_gpus(self, on_gpu: bool) -> float:
         """GPUs each worker holds once the search knows whether it runs on GPUs."""
@@ -268,12 +272,18 @@ class TrackingSpec(Strict):
     optuna: OptunaSpec = OptunaSpec()
 
 
+# URI schemes pyarrow.fs (and so Ray's storage) understands.
+CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")
+
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class Spec(Strict):
     name: str = Field(pattern=NAME_PATTERN)
     storage: str = "./runs"
+    # Where Tune and Ray Train write checkpoints: a pyarrow.fs URI (s3://bucket/prefix, gs://...) or a
+    # path. None: inside the run directory.
+    checkpoint_storage: str | None = None
     seed: int = 0
     model: ModelSpec
     data: DataSpec
@@ -285,6 +295,13 @@ class Spec(Strict):
 
     def run_dir(self) -> Path:
         return Path(self.storage).expanduser().resolve() / self.name
+
+    def checkpoint_root(self) -> str | None:
+        """`checkpoint_storage` with a path made absolute (a URI as given), or None."""
+        if self.checkpoint_storage is None:
+            return None
+        root = self.checkpoint_storage.rstrip("/")
+        return root if "://" in root else str(Path(root).expanduser().resolve())
 
 
 def _unknown(kind: str, name: str, known: dict[str, str], prefix: str = "") -> str:
@@ -362,6 +379,34 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 f"but got {r.gpus_per_worker} with {r.workers_per_trial} workers",
             )
         )
+    for key, amount in r.trial_driver_resources.items():
+        where = f"resources.trial_driver_resources.{key}"
+        if key.upper() in ("CPU", "GPU", "MEMORY", "OBJECT_STORE_MEMORY"):
+            problems.append(
+                (where, "only custom resources: CPUs and GPUs come from cpus_per_worker, gpus_per_worker")
+            )
+        elif not amount > 0:
+            problems.append((where, f"must be > 0, but got {amount}"))
+    if r.trial_driver_resources and r.workers_per_trial == 1:
+        problems.append(
+            (
+                "resources.trial_driver_resources",
+                "applies to multi-worker trials only (a single-worker trial trains in its driver, which "
+                "must sit on a training node): set workers_per_trial > 1 or remove it",
+            )
+        )
+    if spec.checkpoint_storage is not None:
+        scheme = spec.checkpoint_storage.partition("://")[0] if "://" in spec.checkpoint_storage else None
+        if not spec.checkpoint_storage.strip():
+            problems.append(("checkpoint_storage", "remove it to keep checkpoints in the run directory"))
+        elif scheme is not None and scheme not in CHECKPOINT_SCHEMES:
+            problems.append(
+                (
+                    "checkpoint_storage",
+                    f"`{scheme}://` is not a pyarrow.fs filesystem.{suggest(scheme, CHECKPOINT_SCHEMES)} "
+                    f"Known: {', '.join(s + '://' for s in CHECKPOINT_SCHEMES)}, or a path",
+                )
+            )
     if r.use_gpu is False and r.gpus_per_worker:
         problems.append(("resources.gpus_per_worker", "must be 0 or unset when `use_gpu: false`"))
 

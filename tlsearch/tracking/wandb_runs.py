@@ -97,9 +97,7 @@ class WandbTracker:
     def log_epoch(self, trial_id: str, row: dict[str, Any]) -> None:
         self._submit(lambda: self._log(trial_id, row))
 
-    def end_trial(
-        self, trial_id: str, summary: dict[str, Any], failed: bool, checkpoint: Path | None
-    ) -> None:
+    def end_trial(self, trial_id: str, summary: dict[str, Any], failed: bool, checkpoint: str | None) -> None:
         self._submit(lambda: self._end(trial_id, summary, failed, checkpoint))
 
     def log_search(
@@ -195,16 +193,20 @@ class WandbTracker:
         )
         self._last_step[trial_id] = epoch
 
-    def _end(self, trial_id: str, summary: dict[str, Any], failed: bool, checkpoint: Path | None) -> None:
+    def _end(self, trial_id: str, summary: dict[str, Any], failed: bool, checkpoint: str | None) -> None:
         run = self._runs.pop(trial_id, None)
         if run is None:
             return
         run.summary.update(summary)
-        if self.spec.log_checkpoints and checkpoint is not None and checkpoint.is_dir():
+        remote = checkpoint is not None and "://" in checkpoint
+        if self.spec.log_checkpoints and checkpoint is not None and (remote or Path(checkpoint).is_dir()):
             import wandb
 
             artifact = wandb.Artifact(f"{run.id}-checkpoint", type="model", metadata={"trial_id": trial_id})
-            artifact.add_dir(str(checkpoint))
+            if remote:  # on S3/GCS: a reference to it, not a second copy
+                artifact.add_reference(checkpoint)
+            else:
+                artifact.add_dir(checkpoint)
             run.log_artifact(artifact, aliases=["best"])
         run.finish(exit_code=1 if failed else 0)
         append_jsonl(self.run_dir / PROGRESS_LOG, {"trial_id": trial_id, "finished": time.time()})

@@ -17,6 +17,8 @@ class RunContext:
     spec: Spec
     data: DataFiles
     use_gpu: bool
+    # The Tune experiment: the run directory, or `<checkpoint_storage>/<name>` (a path or a URI).
+    experiment_dir: str = ""
 
     @property
     def num_classes(self) -> int:
@@ -35,3 +37,4 @@ class TrialInputs:
     config: TrialConfig
     trial_id: str
     started_at: float  # wall clock at the trial function's start: wall_s includes set-up
+    driver_node: str = ""  # node of the Tune trial actor (the trial driver)

@@ -27,7 +27,7 @@ from tlsearch.models.sources import LoadedModel, build_model
 from tlsearch.strategies import Prepared, prepare
 from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.metrics import classification_metrics
-from tlsearch.train.session import Session, node_id, scratch_dir
+from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
 
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
@@ -192,6 +192,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             torch.set_rng_state(state["torch_rng"])
             start_epoch, wall_before = state["epoch"], state["wall_s"]
     resumed_at = inputs.started_at
+    worker_nodes = session.worker_nodes()
     if session.world_rank == 0:
         print(describe_trial(inputs, prepared), flush=True)
         if start_epoch:
@@ -200,7 +201,10 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "strategy": config.strategy,
         "trainable_params": prepared.trainable_params,
         "param_groups": json.dumps([g.describe() for g in prepared.param_groups]),
-        "node_id": node_id(),
+        "node_id": node_id(),  # rank 0's node
+        "node_ip": node_ip(),
+        "worker_nodes": ",".join(worker_nodes),  # every rank's node, in rank order
+        "driver_node": inputs.driver_node,  # the trial driver's node (multi-worker trials)
         # Not "pid": Tune overwrites that key with the trial actor's pid.
         "rank0_pid": os.getpid(),  # the process that trains (rank 0), for py-spy and friends
         "workers": session.world_size,

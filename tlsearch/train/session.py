@@ -27,12 +27,19 @@ class Session(Protocol):
     def wrap(self, model: nn.Module) -> nn.Module: ...
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None: ...
+    def worker_nodes(self) -> list[str]: ...
 
 
 def node_id() -> str:
     import ray
 
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
+def node_ip() -> str:
+    import ray
+
+    return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
 @contextlib.contextmanager
@@ -53,6 +60,9 @@ class TuneSession:
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
+
+    def worker_nodes(self) -> list[str]:
+        return [node_id()]
 
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         from ray import tune
@@ -80,6 +90,14 @@ class TrainSession:
         import ray.train.torch
 
         return ray.train.torch.prepare_model(model)
+
+    def worker_nodes(self) -> list[str]:
+        """Each rank's node, in rank order (a collective: every rank calls it)."""
+        import torch.distributed as dist
+
+        nodes: list[Any] = [None] * self.world_size
+        dist.all_gather_object(nodes, node_id())
+        return [str(n) for n in nodes]
 
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         import ray.train

@@ -1,0 +1,310 @@
+"""Searches on a real two-node Ray cluster on loopback: submitted with `ray job submit` and with
+`tlsearch submit`, and attached to with `tlsearch run --address`.
+
+The head and the worker node are `ray start --block` child processes on non-default ports with token
+authentication (Ray >= 2.59's default); they are ended by process id, never with `ray stop`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from tests.helpers import text_spec
+from tests.integration.conftest import RAY, LocalCluster, WorkerNode
+from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = str(Path(sys.executable).parent)
+
+
+class TwoNodes:
+    def __init__(self, head: LocalCluster, worker: WorkerNode, env: dict[str, str]):
+        self.head, self.worker, self.env = head, worker, env
+
+    def node_ids(self) -> set[str]:
+        from ray.util.state import list_nodes
+
+        return {n.node_id for n in list_nodes(address=self.head.dashboard_url) if n.state == "ALIVE"}
+
+    def head_node_id(self) -> str:
+        from ray.util.state import list_nodes
+
+        return next(n.node_id for n in list_nodes(address=self.head.dashboard_url) if n.is_head_node)
+
+    def job(self, submission_id: str):
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.head.dashboard_url).get_job_info(submission_id)
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[TwoNodes]:
+    # The job's `python` is the first one on the PATH of `ray start`: this venv's (DESIGN.md §2).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")}
+    env |= {"PATH": f"{VENV_BIN}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "token", "WANDB_MODE": "offline"}
+    # The head runs trial drivers (the `trial_driver` resource) and trains one worker at a time.
+    head = LocalCluster(num_cpus=1, env=env, resources={"trial_driver": 4}, all_ports=True)
+    worker = None
+    try:
+        worker = WorkerNode(head, num_cpus=1, resources={"gpu_node_stand_in": 1}, env=env)
+        cluster = TwoNodes(head, worker, env)
+        import time
+
+        deadline = time.time() + 120
+        while len(cluster.node_ids()) < 2:
+            if worker.process.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"the worker node did not join: {worker.log_text()}")
+            time.sleep(1)
+        yield cluster
+    finally:
+        if worker is not None:
+            worker.stop()
+        head.stop()
+
+
+def _spec(tiny_bert: Path, data: dict[str, Path], storage: Path, name: str, **sections: object) -> dict:
+    spec = text_spec(
+        tiny_bert,
+        data,
+        storage,
+        name=name,
+        search={"num_samples": 2, "max_epochs": 2, "max_concurrent": 2, "scheduler": {"type": "fifo"}},
+        strategies={"full": {}, "linear_probe": {}, "common": {"batch_size": 8}},
+        tracking={"wandb": {"mode": "offline"}},
+    )
+    for key, value in sections.items():
+        spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
+    return spec
+
+
+def _trials(run_dir: Path) -> list[dict]:
+    return pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+
+
+def test_token_auth_guards_the_job_server(two_nodes: TwoNodes) -> None:
+    url = f"{two_nodes.head.dashboard_url}/api/jobs/"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, timeout=10)
+    assert refused.value.code == 401
+    token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(request, timeout=10) as answer:
+        assert answer.status == 200
+
+
+def test_ray_job_submit_spreads_trials_over_both_nodes(
+    two_nodes: TwoNodes, tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = _spec(tiny_bert, text_data, tmp_path / "runs", "job-submit")
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    submit = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            two_nodes.head.dashboard_url,
+            "--submission-id",
+            "ray-job-submit-ok",
+            "--working-dir",
+            str(ROOT),
+            "--",
+            "python",
+            "-m",
+            "tlsearch",
+            "run",
+            str(spec_path),
+        ],
+        cwd=ROOT,
+        env=two_nodes.env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert submit.returncode == 0, submit.stdout[-4000:] + submit.stderr[-2000:]
+    assert str(two_nodes.job("ray-job-submit-ok").status) == "SUCCEEDED"
+    trials = _trials(tmp_path / "runs" / "job-submit")
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"completed"}
+    # One CPU per node and two single-worker trials at once: one trial on each node.
+    assert {t["node_id"] for t in trials} == two_nodes.node_ids()
+    assert all(t["checkpoint"] and t["val_accuracy"] is not None for t in trials)
+    assert (tmp_path / "runs" / "job-submit" / "report.html").exists()
+
+
+def test_a_failing_search_fails_its_job(
+    two_nodes: TwoNodes, tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = _spec(tiny_bert, text_data, tmp_path / "runs", "job-bad")
+    spec["search"]["num_samples"] = 0  # invalid: the job's `tlsearch run` exits 2
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    submit = subprocess.run(
+        [
+            RAY,
+            "job",
+            "submit",
+            "--address",
+            two_nodes.head.dashboard_url,
+            "--submission-id",
+            "ray-job-bad",
+            "--",
+            "python",
+            "-m",
+            "tlsearch",
+            "run",
+            str(spec_path),
+        ],
+        env=two_nodes.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert submit.returncode != 0
+    info = two_nodes.job("ray-job-bad")
+    assert str(info.status) == "FAILED" and info.driver_exit_code == 2
+    assert "search.num_samples" in submit.stdout + submit.stderr
+
+
+def _project(tmp_path: Path, spec: dict) -> Path:
+    """A project directory as `tlsearch submit` uploads it, with the spec inside. The data stay where
+    every node reads them (on a real cluster: a shared mount), named by absolute paths."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "search.yaml").write_text(yaml.safe_dump(spec))
+    return project
+
+
+def _tlsearch(
+    args: list[str], env: dict[str, str], cwd: Path, timeout: float = 900
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "tlsearch", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_tlsearch_submit_exits_with_the_job_outcome(
+    two_nodes: TwoNodes, tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
+) -> None:
+    checkpoints = tmp_path / "checkpoints"
+    spec = _spec(
+        tiny_bert,
+        text_data,
+        tmp_path / "runs",
+        "submitted",
+        checkpoint_storage=f"file://{checkpoints}",  # a pyarrow.fs URI, as s3:// would be
+    )
+    project = _project(tmp_path, spec)
+    env = two_nodes.env | {"RAY_ADDRESS": two_nodes.head.dashboard_url}
+
+    ok = _tlsearch(["submit", "search.yaml"], env, project)
+    assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
+    assert "[tlsearch] submitted job tlsearch-submitted-" in ok.stdout
+    assert "Trial status" in ok.stdout  # the job's logs were streamed
+    run_dir = tmp_path / "runs" / "submitted"
+    trials = _trials(run_dir)
+    assert len(trials) == 2 and {t["status"] for t in trials} == {"completed"}
+    # Checkpoints went to checkpoint_storage, the tables and the report to the run directory.
+    for trial in trials:
+        assert trial["checkpoint"].startswith(str(checkpoints / "submitted")) and checkpoint_exists(
+            trial["checkpoint"]
+        )
+    assert not list(run_dir.glob("trial_*/checkpoint_*")) and (run_dir / "report.html").exists()
+
+    # Passes the local checks but fails on the cluster (missing data): the driver's exit code.
+    missing = _tlsearch(
+        [
+            "submit",
+            "search.yaml",
+            "--name",
+            "submitted-missing",
+            "--set",
+            "data.train=/nonexistent/train.parquet",
+        ],
+        env,
+        project,
+    )
+    assert missing.returncode == 2, missing.stdout[-3000:] + missing.stderr[-2000:]
+    assert "FAILED (driver exit code 2)" in missing.stderr
+
+    # Refused before anything is uploaded: results would land in the job's temporary directory.
+    relative = _tlsearch(["submit", "search.yaml", "--set", "storage=runs"], env, project)
+    assert relative.returncode == 2 and "temporary working directory" in relative.stderr
+    assert "submitted job" not in relative.stdout
+
+
+def test_tlsearch_run_address_places_a_ddp_trial_across_nodes(
+    two_nodes: TwoNodes, tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
+) -> None:
+    spec = _spec(
+        tiny_bert,
+        text_data,
+        tmp_path / "runs",
+        "attached",
+        search={"num_samples": 1, "max_epochs": 2, "scheduler": {"type": "fifo"}},
+        # Two 0.9-CPU workers cannot share a 1-CPU node; the driver must sit on the head.
+        resources={
+            "workers_per_trial": 2,
+            "cpus_per_worker": 0.9,
+            "trial_driver_resources": {"trial_driver": 1},
+        },
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    env = {k: v for k, v in two_nodes.env.items() if k != "RAY_ADDRESS"}
+    run = _tlsearch(["run", str(spec_path), "--address", two_nodes.head.address], env, ROOT)
+    assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    (trial,) = _trials(tmp_path / "runs" / "attached")
+    assert trial["status"] == "completed" and trial["workers"] == 2
+    assert set(trial["worker_nodes"].split(",")) == two_nodes.node_ids()
+    assert trial["driver_node"] == two_nodes.head_node_id()
+
+
+def test_cancelling_tlsearch_submit_stops_the_job(
+    two_nodes: TwoNodes, tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
+) -> None:
+    """A cancelled CI run (SIGINT, then SIGTERM) must not leave its search running on the cluster."""
+    import signal
+    import time
+
+    spec = _spec(
+        tiny_bert, text_data, tmp_path / "runs", "cancelled", search={"num_samples": 8, "max_epochs": 2}
+    )
+    project = _project(tmp_path, spec)
+    env = two_nodes.env | {"RAY_ADDRESS": two_nodes.head.dashboard_url}
+    submit = subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "submit", "search.yaml"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert submit.stdout is not None
+    first = submit.stdout.readline()
+    submission_id = first.split("submitted job ")[1].split(":")[0]
+    deadline = time.time() + 120
+    while not (tmp_path / "runs" / "cancelled" / "epochs.jsonl").exists():  # the search is training
+        assert time.time() < deadline and submit.poll() is None
+        time.sleep(0.5)
+    submit.send_signal(signal.SIGTERM)
+    _, stderr = submit.communicate(timeout=120)
+    assert submit.returncode == 130, stderr[-2000:]
+    assert f"stopping job {submission_id}" in stderr
+    assert str(two_nodes.job(submission_id).status) == "STOPPED"
