@@ -226,6 +226,12 @@ def test_tlsearch_submit_exits_with_the_job_outcome(
             trial["checkpoint"]
         )
     assert not list(run_dir.glob("trial_*/checkpoint_*")) and (run_dir / "report.html").exists()
+    # The Tune experiment lives under checkpoint_storage too: resume finds it there.
+    resumed = _tlsearch(
+        ["resume", str(run_dir), "--address", two_nodes.head.address], two_nodes.env, tmp_path
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-2000:]
+    assert _trials(run_dir) == trials
 
     # Passes the local checks but fails on the cluster (missing data): the driver's exit code.
     missing = _tlsearch(
