@@ -276,6 +276,7 @@ def test_tlsearch_run_address_places_a_ddp_trial_across_nodes(
     env = {k: v for k, v in two_nodes.env.items() if k != "RAY_ADDRESS"}
     run = _tlsearch(["run", str(spec_path), "--address", two_nodes.head.address], env, ROOT)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
+    assert "2 nodes: " in run.stdout and "must be a filesystem every node mounts" in run.stdout
     (trial,) = _trials(tmp_path / "runs" / "attached")
     assert trial["status"] == "completed" and trial["workers"] == 2
     assert set(trial["worker_nodes"].split(",")) == two_nodes.node_ids()

@@ -167,6 +167,14 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     experiment_dir = f"{storage_path}/{experiment_name}"
     run = RunContext(str(run_dir), spec, resolved.data, use_gpu, experiment_dir)
     trainable = tune.with_resources(tune.with_parameters(run_trial, run=run), actor)
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    if nodes > 1 and "://" not in storage_path:
+        # Trials on other nodes write checkpoints to this path on *their* disk.
+        print(
+            f"[tlsearch] {nodes} nodes: {storage_path} must be a filesystem every node mounts at the same "
+            "path, or set checkpoint_storage to an s3:// or gs:// URI (cluster/README.md)",
+            flush=True,
+        )
     print(
         f"[tlsearch] {spec.name}: {spec.search.num_samples} trials, up to {max_concurrent} at once, "
         f"{'GPU' if use_gpu else 'CPU'}; strategies: {', '.join(resolved.space.strategy_names())}",
