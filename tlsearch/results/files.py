@@ -42,6 +42,10 @@ TRIAL_CONSTANTS = (
     "driver_node",
     "workers",
     "param_groups",
+    "model_load_s",
+    "data_load_s",
+    "setup_s",
+    "first_step_at",
 )
 
 
@@ -97,10 +101,12 @@ def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
 
 def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[dict[str, Any]]:
     starts: dict[str, dict[str, Any]] = {}
+    start_times: dict[str, list[float]] = {}  # a retried or resumed trial starts again
     ends: dict[str, dict[str, Any]] = {}
     for event in read_jsonl(run_dir / EVENTS_LOG):
         if event.get("event") == "start":
             starts.setdefault(event["trial_id"], event)
+            start_times.setdefault(event["trial_id"], []).append(event.get("time", 0.0))
         elif event.get("event") == "end":
             ends[event["trial_id"]] = event  # the last word on a retried or resumed trial
     for trial_id in abandoned_trials(run_dir):
@@ -135,6 +141,10 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
         for key in TRIAL_CONSTANTS:
             row[key] = last.get(key)
         row["checkpoint"] = _best_checkpoint(run_dir, epochs, metric, mode)
+        # Seconds from Tune starting the trial (the driver's clock) to its first training step.
+        first_step = row.get("first_step_at")
+        started = [t for t in start_times.get(trial_id, []) if first_step and t <= first_step]
+        row["startup_s"] = first_step - max(started) if started else None
         out.append(row)
     return out
 

@@ -218,6 +218,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             num_samples=s.num_samples,
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=trial_dirname,
+            reuse_actors=spec.training.reuse_processes,
         ),
         run_config=tune.RunConfig(
             name=experiment_name,

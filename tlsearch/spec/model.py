@@ -244,6 +244,9 @@ class TrainingSpec(Strict):
     # DataLoader worker processes per training worker; None: 0 for text, cpus_per_worker - 1 for images.
     loader_workers: int | None = Field(None, ge=0)
     checkpoints_to_keep: int = Field(2, ge=1)
+    # Run consecutive trials in the same Ray actor process (Tune's reuse_actors), which keeps imports,
+    # the loaded pretrained model and the tokenized data: trials start training within seconds.
+    reuse_processes: bool = True
 
 
 class WandbSpec(Strict):

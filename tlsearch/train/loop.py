@@ -23,8 +23,9 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
-from tlsearch.models.sources import LoadedModel, build_model
+from tlsearch.models.sources import LoadedModel
 from tlsearch.strategies import Prepared, prepare
+from tlsearch.train import warm
 from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
@@ -140,10 +141,13 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
     if session.device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
 
-    loaded = build_model(spec.model, run.num_classes)
+    loaded = warm.fresh_model(spec.model, run.num_classes, spec.seed)
     prepared = prepare(loaded, config)
     model = session.wrap(prepared.model)
-    train_set, val_set = build_datasets(inputs, loaded)
+    model_ready = time.time()
+    train_set, val_set = warm.datasets(
+        (run.data, spec.model.model_dump_json()), lambda: build_datasets(inputs, loaded)
+    )
 
     on_gpu = session.device.type == "cuda"
     workers = spec.training.loader_workers
@@ -210,6 +214,9 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "workers": session.world_size,
     }
 
+    data_ready = time.time()
+    first_step_at: float | None = None  # when this run's first optimizer step finished
+
     for epoch in range(start_epoch, spec.search.max_epochs):
         epoch_start = time.time()
         sampler.set_epoch(epoch)
@@ -227,6 +234,10 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 torch.nn.utils.clip_grad_norm_(trainable, spec.training.grad_clip_norm)
             optimizer.step()
             scheduler.step()
+            if first_step_at is None:
+                if on_gpu:
+                    torch.cuda.synchronize()  # once: the step's kernels have run, not only been queued
+                first_step_at = time.time()
             loss_sum += loss.detach().double() * target.shape[0]
             seen += target.shape[0]
         train_time = time.time() - epoch_start
@@ -249,6 +260,11 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             wall_s=wall_s,
             device_s=wall_s * session.world_size * run.devices_per_worker,
             lr_head=_group_lr(optimizer, "head"),
+            # Where a trial's start-up goes (the search's overhead): benchmarks/trial_overhead.py.
+            model_load_s=model_ready - inputs.started_at,
+            data_load_s=data_ready - model_ready,
+            setup_s=(first_step_at or data_ready) - inputs.started_at,
+            first_step_at=first_step_at,
         )
         with scratch_dir() as directory:
             checkpoint_dir = None

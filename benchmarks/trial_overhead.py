@@ -1,0 +1,145 @@
+"""Per-trial overhead and device-busy fraction of real searches, with and without reused trial
+processes, on one warm local Ray cluster (issue 5, target 1).
+
+    .venv/bin/python benchmarks/trial_overhead.py [--quick]
+
+Two searches per mode (`training.reuse_processes` false, then true), all on the demo's real model and
+data (`search_spaces/bbc_news_minilm.yaml`):
+
+- overhead: short trials one at a time; per trial, seconds from Tune starting it (the driver's
+  `on_trial_start`) to its first optimizer step (`startup_s` in trials.parquet), with its parts:
+  model loading, data preparation, the rest (process start, imports, Ray). The first trial of a
+  search pays for its process either way: the figure is the median over the others (a warm cluster).
+- busy: trials of about a minute, as many at once as the machine has cores (one core each); the
+  fraction of the search's wall time (first trial start to last trial end, times the slots) that the
+  trials spent in their training and evaluation epochs.
+
+`--quick` uses a tiny BERT built from code instead (development; seconds of training per trial).
+Writes benchmarks/results/trial_overhead.json; `trial_overhead_s` and `device_busy_fraction` are the
+figures with reused processes. About 12 minutes on a 2-core machine (1 with --quick).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import ROOT, write_result
+
+DEMO = ROOT / "search_spaces" / "bbc_news_minilm.yaml"
+# One fixed configuration per search: every trial does the same work, so modes compare like for like.
+FULL = '[{"strategy": "full", "head_lr": 0.003, "backbone_lr": 0.0001, "layer_decay": 0.8}]'
+
+
+def _search(overrides: list[str], storage: str, name: str) -> tuple[list[dict[str, Any]], float]:
+    from tlsearch.results.files import EVENTS_LOG, read_jsonl
+    from tlsearch.search.runner import run_search
+    from tlsearch.spec import load_spec
+
+    spec = load_spec(str(DEMO), [*overrides, f"storage={storage}", f"name={name}"])
+    outcome = run_search(spec)
+    events = read_jsonl(outcome.run_dir / EVENTS_LOG)
+    starts = [e["time"] for e in events if e["event"] == "start"]
+    ends = [e["time"] for e in events if e["event"] == "end"]
+    return outcome.trials, max(ends) - min(starts)
+
+
+def _epoch_seconds(run_dir: Path) -> dict[str, float]:
+    import pyarrow.parquet as pq
+
+    busy: dict[str, float] = {}
+    for row in pq.read_table(run_dir / "epochs.parquet").to_pylist():
+        busy[row["trial_id"]] = busy.get(row["trial_id"], 0.0) + row["epoch_s"]
+    return busy
+
+
+def _median(values: list[float]) -> float | None:
+    return round(statistics.median(values), 2) if values else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="a tiny BERT built from code (about a minute)")
+    parser.add_argument("--trials", type=int, default=6, help="trials per overhead search (default 6)")
+    args = parser.parse_args()
+
+    from tlsearch.search.runner import connect
+
+    storage = tempfile.mkdtemp(prefix="tlsearch-overhead-")
+    base = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
+    if args.quick:
+        from tests.helpers import make_tiny_bert
+
+        model_dir = make_tiny_bert(Path(storage) / "tiny-bert")
+        base += [f"model.name={model_dir}", "model.max_length=32"]
+    slots = max(1, min(2, os.cpu_count() or 1))
+    overhead = [
+        *base,
+        f"search.num_samples={args.trials}",
+        "search.max_concurrent=1",
+        "search.max_epochs=1",
+        "data.max_train_samples=32",
+        "data.max_validation_samples=32",
+        "strategies={full: {}, linear_probe: {}}",
+    ]
+    busy = [
+        *base,
+        f"search.num_samples={3 * slots}",
+        f"search.max_concurrent={slots}",
+        "search.max_epochs=3",
+        f"search.seed_configs={FULL}",
+        "strategies={full: {}}",
+        f"data.max_train_samples={1024 if args.quick else 192}",
+        "data.max_validation_samples=64",
+    ]
+    connect(None)  # one warm cluster for every search below
+    figures: dict[str, Any] = {"quick": args.quick, "slots": slots, "modes": {}}
+    for reuse in (False, True):
+        mode = "reused_processes" if reuse else "new_process_per_trial"
+        flag = f"training.reuse_processes={str(reuse).lower()}"
+        trials, _ = _search([*overhead, flag], storage, f"overhead-{mode}")
+        trials.sort(key=lambda t: t["first_step_at"] or 0)
+        warm = trials[1:]  # the first trial starts its process in both modes
+        started = time.time()
+        busy_trials, busy_wall = _search([*busy, flag], storage, f"busy-{mode}")
+        epoch_s = _epoch_seconds(Path(storage) / f"busy-{mode}")
+        figures["modes"][mode] = {
+            "overhead_trials": len(trials),
+            "startup_s_median": _median([t["startup_s"] for t in warm if t["startup_s"] is not None]),
+            "startup_s_first": trials[0]["startup_s"],
+            "startup_s_all": [round(t["startup_s"], 2) for t in trials if t["startup_s"] is not None],
+            "model_load_s_median": _median(
+                [t["model_load_s"] for t in warm if t["model_load_s"] is not None]
+            ),
+            "data_load_s_median": _median([t["data_load_s"] for t in warm if t["data_load_s"] is not None]),
+            "busy_trials": len(busy_trials),
+            "busy_trial_wall_s_median": _median([t["wall_s"] for t in busy_trials if t["wall_s"]]),
+            "busy_search_wall_s": round(busy_wall, 1),
+            "busy_search_total_s": round(time.time() - started, 1),
+            "device_busy_fraction": round(sum(epoch_s.values()) / (busy_wall * slots), 3),
+        }
+        print(mode, figures["modes"][mode], flush=True)
+    reused = figures["modes"]["reused_processes"]
+    figures["trial_overhead_s"] = reused["startup_s_median"]
+    figures["device_busy_fraction"] = reused["device_busy_fraction"]
+    figures["targets"] = {"trial_overhead_s": "<= 2", "device_busy_fraction": ">= 0.9"}
+    name = "trial_overhead_quick" if args.quick else "trial_overhead"
+    print(
+        write_result(
+            name, figures, "python benchmarks/trial_overhead.py" + (" --quick" if args.quick else "")
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
