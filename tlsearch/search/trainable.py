@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -13,6 +14,10 @@ from tlsearch.train.session import TrainSession, TuneSession, node_id
 # The trial driver of a multi-worker trial only waits on its Train controller.
 DRIVER_CPUS = 0.01
 TRAIN_CONTROLLER_FAILURE_LIMIT = 2
+# Ray Train gives a worker group 60 s to start; workers that import torch and transformers on a
+# busy node (or pull an image) can take longer, and a timed-out start fails the trial. Ray passes the
+# variable on from this process to the Train controller; a value set by the user wins.
+WORKER_GROUP_START_TIMEOUT_S = "300"
 
 
 def run_trial(config: dict[str, Any], run: RunContext) -> None:
@@ -32,6 +37,7 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 
 def _fit_with_ray_train(inputs: TrialInputs) -> None:
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
