@@ -1,0 +1,65 @@
+"""Collect the headline performance figures into benchmarks/results/summary.json.
+
+    .venv/bin/python benchmarks/summary.py
+
+Reads the latest result file of each benchmark (never measures anything itself). Each key holds
+`{"value": ..., "file": ..., "measured": <date of that file>}`; `value` is null, with the reason, where
+the benchmark has not produced the figure yet (a GPU figure without a GPU run, for instance).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, write_result
+
+# key -> (result file, field in it)
+SOURCES: dict[str, tuple[str, str]] = {
+    "trial_overhead_s": ("trial_overhead.json", "trial_overhead_s"),
+    "device_busy_fraction": ("trial_overhead.json", "device_busy_fraction"),
+    "feature_cache_speedup": ("feature_cache.json", "speedup"),
+    "train_vs_plain_throughput": ("throughput.json", "train_vs_plain_throughput"),
+    "time_to_target_vs_random": ("search_efficiency.json", "time_to_target_vs_random"),
+    "bookkeeping_s_per_trial": ("bookkeeping.json", "bookkeeping_s_per_trial"),
+    "gpu_name": ("gpu.json", "gpu_name"),
+    "vit_b16_full_img_s": ("gpu.json", "vit_b16_full_img_s"),
+    "vit_b16_full_mfu": ("gpu.json", "vit_b16_full_mfu"),
+}
+
+
+def collect(results: Path = RESULTS) -> dict[str, dict[str, Any]]:
+    summary: dict[str, dict[str, Any]] = {}
+    for key, (name, field) in SOURCES.items():
+        path = results / name
+        entry: dict[str, Any] = {"value": None, "file": f"benchmarks/results/{name}"}
+        if not path.exists():
+            entry["why_null"] = "not measured yet"
+        else:
+            data = json.loads(path.read_text())
+            entry["value"] = data.get(field)
+            entry["measured"] = data.get("date")
+            entry["git_sha"] = data.get("git_sha")
+            if entry["value"] is None:
+                entry["why_null"] = f"{name} has no `{field}`"
+        summary[key] = entry
+    return summary
+
+
+def main() -> None:
+    argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    ).parse_args()
+    summary = collect()
+    for key, entry in summary.items():
+        print(f"{key:28} {entry['value']!s:>14}  {entry['file']}")
+    print(write_result("summary", summary, "python benchmarks/summary.py"))
+
+
+if __name__ == "__main__":
+    main()
