@@ -61,7 +61,7 @@ def two_nodes() -> Iterator[TwoNodes]:
         cluster = TwoNodes(head, worker, env)
         import time
 
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while len(cluster.node_ids()) < 2:
             if worker.process.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the worker node did not join: {worker.log_text()}")
@@ -306,12 +306,12 @@ def test_cancelling_tlsearch_submit_stops_the_job(
     assert submit.stdout is not None
     first = submit.stdout.readline()
     submission_id = first.split("submitted job ")[1].split(":")[0]
-    deadline = time.time() + 120
+    deadline = time.time() + 300
     while not (tmp_path / "runs" / "cancelled" / "epochs.jsonl").exists():  # the search is training
         assert time.time() < deadline and submit.poll() is None
         time.sleep(0.5)
     submit.send_signal(signal.SIGTERM)
-    _, stderr = submit.communicate(timeout=120)
+    _, stderr = submit.communicate(timeout=300)
     assert submit.returncode == 130, stderr[-2000:]
     assert f"stopping job {submission_id}" in stderr
     assert str(two_nodes.job(submission_id).status) == "STOPPED"

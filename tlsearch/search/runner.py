@@ -218,7 +218,9 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             num_samples=s.num_samples,
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=trial_dirname,
-            reuse_actors=spec.training.reuse_processes,
+            # Only single-worker trials: a stopped multi-worker trial must lose its actor, which takes
+            # its Train controller and workers with it (DESIGN.md §2); a reused actor would keep them.
+            reuse_actors=spec.training.reuse_processes and not multi_worker,
         ),
         run_config=tune.RunConfig(
             name=experiment_name,
