@@ -58,3 +58,30 @@ def write_result(name: str, figures: dict[str, Any], command: str) -> Path:
         + "\n"
     )
     return path
+
+
+# The headline figures of the performance issue (issue 5), null until a script measures them.
+SUMMARY_KEYS = (
+    "trial_overhead_s",
+    "device_busy_fraction",
+    "feature_cache_speedup",
+    "train_vs_plain_throughput",
+    "time_to_target_vs_random",
+    "bookkeeping_s_per_trial",
+    "gpu_name",
+    "vit_b16_full_img_s",
+    "vit_b16_full_mfu",
+)
+
+
+def update_summary(figures: dict[str, Any], source: Path) -> Path:
+    """Set headline figures in results/summary.json, each with the result file it came from; every
+    key of SUMMARY_KEYS is present (null when not yet measured)."""
+    path = RESULTS / "summary.json"
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    for key in SUMMARY_KEYS:
+        summary.setdefault(key, {"value": None, "source": None})
+    for key, value in figures.items():
+        summary[key] = {"value": value, "source": str(Path(source).resolve().relative_to(ROOT))}
+    path.write_text(json.dumps(summary, indent=2) + "\n")
+    return path

@@ -1,0 +1,580 @@
+"""Steady-state training throughput: tlsearch's loop against a plain PyTorch loop (issue 5, target 3).
+
+    .venv/bin/python benchmarks/throughput.py            # full size, ~20 min on 2 cores: throughput.json
+    .venv/bin/python benchmarks/throughput.py --quick    # tiny sizes, ~1-2 min: throughput_quick.json
+    .venv/bin/python benchmarks/throughput.py --compile  # also torch.compile against eager (slow on CPUs)
+
+Each case trains the same model (tlsearch's model source and strategy: same weights, same AdamW
+parameter groups), on the same data, batch size, autocast and gradient clipping, two ways:
+
+- ours: `setup_training` + `train_epoch` from tlsearch/train/loop.py, the two functions `train_trial`
+  runs in every trial, so loaders, memory format, fused AdamW, scheduler and the per-epoch loss
+  read-back are what trials get. One worker: in this process with the Tune runner's device handling
+  (`TuneSession`), without Ray's start-up. Two workers: Ray Train DDP (`TorchTrainer`, `TrainSession`,
+  `prepare_model`) on a local Ray cluster started once.
+- plain: a loop written by hand around the same model (`DataLoader`, AdamW, `LambdaLR`, autocast,
+  `clip_grad_norm_`; no loss bookkeeping at all). Two workers: `torch.distributed` DDP over gloo in
+  processes started by `torch.multiprocessing`.
+
+What is timed: whole training epochs after warm-up epochs (samples/s over the timed epochs; no
+evaluation, no checkpoints, no start-up). Whole epochs rather than single steps because the loop
+synchronises with the device once per epoch: timing single steps would add synchronisations the loop
+does not have. Repetitions are interleaved in one run (ours, plain, then plain, ours, ...), so a
+machine shared with other work disturbs both sides alike; the figure is the median of the
+per-repetition ratios, and `train_vs_plain_throughput` is the smallest such median over the cases.
+
+Extras measured the same way: channels-last against the contiguous layout for the CNN, fused AdamW
+against the per-tensor loop (optimizer step alone), and with --compile torch.compile against eager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import shlex
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from tlsearch.data.tables import DataFiles
+from tlsearch.models.sources import build_model
+from tlsearch.space.trial_config import TrialConfig
+from tlsearch.strategies import prepare
+from tlsearch.train.inputs import RunContext, TrialInputs
+from tlsearch.train.loop import (
+    build_datasets,
+    loader_workers,
+    setup_training,
+    train_epoch,
+    use_channels_last,
+)
+from tlsearch.train.session import TuneSession
+
+EpochFn = Callable[[int], int]  # trains one epoch, returns the samples it saw
+
+
+def full_finetuning(batch_size: int) -> TrialConfig:
+    return TrialConfig(
+        "full",
+        head_lr=1e-3,
+        weight_decay=0.05,
+        warmup_fraction=0.1,
+        batch_size=batch_size,
+        backbone_lr=1e-4,
+        layer_decay=0.75,
+    )
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: dict[str, Any]  # the spec's `model` section
+    data: dict[str, Any]  # the spec's `data` section (without max_train_samples)
+    config: TrialConfig
+    samples_per_worker: int  # training rows per worker: steps per epoch = this / batch size
+    warmup_epochs: int = 1
+    timed_epochs: int = 2
+    training: dict[str, Any] = field(default_factory=dict)  # the spec's `training` section
+
+    def spec(self, workers: int, cpus: float, use_gpu: bool = False) -> Any:
+        from tlsearch.spec import validate_spec
+
+        data = dict(self.data)
+        if "builtin" in data:
+            data.update(max_train_samples=self.samples_per_worker * workers, max_validation_samples=10)
+        return validate_spec(
+            {
+                "name": f"throughput-{self.name}",
+                "seed": 0,
+                "model": self.model,
+                "data": data,
+                "strategies": {self.config.strategy: {}},
+                "search": {
+                    "num_samples": 1,
+                    "max_epochs": self.warmup_epochs + self.timed_epochs,
+                    "scheduler": {"type": "fifo"},
+                },
+                "resources": {"workers_per_trial": workers, "cpus_per_worker": cpus, "use_gpu": use_gpu},
+                "training": self.training,
+            }
+        )
+
+
+def case_inputs(
+    case: Case, workers: int, cpus: float, root: Path, *, use_gpu: bool = False, data: DataFiles | None = None
+) -> TrialInputs:
+    """What a trial of this case would receive. `data` replaces the builtin data (synthetic inputs)."""
+    spec = case.spec(workers, cpus, use_gpu)
+    if data is None:
+        from tlsearch.search.resolve import resolve_data  # imports Optuna: not needed with `data`
+
+        data, _ = resolve_data(spec, root / case.data.get("builtin", case.name), reuse=True)
+    return TrialInputs(
+        RunContext(str(root), spec, data, use_gpu), case.config, f"bench-{case.name}", time.time()
+    )
+
+
+# --- timing ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Timed:
+    samples: int  # over the timed epochs (all ranks)
+    seconds: float  # over the timed epochs (the slowest rank)
+    first_epoch_s: float = math.nan  # the first warm-up epoch (torch.compile compiles in it)
+
+    @property
+    def per_s(self) -> float:
+        return self.samples / self.seconds
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_epochs(epoch: EpochFn, device: torch.device, spec: Any, timed: int) -> Timed:
+    """The spec's max_epochs: warm-up epochs, then `timed` epochs."""
+    warmup = spec.search.max_epochs - timed
+    samples, seconds, first = 0, 0.0, math.nan
+    for index in range(warmup + timed):
+        _sync(device)
+        start = time.perf_counter()
+        seen = epoch(index)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        if index == 0:
+            first = elapsed
+        if index >= warmup:
+            samples, seconds = samples + seen, seconds + elapsed
+    return Timed(samples, seconds, first)
+
+
+def across_ranks(timed: Timed, world_size: int, device: torch.device) -> Timed:
+    """The group's throughput: samples summed over ranks, seconds of the slowest rank."""
+    if world_size == 1:
+        return timed
+    on = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    samples = torch.tensor([float(timed.samples)], dtype=torch.float64, device=on)
+    seconds = torch.tensor([timed.seconds, timed.first_epoch_s], dtype=torch.float64, device=on)
+    dist.all_reduce(samples)
+    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
+    return Timed(int(samples.item()), float(seconds[0].item()), float(seconds[1].item()))
+
+
+# --- ours: the trial loop's own functions ---------------------------------------------------
+
+
+def ours_epochs(
+    inputs: TrialInputs, session: Any, datasets: tuple[Dataset, Dataset] | None = None
+) -> EpochFn:
+    training = setup_training(inputs, session, datasets)
+
+    def epoch(index: int) -> int:
+        loss_sum, seen = train_epoch(training, index)
+        loss_sum.item()  # the loop reads the epoch's loss once, as train_trial does
+        return seen
+
+    return epoch
+
+
+def ours_one_process(
+    inputs: TrialInputs, timed: int, datasets: tuple[Dataset, Dataset] | None = None
+) -> Timed:
+    session = TuneSession(inputs.run.use_gpu)
+    epoch = ours_epochs(inputs, session, datasets)
+    try:
+        return run_epochs(epoch, session.device, inputs.run.spec, timed)
+    finally:
+        del epoch
+        _release()
+
+
+def _ray_train_worker(config: dict[str, Any]) -> None:
+    from tlsearch.train.session import TrainSession
+
+    inputs: TrialInputs = config["inputs"]
+    session = TrainSession()
+    epoch = ours_epochs(inputs, session)
+    timed = run_epochs(epoch, session.device, inputs.run.spec, config["timed"])
+    timed = across_ranks(timed, session.world_size, session.device)
+    if session.world_rank == 0:
+        # Train V2 keeps only metrics that come with a checkpoint: the figure goes through a file
+        # (one machine here).
+        Path(config["result_file"]).write_text(json.dumps(asdict(timed)))
+
+
+def ours_ray_train(inputs: TrialInputs, timed: int, scratch: Path) -> Timed:
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    r = inputs.run.spec.resources
+    result_file = scratch / f"ours-{time.time_ns()}.json"
+    trainer = TorchTrainer(
+        _ray_train_worker,
+        train_loop_config={"inputs": inputs, "timed": timed, "result_file": str(result_file)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=False, resources_per_worker={"CPU": r.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(name=result_file.stem, storage_path=str(scratch / "ray")),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return Timed(**json.loads(result_file.read_text()))
+
+
+# --- plain: a hand-written PyTorch loop around the same model --------------------------------
+
+
+def plain_epochs(
+    inputs: TrialInputs,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    datasets: tuple[Dataset, Dataset] | None = None,
+) -> EpochFn:
+    spec, config = inputs.run.spec, inputs.config
+    torch.manual_seed(spec.seed)
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True
+    else:
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    loaded = build_model(spec.model, inputs.run.num_classes)
+    prepared = prepare(loaded, config)  # the same model and AdamW parameter groups as a trial's
+    model = prepared.model
+    memory_format = torch.preserve_format
+    if use_channels_last(spec.training.channels_last, loaded):  # the same layout as a trial's
+        memory_format = torch.channels_last
+        model = model.to(memory_format=memory_format)
+    model = model.to(device)
+    if world_size > 1:
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if on_gpu else None
+        )
+    train_set = datasets[0] if datasets is not None else build_datasets(inputs, loaded)[0]
+    workers = loader_workers(inputs.run)
+    sampler = (
+        DistributedSampler(train_set, world_size, rank, shuffle=True, seed=spec.seed)
+        if world_size > 1
+        else None
+    )
+    loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        collate_fn=train_set.collate,  # type: ignore[attr-defined]
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=workers > 0,
+    )
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=True)
+    total = len(loader) * spec.search.max_epochs
+    warm = round(config.warmup_fraction * total)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (
+            (s + 1) / warm if s < warm else 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm)))
+        ),
+    )
+    clip = spec.training.grad_clip_norm
+
+    def epoch(index: int) -> int:
+        if sampler is not None:
+            sampler.set_epoch(index)
+        model.train()
+        for module in prepared.frozen_modules:
+            module.eval()
+        seen = 0
+        for batch, target in loader:
+            target = target.to(device, non_blocking=True)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                if isinstance(batch, dict):
+                    logits = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()}).logits
+                else:
+                    logits = model(batch.to(device, non_blocking=True, memory_format=memory_format))
+                loss = F.cross_entropy(logits.float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, clip)
+            optimizer.step()
+            scheduler.step()
+            seen += target.shape[0]
+        return seen
+
+    return epoch
+
+
+def plain_one_process(
+    inputs: TrialInputs, timed: int, datasets: tuple[Dataset, Dataset] | None = None
+) -> Timed:
+    device = torch.device("cuda:0" if inputs.run.use_gpu else "cpu")
+    epoch = plain_epochs(inputs, device, datasets=datasets)
+    try:
+        return run_epochs(epoch, device, inputs.run.spec, timed)
+    finally:
+        del epoch
+        _release()
+
+
+def _plain_ddp_worker(rank: int, inputs: TrialInputs, timed_epochs: int, port: int, result_file: str) -> None:
+    world_size = inputs.run.spec.resources.workers_per_trial
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        device = torch.device("cpu")
+        epoch = plain_epochs(inputs, device, rank, world_size)
+        timed = across_ranks(run_epochs(epoch, device, inputs.run.spec, timed_epochs), world_size, device)
+        if rank == 0:
+            Path(result_file).write_text(json.dumps(asdict(timed)))
+    finally:
+        dist.destroy_process_group()
+
+
+def plain_ddp(inputs: TrialInputs, timed: int, scratch: Path) -> Timed:
+    import torch.multiprocessing as mp
+
+    result_file = scratch / f"plain-{time.time_ns()}.json"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(
+        _plain_ddp_worker,
+        args=(inputs, timed, port, str(result_file)),
+        nprocs=inputs.run.spec.resources.workers_per_trial,
+        join=True,
+    )
+    return Timed(**json.loads(result_file.read_text()))
+
+
+def _release() -> None:
+    gc.collect()  # DataLoader worker processes end with their loader
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+# --- comparisons ----------------------------------------------------------------------------
+
+
+def interleaved(
+    candidate: Callable[[], Timed], baseline: Callable[[], Timed], reps: int, label: str
+) -> dict[str, Any]:
+    """candidate, baseline, then baseline, candidate, ...: drift on a busy machine hits both sides."""
+    ours: list[Timed] = []
+    base: list[Timed] = []
+    for rep in range(reps):
+        order = [(candidate, ours), (baseline, base)]
+        for run, into in order if rep % 2 == 0 else reversed(order):
+            into.append(run())
+        print(
+            f"  {label} rep {rep + 1}/{reps}: {ours[-1].per_s:8.2f} vs {base[-1].per_s:8.2f} samples/s "
+            f"(ratio {ours[-1].per_s / base[-1].per_s:.3f})",
+            flush=True,
+        )
+    ratios = [o.per_s / b.per_s for o, b in zip(ours, base, strict=True)]
+    return {
+        "ratio_median": round(statistics.median(ratios), 4),
+        "ratios": [round(r, 4) for r in ratios],
+        "candidate_samples_per_s": [round(t.per_s, 3) for t in ours],
+        "baseline_samples_per_s": [round(t.per_s, 3) for t in base],
+        "candidate_first_epoch_s": [round(t.first_epoch_s, 2) for t in ours],
+        "baseline_first_epoch_s": [round(t.first_epoch_s, 2) for t in base],
+        "timed_samples": ours[0].samples,
+    }
+
+
+def fused_adamw_step(inputs: TrialInputs, steps: int = 10) -> dict[str, Any]:
+    """Optimizer step alone over the case's parameter groups: fused (what the loop uses) against
+    the per-tensor loop (PyTorch's CPU default)."""
+    spec = inputs.run.spec
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+    prepared = prepare(build_model(spec.model, inputs.run.num_classes), inputs.config)
+    params = [p for g in prepared.param_groups for p in g.params]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    out: dict[str, list[float]] = {"fused": [], "for_loop": []}
+    for _ in range(2):  # interleaved
+        for name, options in (("fused", {"fused": True}), ("for_loop", {"foreach": False})):
+            optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], **options)
+            optimizer.step()  # creates the state
+            start = time.perf_counter()
+            for _ in range(steps):
+                optimizer.step()
+            out[name].append((time.perf_counter() - start) / steps * 1000)
+    fused, loop = min(out["fused"]), min(out["for_loop"])
+    return {"fused_ms": round(fused, 2), "for_loop_ms": round(loop, 2), "speedup": round(loop / fused, 2)}
+
+
+# --- the cases ------------------------------------------------------------------------------
+
+
+def timm_model(name: str, image_size: int, pretrained: bool = False) -> dict[str, Any]:
+    task = "image-classification"
+    return {"source": "timm", "name": name, "task": task, "pretrained": pretrained, "image_size": image_size}
+
+
+def cases(quick: bool) -> tuple[list[tuple[Case, int]], Case, Case]:
+    """(case, workers) pairs for the loop-vs-plain figure, the CNN case for channels-last, and the
+    text case for fused AdamW. Full size: the demo's model and batch (MiniLM-L6, 128 tokens, 16 per
+    worker) and the vision example's CNN (EfficientNet-Lite0 with its shipped weights, 32 per worker)."""
+    text_model = {"source": "hf", "name": "builtin:all-minilm-l6-v2", "task": "text-classification"}
+    text_model["max_length"] = 32 if quick else 128
+    bbc, mnist = {"builtin": "bbc-news"}, {"builtin": "mnist-5k"}
+    if quick:
+        text = Case("text-minilm", text_model, bbc, full_finetuning(8), 64, timed_epochs=1)
+        vision = Case("vision-test-vit", timm_model("test_vit", 64), mnist, full_finetuning(16), 256, 1, 1)
+        cnn = timm_model("test_efficientnet", 64)
+        convnet = Case("vision-test-efficientnet", cnn, mnist, full_finetuning(16), 64, 1, 1)
+        return [(text, 1), (vision, 1), (vision, 2)], convnet, text
+    text = Case("text-minilm", text_model, bbc, full_finetuning(16), 128)
+    effnet = timm_model("builtin:efficientnet-lite0", 128, pretrained=True)
+    vision = Case("vision-efficientnet-lite0", effnet, mnist, full_finetuning(32), 256)
+    return [(text, 1), (vision, 1), (text, 2), (vision, 2)], vision, text
+
+
+def start_ray(cpus: float) -> None:
+    import ray
+
+    # A cluster of our own (address="local"), on loopback, with the dashboard a search would have.
+    ray.init(
+        address="local",
+        num_cpus=cpus,
+        include_dashboard=True,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        log_to_driver=False,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, two repetitions (about a minute)")
+    parser.add_argument(
+        "--reps", type=int, default=None, help="repetitions per side (default 3; 2 with --quick)"
+    )
+    parser.add_argument("--workers", default="1,2", help="worker counts to measure (default 1,2)")
+    parser.add_argument("--cases", default="text,vision", help="which models (default text,vision)")
+    parser.add_argument("--compile", action="store_true", help="also torch.compile against eager (1 worker)")
+    parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="threads per worker (default 1)")
+    parser.add_argument("--name", default=None, help="result file name (default throughput[_quick])")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    reps = args.reps or (2 if args.quick else 3)
+    wanted = {int(w) for w in args.workers.split(",")}
+    chosen, convnet, text = cases(args.quick)
+    kinds = set(args.cases.split(","))
+    chosen = [(c, w) for c, w in chosen if w in wanted and c.name.split("-")[0] in kinds]
+    cpus = args.cpus_per_worker
+    root = Path(tempfile.mkdtemp(prefix="tlsearch-throughput-"))
+    load_before = os.getloadavg()
+    started = time.time()
+
+    results: list[dict[str, Any]] = []
+    if any(w > 1 for _, w in chosen):
+        start_ray(max(w for _, w in chosen) * cpus)
+    for case, workers in chosen:
+        inputs = case_inputs(case, workers, cpus, root)
+        label = f"{case.name}/{workers}w"
+        print(f"[throughput] {label}: ours vs plain, {reps} repetition(s)", flush=True)
+        timed = case.timed_epochs
+        if workers == 1:
+            ours, plain = partial(ours_one_process, inputs, timed), partial(plain_one_process, inputs, timed)
+        else:
+            ours, plain = (
+                partial(ours_ray_train, inputs, timed, root),
+                partial(plain_ddp, inputs, timed, root),
+            )
+        outcome = interleaved(ours, plain, reps, label)
+        results.append(
+            {
+                "case": label,
+                "model": case.model["name"],
+                "workers": workers,
+                "batch_size_per_worker": case.config.batch_size,
+                "strategy": case.config.strategy,
+                "warmup_epochs": case.warmup_epochs,
+                "timed_epochs": case.timed_epochs,
+                **outcome,
+            }
+        )
+
+    extras: dict[str, Any] = {}
+    print("[throughput] channels-last against contiguous (CNN, 1 worker)", flush=True)
+    convnet_inputs = case_inputs(convnet, 1, cpus, root)
+    contiguous = case_inputs(replace(convnet, training={"channels_last": False}), 1, cpus, root)
+    extras["channels_last_vs_contiguous"] = {
+        "model": convnet.model["name"],
+        **interleaved(
+            partial(ours_one_process, convnet_inputs, convnet.timed_epochs),
+            partial(ours_one_process, contiguous, convnet.timed_epochs),
+            reps,
+            "channels-last",
+        ),
+    }
+    print("[throughput] fused AdamW against the per-tensor loop (optimizer step alone)", flush=True)
+    extras["fused_adamw_step"] = {
+        "model": text.model["name"],
+        **fused_adamw_step(case_inputs(text, 1, cpus, root)),
+    }
+    if args.compile:
+        for case in {c.name: c for c, _ in chosen}.values():
+            print(f"[throughput] torch.compile against eager: {case.name}", flush=True)
+            compiled = replace(case, training={"compile": True})
+            eager_inputs = case_inputs(case, 1, cpus, root)
+            compiled_inputs = case_inputs(compiled, 1, cpus, root)
+            extras[f"compile_vs_eager/{case.name}"] = interleaved(
+                partial(ours_one_process, compiled_inputs, case.timed_epochs),
+                partial(ours_one_process, eager_inputs, case.timed_epochs),
+                reps,
+                "compile",
+            )
+
+    headline = min(r["ratio_median"] for r in results) if results else None
+    figures = {
+        "train_vs_plain_throughput": headline,
+        "target": 0.98,
+        "cases": results,
+        "extras": extras,
+        "quick": args.quick,
+        "repetitions": reps,
+        "cpus_per_worker": cpus,
+        "wall_s": round(time.time() - started, 1),
+        # How busy the machine was: the ratios are robust to it, the absolute samples/s are not.
+        "load_average_1min": {"before": round(load_before[0], 2), "after": round(os.getloadavg()[0], 2)},
+    }
+    from benchmarks._common import update_summary, write_result
+
+    name = args.name or ("throughput_quick" if args.quick else "throughput")
+    command = "python benchmarks/throughput.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    path = write_result(name, figures, command.strip())
+    if not args.quick and args.name is None:
+        update_summary({"train_vs_plain_throughput": headline}, path)
+    print(path)
+    print(json.dumps({"train_vs_plain_throughput": headline, "wall_s": figures["wall_s"]}))
+
+
+if __name__ == "__main__":
+    main()
