@@ -1,6 +1,6 @@
 """Steady-state training throughput: tlsearch's loop against a plain PyTorch loop (issue 5, target 3).
 
-    .venv/bin/python benchmarks/throughput.py            # full size, ~20 min on 2 cores: throughput.json
+    .venv/bin/python benchmarks/throughput.py            # full size, ~10 min on 2 cores: throughput.json
     .venv/bin/python benchmarks/throughput.py --quick    # tiny sizes, ~1-2 min: throughput_quick.json
     .venv/bin/python benchmarks/throughput.py --parts compile --name throughput_compile
                                                          # torch.compile against eager (slow on CPUs)
@@ -16,15 +16,15 @@ parameter groups), on the same data, batch size, autocast and gradient clipping,
 - plain: a loop written by hand around the same model (`DataLoader`, AdamW, `LambdaLR`, autocast,
   `clip_grad_norm_`; no loss bookkeeping at all). Two workers: `torch.distributed` DDP over gloo in
   processes started by `torch.multiprocessing`, at the scheduling priority Ray gives its workers
-  (niceness 15): on a machine shared with other work, a niceness-0 baseline would win CPU time from
-  the other tenants that the Ray workers yield (measured: 4-6% on a loaded 2-core machine).
+  (niceness 15), so that other work on a shared machine slows both sides alike.
 
-What is timed: whole training epochs after warm-up epochs (samples/s over the timed epochs; no
-evaluation, no checkpoints, no start-up). Whole epochs rather than single steps because the loop
-synchronises with the device once per epoch: timing single steps would add synchronisations the loop
-does not have. Repetitions are interleaved in one run (ours, plain, then plain, ours, ...), so a
-machine shared with other work disturbs both sides alike; the figure is the median of the
-per-repetition ratios, and `train_vs_plain_throughput` is the smallest such median over the cases.
+What is timed: whole training epochs (samples/s; no evaluation, no checkpoints, no start-up), after
+warm-up epochs. Whole epochs rather than single steps because the loop synchronises with the device
+once per epoch: timing single steps would add synchronisations the loop does not have. Both sides are
+set up side by side and take turns epoch by epoch (ours, plain, then plain, ours, ...; two-worker
+groups wait for their turn on a file), so a machine shared with other work disturbs both alike, seconds
+apart. A case's figure is the median over timed epoch pairs of (ours samples/s) / (plain samples/s);
+`train_vs_plain_throughput` is the smallest of them over the cases.
 
 Extras measured the same way: channels-last against the contiguous layout for the CNN, fused AdamW
 against the per-tensor loop (optimizer step alone), and (--parts compile) torch.compile against eager.
@@ -42,10 +42,10 @@ import socket
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
-from functools import partial
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +70,12 @@ from tlsearch.train.loop import (
 )
 from tlsearch.train.session import TuneSession
 
-EpochFn = Callable[[int], int]  # trains one epoch, returns the samples it saw
+EpochFn = Callable[[int], int]  # trains epoch `index`, returns the samples it saw
+# Trains epoch `index` and says (samples, seconds) for the whole group: samples summed over the
+# ranks, seconds of the slowest rank.
+TimedEpochFn = Callable[[int], tuple[int, float]]
 RAY_WORKER_NICENESS = int(os.environ.get("RAY_worker_niceness", "15"))  # noqa: SIM112 (Ray spells it so)
+TURN_TIMEOUT_S = 1800.0
 
 
 def full_finetuning(batch_size: int) -> TrialConfig:
@@ -93,9 +97,13 @@ class Case:
     data: dict[str, Any]  # the spec's `data` section (without max_train_samples)
     config: TrialConfig
     samples_per_worker: int  # training rows per worker: steps per epoch = this / batch size
+    timed_epochs: int
     warmup_epochs: int = 1
-    timed_epochs: int = 2
     training: dict[str, Any] = field(default_factory=dict)  # the spec's `training` section
+
+    @property
+    def epochs(self) -> int:
+        return self.warmup_epochs + self.timed_epochs
 
     def spec(self, workers: int, cpus: float, use_gpu: bool = False) -> Any:
         from tlsearch.spec import validate_spec
@@ -110,15 +118,16 @@ class Case:
                 "model": self.model,
                 "data": data,
                 "strategies": {self.config.strategy: {}},
-                "search": {
-                    "num_samples": 1,
-                    "max_epochs": self.warmup_epochs + self.timed_epochs,
-                    "scheduler": {"type": "fifo"},
-                },
+                "search": {"num_samples": 1, "max_epochs": self.epochs, "scheduler": {"type": "fifo"}},
                 "resources": {"workers_per_trial": workers, "cpus_per_worker": cpus, "use_gpu": use_gpu},
                 "training": self.training,
             }
         )
+
+
+def timm_model(name: str, image_size: int, pretrained: bool = False) -> dict[str, Any]:
+    task = "image-classification"
+    return {"source": "timm", "name": name, "task": task, "pretrained": pretrained, "image_size": image_size}
 
 
 def case_inputs(
@@ -138,50 +147,83 @@ def case_inputs(
 # --- timing ---------------------------------------------------------------------------------
 
 
-@dataclass
-class Timed:
-    samples: int  # over the timed epochs (all ranks)
-    seconds: float  # over the timed epochs (the slowest rank)
-    first_epoch_s: float = math.nan  # the first warm-up epoch (torch.compile compiles in it)
-    niceness: int = 0  # the training processes' scheduling priority (Ray runs its workers at 15)
-
-    @property
-    def per_s(self) -> float:
-        return self.samples / self.seconds
-
-
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def run_epochs(epoch: EpochFn, device: torch.device, spec: Any, timed: int) -> Timed:
-    """The spec's max_epochs: warm-up epochs, then `timed` epochs."""
-    warmup = spec.search.max_epochs - timed
-    samples, seconds, first = 0, 0.0, math.nan
-    for index in range(warmup + timed):
+def timed(epoch: EpochFn, device: torch.device) -> TimedEpochFn:
+    def run(index: int) -> tuple[int, float]:
         _sync(device)
         start = time.perf_counter()
         seen = epoch(index)
         _sync(device)
-        elapsed = time.perf_counter() - start
-        if index == 0:
-            first = elapsed
-        if index >= warmup:
-            samples, seconds = samples + seen, seconds + elapsed
-    return Timed(samples, seconds, first, os.nice(0))
+        return seen, time.perf_counter() - start
+
+    return run
 
 
-def across_ranks(timed: Timed, world_size: int, device: torch.device) -> Timed:
-    """The group's throughput: samples summed over ranks, seconds of the slowest rank."""
+def group_totals(seen: int, seconds: float, world_size: int, device: torch.device) -> tuple[int, float]:
+    """Samples summed over the ranks, seconds of the slowest rank."""
     if world_size == 1:
-        return timed
+        return seen, seconds
     on = device if dist.get_backend() == "nccl" else torch.device("cpu")
-    samples = torch.tensor([float(timed.samples)], dtype=torch.float64, device=on)
-    seconds = torch.tensor([timed.seconds, timed.first_epoch_s], dtype=torch.float64, device=on)
+    samples = torch.tensor([float(seen)], dtype=torch.float64, device=on)
+    slowest = torch.tensor([seconds], dtype=torch.float64, device=on)
     dist.all_reduce(samples)
-    dist.all_reduce(seconds, op=dist.ReduceOp.MAX)
-    return Timed(int(samples.item()), float(seconds[0].item()), float(seconds[1].item()), timed.niceness)
+    dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
+    return int(samples.item()), float(slowest.item())
+
+
+def _rate(epochs: list[tuple[int, float]]) -> float:
+    return sum(s for s, _ in epochs) / sum(t for _, t in epochs)
+
+
+def alternate(candidate: TimedEpochFn, baseline: TimedEpochFn, case: Case, label: str) -> dict[str, Any]:
+    """Epoch by epoch: candidate, baseline, then baseline, candidate, ... Each side's epoch is timed
+    alone; the ratio of each timed pair compares two epochs run seconds apart."""
+    ours: list[tuple[int, float]] = []
+    base: list[tuple[int, float]] = []
+    for index in range(case.epochs):
+        order = [(candidate, ours), (baseline, base)]
+        for run, into in order if index % 2 == 0 else reversed(order):
+            into.append(run(index))
+        if index >= case.warmup_epochs:
+            print(
+                f"  {label} epoch {index + 1}/{case.epochs}: {_rate(ours[-1:]):9.2f} vs "
+                f"{_rate(base[-1:]):9.2f} samples/s (ratio {_rate(ours[-1:]) / _rate(base[-1:]):.3f})",
+                flush=True,
+            )
+    w = case.warmup_epochs
+    ratios = [_rate([o]) / _rate([b]) for o, b in zip(ours[w:], base[w:], strict=True)]
+    return {
+        "ratio_median": round(statistics.median(ratios), 4),
+        "ratio_of_totals": round(_rate(ours[w:]) / _rate(base[w:]), 4),
+        "ratios": [round(r, 4) for r in ratios],
+        "candidate_samples_per_s": round(_rate(ours[w:]), 3),
+        "baseline_samples_per_s": round(_rate(base[w:]), 3),
+        "candidate_first_epoch_s": round(ours[0][1], 2),  # torch.compile compiles in it
+        "baseline_first_epoch_s": round(base[0][1], 2),
+        "timed_epochs": len(ratios),
+        "timed_samples_per_side": sum(s for s, _ in ours[w:]),
+    }
+
+
+def alone(run: TimedEpochFn, case: Case) -> dict[str, Any]:
+    epochs = [run(index) for index in range(case.epochs)]
+    steady = epochs[case.warmup_epochs :]
+    return {
+        "samples_per_s": _rate(steady),
+        "timed_samples": sum(s for s, _ in steady),
+        "first_epoch_s": epochs[0][1],
+        "steady_epoch_s": sum(t for _, t in steady) / len(steady),
+    }
+
+
+def release() -> None:
+    gc.collect()  # DataLoader worker processes end with their loader
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 # --- ours: the trial loop's own functions ---------------------------------------------------
@@ -200,50 +242,10 @@ def ours_epochs(
     return epoch
 
 
-def ours_one_process(
-    inputs: TrialInputs, timed: int, datasets: tuple[Dataset, Dataset] | None = None
-) -> Timed:
+def ours_here(inputs: TrialInputs, datasets: tuple[Dataset, Dataset] | None = None) -> TimedEpochFn:
+    """One worker, in this process, with the single-worker runner's device handling."""
     session = TuneSession(inputs.run.use_gpu)
-    epoch = ours_epochs(inputs, session, datasets)
-    try:
-        return run_epochs(epoch, session.device, inputs.run.spec, timed)
-    finally:
-        del epoch
-        _release()
-
-
-def _ray_train_worker(config: dict[str, Any]) -> None:
-    from tlsearch.train.session import TrainSession
-
-    inputs: TrialInputs = config["inputs"]
-    session = TrainSession()
-    epoch = ours_epochs(inputs, session)
-    timed = run_epochs(epoch, session.device, inputs.run.spec, config["timed"])
-    timed = across_ranks(timed, session.world_size, session.device)
-    if session.world_rank == 0:
-        # Train V2 keeps only metrics that come with a checkpoint: the figure goes through a file
-        # (one machine here).
-        Path(config["result_file"]).write_text(json.dumps(asdict(timed)))
-
-
-def ours_ray_train(inputs: TrialInputs, timed: int, scratch: Path) -> Timed:
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    r = inputs.run.spec.resources
-    result_file = scratch / f"ours-{time.time_ns()}.json"
-    trainer = TorchTrainer(
-        _ray_train_worker,
-        train_loop_config={"inputs": inputs, "timed": timed, "result_file": str(result_file)},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=r.workers_per_trial, use_gpu=False, resources_per_worker={"CPU": r.cpus_per_worker}
-        ),
-        run_config=ray.train.RunConfig(name=result_file.stem, storage_path=str(scratch / "ray")),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    return Timed(**json.loads(result_file.read_text()))
+    return timed(ours_epochs(inputs, session, datasets), session.device)
 
 
 # --- plain: a hand-written PyTorch loop around the same model --------------------------------
@@ -331,19 +333,116 @@ def plain_epochs(
     return epoch
 
 
-def plain_one_process(
-    inputs: TrialInputs, timed: int, datasets: tuple[Dataset, Dataset] | None = None
-) -> Timed:
+def plain_here(inputs: TrialInputs, datasets: tuple[Dataset, Dataset] | None = None) -> TimedEpochFn:
     device = torch.device("cuda:0" if inputs.run.use_gpu else "cpu")
-    epoch = plain_epochs(inputs, device, datasets=datasets)
-    try:
-        return run_epochs(epoch, device, inputs.run.spec, timed)
-    finally:
-        del epoch
-        _release()
+    return timed(plain_epochs(inputs, device, datasets=datasets), device)
 
 
-def _plain_ddp_worker(rank: int, inputs: TrialInputs, timed_epochs: int, port: int, result_file: str) -> None:
+# --- two-worker groups that take turns ------------------------------------------------------
+
+
+def follow_turns(
+    epoch: EpochFn, device: torch.device, rank: int, world_size: int, folder: Path, epochs: int
+) -> None:
+    """A group's side of the turn-taking: announce readiness, then train epoch i when `go-i` exists
+    and leave the group's (samples, seconds) in `done-i.json`."""
+    run = timed(epoch, device)
+    if world_size > 1:
+        dist.barrier()
+    if rank == 0:
+        (folder / "ready").write_text(json.dumps({"niceness": os.nice(0)}))
+    for index in range(epochs):
+        while not (folder / f"go-{index}").exists():
+            time.sleep(0.005)
+        seen, seconds = group_totals(*run(index), world_size, device)
+        if rank == 0:
+            part_file = folder / f"done-{index}.part"
+            part_file.write_text(json.dumps({"samples": seen, "seconds": seconds}))
+            part_file.rename(folder / f"done-{index}.json")
+
+
+class Group:
+    """A training group running elsewhere (Ray Train workers, spawned processes), driven epoch by
+    epoch through files in `folder`."""
+
+    def __init__(self, folder: Path, alive: Callable[[], str | None]):
+        self.folder, self.alive = folder, alive  # alive(): None, or why the group is gone
+        self.niceness: int | None = None
+
+    def _wait_for(self, path: Path) -> None:
+        deadline = time.time() + TURN_TIMEOUT_S
+        while not path.exists():
+            failure = self.alive()
+            if failure is not None or time.time() > deadline:
+                raise RuntimeError(f"training group in {self.folder} stopped: {failure or 'timed out'}")
+            time.sleep(0.005)
+
+    def wait_ready(self) -> None:
+        self._wait_for(self.folder / "ready")
+        self.niceness = json.loads((self.folder / "ready").read_text())["niceness"]
+
+    def epoch(self, index: int) -> tuple[int, float]:
+        (self.folder / f"go-{index}").touch()
+        self._wait_for(self.folder / f"done-{index}.json")
+        result = json.loads((self.folder / f"done-{index}.json").read_text())
+        return result["samples"], result["seconds"]
+
+
+def _ray_train_worker(config: dict[str, Any]) -> None:
+    from tlsearch.train.session import TrainSession
+
+    inputs: TrialInputs = config["inputs"]
+    session = TrainSession()
+    epoch = ours_epochs(inputs, session)
+    follow_turns(
+        epoch,
+        session.device,
+        session.world_rank,
+        session.world_size,
+        Path(config["folder"]),
+        config["epochs"],
+    )
+
+
+def ours_ray_train(inputs: TrialInputs, epochs: int, folder: Path) -> tuple[Group, Callable[[], None]]:
+    """Our loop on Ray Train DDP workers, as a multi-worker trial runs it (fit() in a thread here)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    folder.mkdir(parents=True)
+    r = inputs.run.spec.resources
+    trainer = TorchTrainer(
+        _ray_train_worker,
+        train_loop_config={"inputs": inputs, "epochs": epochs, "folder": str(folder)},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=r.workers_per_trial, use_gpu=False, resources_per_worker={"CPU": r.cpus_per_worker}
+        ),
+        run_config=ray.train.RunConfig(name=folder.name, storage_path=str(folder.parent / "ray")),
+    )
+    outcome: dict[str, Any] = {}
+
+    def fit() -> None:
+        try:
+            result = trainer.fit()
+            outcome["error"] = result.error
+        except Exception as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=fit, daemon=True)
+    thread.start()
+
+    def alive() -> str | None:
+        return None if thread.is_alive() else f"Ray Train run ended: {outcome.get('error')!r}"
+
+    def finish() -> None:
+        thread.join()
+        if outcome.get("error") is not None:
+            raise RuntimeError(f"Ray Train run failed: {outcome['error']!r}")
+
+    return Group(folder, alive), finish
+
+
+def _plain_ddp_worker(rank: int, inputs: TrialInputs, epochs: int, port: int, folder: str) -> None:
     # Ray starts its worker processes at niceness 15 (RAY_worker_niceness), below everything else on
     # the machine. The plain ranks take the same priority, so that other work on a shared machine
     # slows both sides alike; on a quiet machine priority changes nothing.
@@ -352,65 +451,53 @@ def _plain_ddp_worker(rank: int, inputs: TrialInputs, timed_epochs: int, port: i
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
     try:
         device = torch.device("cpu")
-        epoch = plain_epochs(inputs, device, rank, world_size)
-        timed = across_ranks(run_epochs(epoch, device, inputs.run.spec, timed_epochs), world_size, device)
-        if rank == 0:
-            Path(result_file).write_text(json.dumps(asdict(timed)))
+        follow_turns(
+            plain_epochs(inputs, device, rank, world_size), device, rank, world_size, Path(folder), epochs
+        )
     finally:
         dist.destroy_process_group()
 
 
-def plain_ddp(inputs: TrialInputs, timed: int, scratch: Path) -> Timed:
+def plain_ddp(inputs: TrialInputs, epochs: int, folder: Path) -> tuple[Group, Callable[[], None]]:
+    """The plain loop under torch.distributed DDP, one process per rank (torch.multiprocessing)."""
     import torch.multiprocessing as mp
 
-    result_file = scratch / f"plain-{time.time_ns()}.json"
+    folder.mkdir(parents=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    mp.spawn(
+    context = mp.start_processes(
         _plain_ddp_worker,
-        args=(inputs, timed, port, str(result_file)),
+        args=(inputs, epochs, port, str(folder)),
         nprocs=inputs.run.spec.resources.workers_per_trial,
-        join=True,
+        join=False,
+        start_method="spawn",
     )
-    return Timed(**json.loads(result_file.read_text()))
+
+    def alive() -> str | None:
+        codes = [p.exitcode for p in context.processes]
+        return None if all(c is None or c == 0 for c in codes) else f"plain DDP ranks exited with {codes}"
+
+    def finish() -> None:
+        while not context.join():
+            pass
+
+    return Group(folder, alive), finish
 
 
-def _release() -> None:
-    gc.collect()  # DataLoader worker processes end with their loader
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+def two_worker_case(inputs: TrialInputs, case: Case, scratch: Path, label: str) -> dict[str, Any]:
+    stamp = time.time_ns()
+    ours, finish_ours = ours_ray_train(inputs, case.epochs, scratch / f"ours-{stamp}")
+    plain, finish_plain = plain_ddp(inputs, case.epochs, scratch / f"plain-{stamp}")
+    ours.wait_ready()
+    plain.wait_ready()
+    outcome = alternate(ours.epoch, plain.epoch, case, label)
+    finish_ours()
+    finish_plain()
+    return {**outcome, "niceness": {"candidate": ours.niceness, "baseline": plain.niceness}}
 
 
-# --- comparisons ----------------------------------------------------------------------------
-
-
-def interleaved(
-    candidate: Callable[[], Timed], baseline: Callable[[], Timed], reps: int, label: str
-) -> dict[str, Any]:
-    """candidate, baseline, then baseline, candidate, ...: drift on a busy machine hits both sides."""
-    ours: list[Timed] = []
-    base: list[Timed] = []
-    for rep in range(reps):
-        order = [(candidate, ours), (baseline, base)]
-        for run, into in order if rep % 2 == 0 else reversed(order):
-            into.append(run())
-        print(
-            f"  {label} rep {rep + 1}/{reps}: {ours[-1].per_s:8.2f} vs {base[-1].per_s:8.2f} samples/s "
-            f"(ratio {ours[-1].per_s / base[-1].per_s:.3f})",
-            flush=True,
-        )
-    ratios = [o.per_s / b.per_s for o, b in zip(ours, base, strict=True)]
-    return {
-        "ratio_median": round(statistics.median(ratios), 4),
-        "ratios": [round(r, 4) for r in ratios],
-        "candidate_samples_per_s": [round(t.per_s, 3) for t in ours],
-        "baseline_samples_per_s": [round(t.per_s, 3) for t in base],
-        "candidate_first_epoch_s": [round(t.first_epoch_s, 2) for t in ours],
-        "baseline_first_epoch_s": [round(t.first_epoch_s, 2) for t in base],
-        "timed_samples": ours[0].samples,
-        "niceness": {"candidate": ours[0].niceness, "baseline": base[0].niceness},
-    }
+# --- extras ---------------------------------------------------------------------------------
 
 
 def fused_adamw_step(inputs: TrialInputs, steps: int = 10) -> dict[str, Any]:
@@ -423,7 +510,7 @@ def fused_adamw_step(inputs: TrialInputs, steps: int = 10) -> dict[str, Any]:
     for p in params:
         p.grad = torch.randn_like(p)
     out: dict[str, list[float]] = {"fused": [], "for_loop": []}
-    for _ in range(2):  # interleaved
+    for _ in range(3):  # interleaved
         for name, options in (("fused", {"fused": True}), ("for_loop", {"foreach": False})):
             optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], **options)
             optimizer.step()  # creates the state
@@ -431,34 +518,30 @@ def fused_adamw_step(inputs: TrialInputs, steps: int = 10) -> dict[str, Any]:
             for _ in range(steps):
                 optimizer.step()
             out[name].append((time.perf_counter() - start) / steps * 1000)
-    fused, loop = min(out["fused"]), min(out["for_loop"])
+    fused, loop = statistics.median(out["fused"]), statistics.median(out["for_loop"])
     return {"fused_ms": round(fused, 2), "for_loop_ms": round(loop, 2), "speedup": round(loop / fused, 2)}
 
 
 # --- the cases ------------------------------------------------------------------------------
 
 
-def timm_model(name: str, image_size: int, pretrained: bool = False) -> dict[str, Any]:
-    task = "image-classification"
-    return {"source": "timm", "name": name, "task": task, "pretrained": pretrained, "image_size": image_size}
-
-
 def cases(quick: bool) -> tuple[list[tuple[Case, int]], Case, Case]:
     """(case, workers) pairs for the loop-vs-plain figure, the CNN case for channels-last, and the
     text case for fused AdamW. Full size: the demo's model and batch (MiniLM-L6, 128 tokens, 16 per
-    worker) and the vision example's CNN (EfficientNet-Lite0 with its shipped weights, 32 per worker)."""
+    worker) and the vision example's CNN (EfficientNet-Lite0 with its shipped weights, 32 per worker),
+    four steps per epoch."""
     text_model = {"source": "hf", "name": "builtin:all-minilm-l6-v2", "task": "text-classification"}
     text_model["max_length"] = 32 if quick else 128
     bbc, mnist = {"builtin": "bbc-news"}, {"builtin": "mnist-5k"}
     if quick:
-        text = Case("text-minilm", text_model, bbc, full_finetuning(8), 64, timed_epochs=1)
-        vision = Case("vision-test-vit", timm_model("test_vit", 64), mnist, full_finetuning(16), 256, 1, 1)
+        text = Case("text-minilm", text_model, bbc, full_finetuning(8), 32, timed_epochs=4)
+        vision = Case("vision-test-vit", timm_model("test_vit", 64), mnist, full_finetuning(16), 64, 4)
         cnn = timm_model("test_efficientnet", 64)
-        convnet = Case("vision-test-efficientnet", cnn, mnist, full_finetuning(16), 64, 1, 1)
+        convnet = Case("vision-test-efficientnet", cnn, mnist, full_finetuning(16), 64, 4)
         return [(text, 1), (vision, 1), (vision, 2)], convnet, text
-    text = Case("text-minilm", text_model, bbc, full_finetuning(16), 128)
+    text = Case("text-minilm", text_model, bbc, full_finetuning(16), 64, timed_epochs=8)
     effnet = timm_model("builtin:efficientnet-lite0", 128, pretrained=True)
-    vision = Case("vision-efficientnet-lite0", effnet, mnist, full_finetuning(32), 256)
+    vision = Case("vision-efficientnet-lite0", effnet, mnist, full_finetuning(32), 128, timed_epochs=10)
     return [(text, 1), (vision, 1), (text, 2), (vision, 2)], vision, text
 
 
@@ -483,9 +566,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, two repetitions (about a minute)")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes (about a minute, plus Ray's start)")
     parser.add_argument(
-        "--reps", type=int, default=None, help="repetitions per side (default 3; 2 with --quick)"
+        "--timed-epochs", type=int, default=None, help="timed epochs per side (default per case)"
     )
     parser.add_argument("--workers", default="1,2", help="worker counts for the loop part (default 1,2)")
     parser.add_argument("--cases", default="text,vision", help="which models (default text,vision)")
@@ -502,9 +585,11 @@ def main() -> None:
         parser.error(f"unknown parts {sorted(set(parts) - set(PARTS))}; known: {', '.join(PARTS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    reps = args.reps or (2 if args.quick else 3)
     wanted = {int(w) for w in args.workers.split(",")}
     all_cases, convnet, text = cases(args.quick)
+    if args.timed_epochs is not None:
+        all_cases = [(replace(c, timed_epochs=args.timed_epochs), w) for c, w in all_cases]
+        convnet = replace(convnet, timed_epochs=args.timed_epochs)
     kinds = set(args.cases.split(","))
     chosen = [(c, w) for c, w in all_cases if w in wanted and c.name.split("-")[0] in kinds]
     cpus = args.cpus_per_worker
@@ -512,48 +597,41 @@ def main() -> None:
     load_before = os.getloadavg()
     started = time.time()
 
+    def case_record(case: Case, **more: Any) -> dict[str, Any]:
+        return {
+            "model": case.model["name"],
+            "batch_size_per_worker": case.config.batch_size,
+            "steps_per_epoch": case.samples_per_worker // case.config.batch_size,
+            "strategy": case.config.strategy,
+            "warmup_epochs": case.warmup_epochs,
+            **more,
+        }
+
     results: list[dict[str, Any]] = []
     if "loop" in parts and any(w > 1 for _, w in chosen):
         start_ray(max(w for _, w in chosen) * cpus)
     for case, workers in chosen if "loop" in parts else []:
         inputs = case_inputs(case, workers, cpus, root)
         label = f"{case.name}/{workers}w"
-        print(f"[throughput] {label}: ours vs plain, {reps} repetition(s)", flush=True)
-        timed = case.timed_epochs
+        print(f"[throughput] {label}: ours vs plain, {case.timed_epochs} timed epochs each", flush=True)
         if workers == 1:
-            ours, plain = partial(ours_one_process, inputs, timed), partial(plain_one_process, inputs, timed)
+            outcome = alternate(ours_here(inputs), plain_here(inputs), case, label)
+            outcome["niceness"] = {"candidate": os.nice(0), "baseline": os.nice(0)}
         else:
-            ours, plain = (
-                partial(ours_ray_train, inputs, timed, root),
-                partial(plain_ddp, inputs, timed, root),
-            )
-        results.append(
-            {
-                "case": label,
-                "model": case.model["name"],
-                "workers": workers,
-                "batch_size_per_worker": case.config.batch_size,
-                "strategy": case.config.strategy,
-                "warmup_epochs": case.warmup_epochs,
-                "timed_epochs": case.timed_epochs,
-                **interleaved(ours, plain, reps, label),
-            }
-        )
+            outcome = two_worker_case(inputs, case, root, label)
+        results.append({"case": label, "workers": workers, **case_record(case), **outcome})
+        release()
 
     extras: dict[str, Any] = {}
     if "channels_last" in parts:
         print("[throughput] channels-last against contiguous (CNN, 1 worker)", flush=True)
         layouts = [replace(convnet, training={"channels_last": v}) for v in ("auto", False)]
-        channels_last, contiguous = (case_inputs(c, 1, cpus, root) for c in layouts)
-        extras["channels_last_vs_contiguous"] = {
-            "model": convnet.model["name"],
-            **interleaved(
-                partial(ours_one_process, channels_last, convnet.timed_epochs),
-                partial(ours_one_process, contiguous, convnet.timed_epochs),
-                reps,
-                "channels-last",
-            ),
-        }
+        channels_last, contiguous = (ours_here(case_inputs(c, 1, cpus, root)) for c in layouts)
+        extras["channels_last_vs_contiguous"] = case_record(
+            convnet, **alternate(channels_last, contiguous, convnet, "channels-last")
+        )
+        del channels_last, contiguous
+        release()
     if "fused_adamw" in parts:
         print("[throughput] fused AdamW against the per-tensor loop (optimizer step alone)", flush=True)
         extras["fused_adamw_step"] = {
@@ -563,17 +641,13 @@ def main() -> None:
     if "compile" in parts:
         for case in {c.name: c for c, _ in all_cases if c.name.split("-")[0] in kinds}.values():
             print(f"[throughput] torch.compile against eager: {case.name} (1 worker)", flush=True)
-            compiled = case_inputs(replace(case, training={"compile": True}), 1, cpus, root)
-            eager = case_inputs(case, 1, cpus, root)
-            extras[f"compile_vs_eager/{case.name}"] = {
-                "model": case.model["name"],
-                **interleaved(
-                    partial(ours_one_process, compiled, case.timed_epochs),
-                    partial(ours_one_process, eager, case.timed_epochs),
-                    reps,
-                    "compile",
-                ),
-            }
+            compiled = ours_here(case_inputs(replace(case, training={"compile": True}), 1, cpus, root))
+            eager = ours_here(case_inputs(case, 1, cpus, root))
+            extras[f"compile_vs_eager/{case.name}"] = case_record(
+                case, **alternate(compiled, eager, case, "compile")
+            )
+            del compiled, eager
+            release()
 
     headline = min(r["ratio_median"] for r in results) if results else None
     figures = {
@@ -583,7 +657,6 @@ def main() -> None:
         "extras": extras,
         "quick": args.quick,
         "parts": parts,
-        "repetitions": reps,
         "cpus_per_worker": cpus,
         "wall_s": round(time.time() - started, 1),
         # How busy the machine was: the ratios are robust to it, the absolute samples/s are not.

@@ -16,8 +16,8 @@ error and the others still run. To add one, write a function taking the Context 
   bf16 peak. Training FLOPs per image = 3 x the forward's, counted by
   torch.utils.flop_counter.FlopCounterMode. Inputs are random tensors already at 224 px (image
   decoding is left out: this measures the training loop), fed through the loop's own DataLoader.
-- loop_vs_plain: the same model and data, tlsearch's loop against a hand-written PyTorch loop,
-  repetitions interleaved (benchmarks/throughput.py has both loops).
+- loop_vs_plain: the same model and data, tlsearch's loop against a hand-written PyTorch loop, set up
+  side by side and taking turns epoch by epoch (benchmarks/throughput.py has both loops).
 - trial_overhead, feature_cache: placeholders for the other parts of issue 5 (null until filled).
 
 The headline keys `gpu_name`, `vit_b16_full_img_s` and `vit_b16_full_mfu` take the faster of eager and
@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import gc
 import importlib.metadata
 import json
 import os
@@ -51,11 +50,13 @@ from torch.utils.data import Dataset
 
 from benchmarks.throughput import (
     Case,
+    alone,
+    alternate,
     case_inputs,
     full_finetuning,
-    interleaved,
-    ours_one_process,
-    plain_one_process,
+    ours_here,
+    plain_here,
+    release,
     timm_model,
 )
 from tlsearch.data.datasets import ImageDataset
@@ -93,12 +94,12 @@ class Sizes:
     image_size: int
     batch_size: int
     steps_per_epoch: int
-    timed_epochs: int  # after one warm-up epoch
-    reps: int  # per side, for loop_vs_plain
+    timed_epochs: int  # after one warm-up epoch (vit_b16_full, vit_b16_full_compile)
+    pair_epochs: int  # timed epochs per side, taking turns (loop_vs_plain)
     classes: int = 10
 
 
-FULL = Sizes("vit_base_patch16_224", 224, 128, 40, 2, 3)
+FULL = Sizes("vit_base_patch16_224", 224, 128, 40, 3, 4)
 DRY = Sizes("test_vit", 32, 8, 4, 1, 1)
 
 
@@ -137,7 +138,9 @@ def shm_gib() -> float:
         return 0.0
 
 
-def vit_inputs(ctx: Context, *, compile: bool) -> tuple[Case, TrialInputs, tuple[Dataset, Dataset]]:
+def vit_inputs(
+    ctx: Context, *, compile: bool, timed_epochs: int
+) -> tuple[Case, TrialInputs, tuple[Dataset, Dataset]]:
     s = ctx.sizes
     on_gpu = ctx.device.type == "cuda"
     # DataLoader workers hand batches over in shared memory (a 224 px batch of 128 is 77 MB).
@@ -148,7 +151,7 @@ def vit_inputs(ctx: Context, *, compile: bool) -> tuple[Case, TrialInputs, tuple
         {"train": "synthetic.parquet", "validation": "synthetic.parquet", "image_column": "image"},
         full_finetuning(s.batch_size),
         samples_per_worker=s.batch_size * s.steps_per_epoch,  # whole batches: one shape, one graph
-        timed_epochs=s.timed_epochs,
+        timed_epochs=timed_epochs,
         training={"compile": compile, "loader_workers": workers},
     )
     labels = tuple(str(i) for i in range(s.classes))
@@ -179,30 +182,30 @@ def train_flops_per_image(inputs: TrialInputs, device: torch.device) -> float:
 
 
 def _vit_training(ctx: Context, compile: bool) -> dict[str, Any]:
-    _case, inputs, datasets = vit_inputs(ctx, compile=compile)
+    case, inputs, datasets = vit_inputs(ctx, compile=compile, timed_epochs=ctx.sizes.timed_epochs)
     if "train_flops_per_image" not in ctx.shared:
         ctx.shared["train_flops_per_image"] = train_flops_per_image(inputs, ctx.device)
     if ctx.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    timed = ours_one_process(inputs, ctx.sizes.timed_epochs, datasets)
+    measured = alone(ours_here(inputs, datasets), case)
+    img_s = measured["samples_per_s"]
     flops = ctx.shared["train_flops_per_image"]
     peak = dense_bf16_peak(ctx.gpu_name) if ctx.device.type == "cuda" else None
-    steady_epoch_s = timed.seconds / ctx.sizes.timed_epochs
     return {
         "model": ctx.sizes.model,
         "image_size": ctx.sizes.image_size,
         "batch_size": ctx.sizes.batch_size,
         "strategy": "full",
         "compile": compile,
-        "img_s": round(timed.per_s, 1),
-        "mfu": round(timed.per_s * flops / peak, 4) if peak else None,
+        "img_s": round(img_s, 1),
+        "mfu": round(img_s * flops / peak, 4) if peak else None,
         "train_flops_per_image": flops,
-        "achieved_tflop_s": round(timed.per_s * flops / 1e12, 1),
+        "achieved_tflop_s": round(img_s * flops / 1e12, 1),
         "peak_dense_bf16_tflop_s": peak / 1e12 if peak else None,
         "peak_source": PEAK_SOURCE if peak else f"no known peak for {ctx.gpu_name!r}",
-        "timed_images": timed.samples,
-        "first_epoch_s": round(timed.first_epoch_s, 1),  # compiling happens in it
-        "steady_epoch_s": round(steady_epoch_s, 2),
+        "timed_images": measured["timed_samples"],
+        "first_epoch_s": round(measured["first_epoch_s"], 1),  # compiling happens in it
+        "steady_epoch_s": round(measured["steady_epoch_s"], 2),
         "loader_workers": inputs.run.spec.training.loader_workers,
         "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
         if ctx.device.type == "cuda"
@@ -219,14 +222,9 @@ def check_vit_compile(ctx: Context) -> dict[str, Any]:
 
 
 def check_loop_vs_plain(ctx: Context) -> dict[str, Any]:
-    case, inputs, datasets = vit_inputs(ctx, compile=False)
-    timed = case.timed_epochs
-    outcome = interleaved(
-        lambda: ours_one_process(inputs, timed, datasets),
-        lambda: plain_one_process(inputs, timed, datasets),
-        ctx.sizes.reps,
-        "loop vs plain",
-    )
+    case, inputs, datasets = vit_inputs(ctx, compile=False, timed_epochs=ctx.sizes.pair_epochs)
+    # Both set up side by side (two ViT-B/16 trainings fit an H100 twice over), taking turns by epoch.
+    outcome = alternate(ours_here(inputs, datasets), plain_here(inputs, datasets), case, "loop vs plain")
     return {"model": ctx.sizes.model, "batch_size": ctx.sizes.batch_size, "compile": False, **outcome}
 
 
@@ -319,7 +317,7 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
         (ctx.out / "checks" / f"{name}.json").write_text(json.dumps(part, indent=2, default=str) + "\n")
         shown = {k: v for k, v in part.items() if k not in ("traceback", "note")}
         print(f"[gpu] {name}: {json.dumps(shown, default=str)}", flush=True)
-        gc.collect()
+        release()
     results = {
         **headline(parts, ctx.gpu_name),
         "dry_run": ctx.dry_run,
