@@ -1,7 +1,7 @@
 """Steady-state training throughput: tlsearch's loop against a plain PyTorch loop (issue 5, target 3).
 
-    .venv/bin/python benchmarks/throughput.py            # full size, ~10 min on 2 cores: throughput.json
-    .venv/bin/python benchmarks/throughput.py --quick    # tiny sizes, ~1-2 min: throughput_quick.json
+    .venv/bin/python benchmarks/throughput.py            # full size, 8 min on 2 cores: throughput.json
+    .venv/bin/python benchmarks/throughput.py --quick    # tiny sizes, 1 min: throughput_quick.json
     .venv/bin/python benchmarks/throughput.py --parts compile --name throughput_compile
                                                          # torch.compile against eager (slow on CPUs)
 

@@ -200,7 +200,7 @@ def setup_training(
         persistent_workers=workers > 0,
     )
 
-    # Fused AdamW on GPUs and CPUs alike: one kernel over all tensors (on a CPU 5-8x faster than
+    # Fused AdamW on GPUs and CPUs alike: one kernel over all tensors (on a CPU 3-6x faster than
     # PyTorch's default per-tensor loop for MiniLM-L6's 22.7M parameters; benchmarks/throughput.py).
     optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=True)
     steps_per_epoch = max(1, len(train_loader))
