@@ -27,9 +27,9 @@ SOURCES: dict[str, tuple[str, str]] = {
     "train_vs_plain_throughput": ("throughput.json", "train_vs_plain_throughput"),
     "time_to_target_vs_random": ("search_efficiency.json", "time_to_target_vs_random"),
     "bookkeeping_s_per_trial": ("bookkeeping.json", "bookkeeping_s_per_trial"),
-    "gpu_name": ("gpu.json", "gpu_name"),
-    "vit_b16_full_img_s": ("gpu.json", "vit_b16_full_img_s"),
-    "vit_b16_full_mfu": ("gpu.json", "vit_b16_full_mfu"),
+    "gpu_name": ("gpu_results.json", "gpu_name"),
+    "vit_b16_full_img_s": ("gpu_results.json", "vit_b16_full_img_s"),
+    "vit_b16_full_mfu": ("gpu_results.json", "vit_b16_full_mfu"),
 }
 
 
@@ -49,6 +49,11 @@ def collect(results: Path = RESULTS) -> dict[str, dict[str, Any]]:
                 entry["why_null"] = f"{name} has no `{field}`"
         summary[key] = entry
     return summary
+
+
+def refresh() -> Path:
+    """Rewrite summary.json from the result files (benchmarks call this after writing theirs)."""
+    return write_result("summary", collect(), "python benchmarks/summary.py")
 
 
 def main() -> None:

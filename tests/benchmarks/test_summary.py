@@ -33,6 +33,6 @@ def test_every_key_is_collected_with_its_file(tmp_path: Path) -> None:
     )
     assert summary["vit_b16_full_mfu"] == {
         "value": None,
-        "file": "benchmarks/results/gpu.json",
+        "file": "benchmarks/results/gpu_results.json",
         "why_null": "not measured yet",
     }

@@ -124,6 +124,12 @@ def test_three_shapes_of_a_knob() -> None:
             "strategies.full.head_lr",
             "`low` must be > 0",
         ),
+        ({"training__compile": "sometimes"}, "training.compile", "must be a valid boolean"),
+        (
+            {"training__channels_last": "always"},
+            "training.channels_last",
+            "must be 'auto' or a valid boolean, unable to interpret input, but got 'always'",
+        ),
     ],
 )
 def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, message: str) -> None:
@@ -193,11 +199,29 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
             "model.max_length",
             "text models only",
         ),
+        (
+            {"training__channels_last": True},
+            "training.channels_last",
+            "applies to image models only; remove it or set it to auto",
+        ),
     ],
 )
 def test_cross_field_errors(changes: dict, path: str, message: str) -> None:
     found = problems(changed(changes))
     assert any(p.startswith(path) and message in p for p in found), found
+
+
+def test_training_speed_knobs_default_off_and_accept_their_values() -> None:
+    spec = validate_spec(MINIMAL)
+    assert spec.training.compile is False and spec.training.channels_last == "auto"
+    image = {
+        "model": {"source": "timm", "name": "test_vit", "task": "image-classification"},
+        "data": {"builtin": "mnist-5k"},
+    }
+    for value in (True, False, "auto"):
+        spec = validate_spec(changed({**image, "training": {"compile": True, "channels_last": value}}))
+        assert spec.training.compile is True and spec.training.channels_last == value
+    assert validate_spec(with_(training__channels_last=False)).training.channels_last is False
 
 
 def test_all_field_errors_are_reported_at_once() -> None:

@@ -137,3 +137,9 @@ def _find_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList]:
     if best is None:
         raise ValueError(f"no block list (nn.ModuleList) found in {type(backbone).__name__}")
     return best[1], best[2]
+
+
+def is_convolutional(model: nn.Module) -> bool:
+    """A convolutional network (ResNet, EfficientNet, ConvNeXt, a hybrid ViT's CNN stem): more than
+    one 2-d convolution. A plain ViT's single patch-embedding convolution does not make it one."""
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules()) > 1

@@ -129,11 +129,17 @@ def _first_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+UNION_TAGS = frozenset({"bool", "int", "float", "str", "none"})
+
+
 def _explain(exc: ValidationError) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for err in exc.errors(include_url=False):
+        # Drop the union members' tags pydantic puts in the path (`literal['auto']`, `bool`, ...).
         loc = tuple(
-            p for p in err["loc"] if not (isinstance(p, str) and ("[" in p or p.startswith("function-")))
+            p
+            for p in err["loc"]
+            if not (isinstance(p, str) and ("[" in p or p.startswith("function-") or p in UNION_TAGS))
         )
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
@@ -151,10 +157,15 @@ def _explain(exc: ValidationError) -> list[tuple[str, str]]:
             if kind != "value_error" and not isinstance(err.get("input"), dict):
                 msg = f"{msg}, but got {err['input']!r}"
         out.append((_path(loc), msg))
-    # Keep one message per path: a union reports one failure per member.
+    # One message per path: a union reports one failure per member ("must be 'auto' or a valid boolean").
     seen: dict[str, str] = {}
     for path, msg in out:
-        seen.setdefault(path, msg)
+        if path not in seen:
+            seen[path] = msg
+        elif msg.startswith("must be ") and seen[path].startswith("must be "):
+            first, _, got = seen[path].partition(", but got ")
+            other = msg.removeprefix("must be ").partition(", but got ")[0]
+            seen[path] = f"{first} or {other}" + (f", but got {got}" if got else "")
     return list(seen.items())
 
 

@@ -247,6 +247,13 @@ class TrainingSpec(Strict):
     # Run consecutive trials in the same Ray actor process (Tune's reuse_actors), which keeps imports,
     # the loaded pretrained model and the tokenized data: trials start training within seconds.
     reuse_processes: bool = True
+    # torch.compile the model (in place, so peft LoRA, DDP and checkpoints are unchanged). Compiling
+    # costs each trial tens of seconds up front; it pays on GPUs for trials of minutes, rarely on CPUs
+    # (benchmarks/README.md has the measurements).
+    compile: bool = False
+    # Channels-last memory format for the model and its image batches. auto: for convolutional
+    # networks (faster convolutions on GPUs and CPUs), not for ViTs or text models.
+    channels_last: Literal["auto"] | bool = "auto"
 
 
 class WandbSpec(Strict):
@@ -339,6 +346,10 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
         problems.append(("model.max_length", "applies to text models only; remove it"))
     if text and m.image_size is not None:
         problems.append(("model.image_size", "applies to image models only; remove it"))
+    if text and spec.training.channels_last is True:
+        problems.append(
+            ("training.channels_last", "applies to image models only; remove it or set it to auto")
+        )
     if m.architecture is not None and m.source != "timm":
         problems.append(("model.architecture", "applies to timm checkpoint files only; remove it"))
 

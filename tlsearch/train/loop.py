@@ -1,8 +1,10 @@
 """The training loop: one readable function, the same on every worker and in both runners.
 
-Per epoch: train (AdamW with the strategy's parameter groups, warmup + cosine, gradient clipping,
-bf16 autocast on GPU), evaluate on the full validation set (predictions gathered across workers),
-report every metric and a rank-0 checkpoint of the trainable weights.
+`train_trial` = `setup_training` (model, strategy, loaders, fused AdamW with the strategy's parameter
+groups, warmup + cosine) and, per epoch, `train_epoch` (bf16 autocast on GPU, gradient clipping, no
+host synchronisation per step), evaluation on the full validation set (predictions gathered across
+workers), every metric reported with a rank-0 checkpoint of the trainable weights.
+benchmarks/throughput.py times `setup_training` + `train_epoch` against a plain PyTorch loop.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import math
 import os
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +23,14 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, DistributedSampler, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
+from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel
 from tlsearch.strategies import Prepared, prepare
 from tlsearch.train import warm
-from tlsearch.train.inputs import TrialInputs
+from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
 
@@ -71,10 +75,12 @@ def build_datasets(inputs: TrialInputs, loaded: LoadedModel) -> tuple[Any, Any]:
     return ImageDataset(train, transform), ImageDataset(validation, transform)
 
 
-def _forward(model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor:
+def _forward(model: nn.Module, batch: Any, device: torch.device, channels_last: bool = False) -> torch.Tensor:
     if isinstance(batch, dict):
         out = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
         return out.logits
+    if channels_last:
+        return model(batch.to(device, non_blocking=True, memory_format=torch.channels_last))
     return model(batch.to(device, non_blocking=True))
 
 
@@ -107,26 +113,182 @@ def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes, strict=True)]).cpu()
 
 
+@dataclass
+class Training:
+    """Everything a trial's epochs use, built once by `setup_training`: the same objects whether the
+    loop runs in a Tune trial actor, on Ray Train workers, or under a benchmark's stopwatch."""
+
+    prepared: Prepared
+    model: nn.Module  # wrapped for the session (DDP on several workers), compiled when asked
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[nn.Parameter]
+    sampler: DistributedSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    grad_clip_norm: float | None
+    mixed_precision: bool  # bf16 autocast (on GPU)
+    channels_last: bool  # image batches enter in the model's channels-last layout
+    # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when the model was
+    # ready, when the data was, and when the first optimizer step had run.
+    model_ready: float = 0.0
+    data_ready: float = 0.0
+    first_step_at: float | None = None
+
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision)
+
+
+def use_channels_last(setting: str | bool, loaded: LoadedModel) -> bool:
+    """`auto`: channels-last for convolutional networks (faster convolutions on GPUs and on CPUs:
+    benchmarks/throughput.py measures it); a ViT's single patch-embedding convolution does not count."""
+    if setting == "auto":
+        return is_convolutional(loaded.model)
+    return bool(setting)
+
+
+def loader_workers(run: RunContext) -> int:
+    """DataLoader processes per training worker: `training.loader_workers`, else none for text
+    (tokenised up front) and one per CPU but the training process's own for images (decoded per item)."""
+    workers = run.spec.training.loader_workers
+    if workers is None:
+        workers = 0 if run.data.input_kind == "text" else max(0, int(run.spec.resources.cpus_per_worker) - 1)
+    return workers
+
+
+def setup_training(
+    inputs: TrialInputs, session: Session, datasets: tuple[Dataset, Dataset] | None = None
+) -> Training:
+    """Model, strategy, loaders, optimizer and schedule of one trial, on the session's device.
+    `datasets` (train, validation) replaces the trial's data files (benchmarks feed synthetic data)."""
+    run, config, spec = inputs.run, inputs.config, inputs.run.spec
+    seed_everything(spec.seed)
+    on_gpu = session.device.type == "cuda"
+    if on_gpu:
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
+    else:
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
+
+    # A reused trial process keeps the loaded model and the data sets (tlsearch/train/warm.py).
+    loaded = warm.fresh_model(spec.model, run.num_classes, spec.seed)
+    prepared = prepare(loaded, config)
+    channels_last = use_channels_last(spec.training.channels_last, loaded)
+    if channels_last:
+        prepared.model.to(memory_format=torch.channels_last)  # before DDP: every rank's layout is the same
+    model = session.wrap(prepared.model)
+    if spec.training.compile:
+        # In place: parameter names, checkpoints and the DDP wrapper stay as they are (a DDP module
+        # compiled whole lets dynamo split its graph at the gradient buckets).
+        model.compile()
+    model_ready = time.time()
+    if datasets is None:
+        datasets = warm.datasets(
+            (run.data, spec.model.model_dump_json()), lambda: build_datasets(inputs, loaded)
+        )
+    train_set, val_set = datasets
+
+    workers = loader_workers(run)
+    sampler = DistributedSampler(
+        train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        collate_fn=train_set.collate,  # type: ignore[attr-defined]
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=workers > 0,
+    )
+    # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
+    val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))  # type: ignore[arg-type]
+    val_loader = DataLoader(
+        val_shard,
+        batch_size=spec.training.eval_batch_size,
+        collate_fn=val_set.collate,  # type: ignore[attr-defined]
+        num_workers=workers,
+        pin_memory=on_gpu,
+        persistent_workers=workers > 0,
+    )
+
+    # Fused AdamW on GPUs and CPUs alike: one kernel over all tensors (on a CPU 3-6x faster than
+    # PyTorch's default per-tensor loop for MiniLM-L6's 22.7M parameters; benchmarks/throughput.py).
+    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=True)
+    steps_per_epoch = max(1, len(train_loader))
+    total_steps = steps_per_epoch * spec.search.max_epochs
+    warmup_steps = round(config.warmup_fraction * total_steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
+    return Training(
+        prepared=prepared,
+        model=model,
+        device=session.device,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        trainable=[p for p in model.parameters() if p.requires_grad],
+        sampler=sampler,
+        train_loader=train_loader,
+        val_loader=val_loader,
+        grad_clip_norm=spec.training.grad_clip_norm,
+        mixed_precision=on_gpu,
+        channels_last=channels_last,
+        model_ready=model_ready,
+        data_ready=time.time(),
+    )
+
+
+def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
+    """One pass over this rank's training shard: (summed loss, on the device; samples seen).
+    No host synchronisation inside: the caller reads the loss once per epoch (a per-step .item()
+    would stall the GPU)."""
+    t = training
+    t.sampler.set_epoch(epoch)
+    t.prepared.train_mode(t.model)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
+    seen = 0
+    for batch, target in t.train_loader:
+        target = target.to(t.device, non_blocking=True)
+        with t.autocast():
+            loss = F.cross_entropy(_forward(t.model, batch, t.device, t.channels_last).float(), target)
+        t.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if t.grad_clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(t.trainable, t.grad_clip_norm)
+        t.optimizer.step()
+        t.scheduler.step()
+        if t.first_step_at is None:
+            if t.device.type == "cuda":
+                torch.cuda.synchronize()  # once: the step's kernels have run, not only been queued
+            t.first_step_at = time.time()
+        loss_sum += loss.detach().double() * target.shape[0]
+        seen += target.shape[0]
+    return loss_sum, seen
+
+
 @torch.no_grad()
-def evaluate(
-    model: nn.Module, loader: DataLoader, session: Session, autocast: Any, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(training: Training, session: Session, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    model = training.model
     model.eval()
     logits, targets = [], []
-    for batch, target in loader:
-        with autocast():
-            logits.append(_forward(model, batch, session.device).float().cpu())
+    for batch, target in training.val_loader:
+        with training.autocast():
+            # Kept on the device until the end: one copy to the host instead of a stall per batch.
+            logits.append(_forward(model, batch, training.device, training.channels_last).float())
         targets.append(target)
     # A rank may hold no validation rows at all (fewer rows than workers).
-    local_logits = torch.cat(logits) if logits else torch.zeros((0, num_classes))
+    local_logits = torch.cat(logits).cpu() if logits else torch.zeros((0, num_classes))
     local_targets = torch.cat(targets) if targets else torch.zeros((0,), dtype=torch.long)
     return _gather(local_logits, session.world_size), _gather(local_targets, session.world_size)
 
 
-def describe_trial(inputs: TrialInputs, prepared: Prepared) -> str:
+def describe_trial(inputs: TrialInputs, training: Training) -> str:
+    prepared = training.prepared
+    on = {True: "on", False: "off"}
     lines = [
         f"[tlsearch] trial {inputs.trial_id}: {inputs.config.strategy} {inputs.config.as_dict()}",
         f"[tlsearch] trainable parameters: {prepared.trainable_params:,}",
+        f"[tlsearch] on {training.device}: bf16 autocast {on[training.mixed_precision]}, "
+        f"channels-last {on[training.channels_last]}, torch.compile {on[inputs.run.spec.training.compile]}",
     ]
     for g in prepared.param_groups:
         lines.append(
@@ -137,54 +299,9 @@ def describe_trial(inputs: TrialInputs, prepared: Prepared) -> str:
 
 def train_trial(inputs: TrialInputs, session: Session) -> None:
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
-    seed_everything(spec.seed)
-    if session.device.type == "cpu":
-        torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
-
-    loaded = warm.fresh_model(spec.model, run.num_classes, spec.seed)
-    prepared = prepare(loaded, config)
-    model = session.wrap(prepared.model)
-    model_ready = time.time()
-    train_set, val_set = warm.datasets(
-        (run.data, spec.model.model_dump_json()), lambda: build_datasets(inputs, loaded)
-    )
-
-    on_gpu = session.device.type == "cuda"
-    workers = spec.training.loader_workers
-    if workers is None:
-        workers = 0 if run.data.input_kind == "text" else max(0, int(spec.resources.cpus_per_worker) - 1)
-    sampler = DistributedSampler(
-        train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
-    )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        collate_fn=train_set.collate,
-        num_workers=workers,
-        pin_memory=on_gpu,
-        persistent_workers=workers > 0,
-    )
-    # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
-    val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))
-    val_loader = DataLoader(
-        val_shard,
-        batch_size=spec.training.eval_batch_size,
-        collate_fn=val_set.collate,
-        num_workers=workers,
-        pin_memory=on_gpu,
-        persistent_workers=workers > 0,
-    )
-
-    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=on_gpu)
-    steps_per_epoch = max(1, len(train_loader))
-    total_steps = steps_per_epoch * spec.search.max_epochs
-    warmup_steps = round(config.warmup_fraction * total_steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
-    trainable = [p for p in model.parameters() if p.requires_grad]
-
-    def autocast() -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu)
+    training = setup_training(inputs, session)
+    prepared, model = training.prepared, training.model
+    optimizer, scheduler = training.optimizer, training.scheduler
 
     start_epoch, wall_before = 0, 0.0
     with session.restore_dir() as checkpoint:
@@ -198,7 +315,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
     resumed_at = inputs.started_at
     worker_nodes = session.worker_nodes()
     if session.world_rank == 0:
-        print(describe_trial(inputs, prepared), flush=True)
+        print(describe_trial(inputs, training), flush=True)
         if start_epoch:
             print(f"[tlsearch] resumed from the checkpoint of epoch {start_epoch}", flush=True)
     static = {
@@ -214,32 +331,9 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "workers": session.world_size,
     }
 
-    data_ready = time.time()
-    first_step_at: float | None = None  # when this run's first optimizer step finished
-
     for epoch in range(start_epoch, spec.search.max_epochs):
         epoch_start = time.time()
-        sampler.set_epoch(epoch)
-        prepared.train_mode(model)
-        # Summed on the device and read once per epoch: a per-step .item() would stall the GPU.
-        loss_sum = torch.zeros((), dtype=torch.float64, device=session.device)
-        seen = 0
-        for batch, target in train_loader:
-            target = target.to(session.device, non_blocking=True)
-            with autocast():
-                loss = F.cross_entropy(_forward(model, batch, session.device).float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if spec.training.grad_clip_norm is not None:
-                torch.nn.utils.clip_grad_norm_(trainable, spec.training.grad_clip_norm)
-            optimizer.step()
-            scheduler.step()
-            if first_step_at is None:
-                if on_gpu:
-                    torch.cuda.synchronize()  # once: the step's kernels have run, not only been queued
-                first_step_at = time.time()
-            loss_sum += loss.detach().double() * target.shape[0]
-            seen += target.shape[0]
+        loss_sum, seen = train_epoch(training, epoch)
         train_time = time.time() - epoch_start
         totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64)
         if session.world_size > 1:
@@ -248,7 +342,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training diverged at epoch {epoch + 1}: train_loss={train_loss}")
 
-        logits, targets = evaluate(model, val_loader, session, autocast, run.num_classes)
+        logits, targets = evaluate(training, session, run.num_classes)
         metrics = classification_metrics(logits, targets, run.num_classes)
         wall_s = wall_before + (time.time() - resumed_at)
         metrics.update(
@@ -261,10 +355,10 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             device_s=wall_s * session.world_size * run.devices_per_worker,
             lr_head=_group_lr(optimizer, "head"),
             # Where a trial's start-up goes (the search's overhead): benchmarks/trial_overhead.py.
-            model_load_s=model_ready - inputs.started_at,
-            data_load_s=data_ready - model_ready,
-            setup_s=(first_step_at or data_ready) - inputs.started_at,
-            first_step_at=first_step_at,
+            model_load_s=training.model_ready - inputs.started_at,
+            data_load_s=training.data_ready - training.model_ready,
+            setup_s=(training.first_step_at or training.data_ready) - inputs.started_at,
+            first_step_at=training.first_step_at,
         )
         with scratch_dir() as directory:
             checkpoint_dir = None

@@ -1,0 +1,419 @@
+"""Every GPU figure of the performance issue (issue 5) in one go, on one H100 or H200 (about 4 min).
+
+    bash benchmarks/gpu/run.sh                 # on the GPU machine: $OUT/gpu_results.json, $OUT/checks/*.json
+    bash benchmarks/gpu/run.sh --dry-run       # the same code paths on CPU with tiny models (< 1 min; CI)
+    bash benchmarks/gpu/run.sh --only loop_vs_plain     # a subset of the checks, by name
+    python benchmarks/gpu/run.py --record gpu_results.json    # file a GPU run under benchmarks/results/
+
+The checks are a list of named functions (CHECKS below). Each returns its figures, which land in
+$OUT/checks/<name>.json and under its name in $OUT/gpu_results.json; a check that fails records its
+error and the others still run. To add one, write a function taking the Context and append it.
+
+- vit_b16_full / vit_b16_full_compile: ViT-B/16 (timm `vit_base_patch16_224`, random weights: nothing
+  can be downloaded there) full fine-tuning at 224 px, bf16 autocast, batch 128, trained by tlsearch's
+  loop (`setup_training` + `train_epoch`, as trials run it) eager and with `training.compile: true`:
+  images/s over the timed epochs and MFU = images/s x training FLOPs per image / the chip's dense
+  bf16 peak. Training FLOPs per image = 3 x the forward's, counted by
+  torch.utils.flop_counter.FlopCounterMode. Inputs are random tensors already at 224 px (image
+  decoding is left out: this measures the training loop), fed through the loop's own DataLoader.
+- loop_vs_plain: the same model and data, tlsearch's loop against a hand-written PyTorch loop, set up
+  side by side and taking turns epoch by epoch (benchmarks/throughput.py has both loops).
+- trial_overhead, feature_cache: placeholders for the other parts of issue 5 (null until filled).
+
+The headline keys `gpu_name`, `vit_b16_full_img_s` and `vit_b16_full_mfu` take the faster of eager and
+compiled training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import torch
+from torch.utils.data import Dataset
+
+from benchmarks.throughput import (
+    Case,
+    alone,
+    alternate,
+    case_inputs,
+    full_finetuning,
+    ours_here,
+    plain_here,
+    release,
+    timm_model,
+)
+from tlsearch.data.datasets import ImageDataset
+from tlsearch.data.tables import DataFiles
+from tlsearch.train.inputs import TrialInputs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# Dense BF16 tensor-core peaks in FLOP/s, by GPU name (first match wins). NVIDIA's datasheets give
+# BF16 "with sparsity"; dense is half: H100 SXM 1,979 -> 989.4 T, H100 NVL 1,671 -> 835.5 T,
+# H100 PCIe 1,513 -> 756.5 T (NVIDIA H100 Tensor Core GPU datasheet); H200 SXM 1,979 -> 989.4 T,
+# H200 NVL 1,671 -> 835.5 T (NVIDIA H200 datasheet; GH200 has the H100/H200 SXM tensor cores);
+# A100 624 -> 312 T (NVIDIA A100 datasheet).
+DENSE_BF16_PEAKS = (
+    ("H100 PCIe", 756.5e12),
+    ("H100 NVL", 835.5e12),
+    ("H200 NVL", 835.5e12),
+    ("H100", 989.4e12),
+    ("H200", 989.4e12),
+    ("A100", 312e12),
+)
+PEAK_SOURCE = "NVIDIA H100 / H200 / A100 datasheets: BF16 tensor-core TFLOPS with sparsity, halved for dense"
+
+
+def dense_bf16_peak(gpu_name: str) -> float | None:
+    for marker, peak in DENSE_BF16_PEAKS:
+        if marker.lower() in gpu_name.lower():
+            return peak
+    return None
+
+
+@dataclass(frozen=True)
+class Sizes:
+    model: str
+    image_size: int
+    batch_size: int
+    steps_per_epoch: int
+    timed_epochs: int  # after one warm-up epoch (vit_b16_full, vit_b16_full_compile)
+    pair_epochs: int  # timed epochs per side, taking turns (loop_vs_plain)
+    classes: int = 10
+
+
+FULL = Sizes("vit_base_patch16_224", 224, 128, 40, 3, 4)
+DRY = Sizes("test_vit", 32, 8, 4, 1, 1)
+
+
+@dataclass
+class Context:
+    dry_run: bool
+    out: Path
+    device: torch.device
+    gpu_name: str
+    sizes: Sizes
+    scratch: Path
+    shared: dict[str, Any] = field(default_factory=dict)  # what one check leaves for another
+
+
+class SyntheticImages(Dataset):
+    """Random images already transformed to the model's input size; labels cycle through the classes."""
+
+    def __init__(self, length: int, image_size: int, classes: int):
+        generator = torch.Generator().manual_seed(0)
+        self.pool = torch.randn(16, 3, image_size, image_size, generator=generator)
+        self.length, self.classes = length, classes
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.pool[i % len(self.pool)], i % self.classes
+
+    collate = staticmethod(ImageDataset.collate)
+
+
+def shm_gib() -> float:
+    try:
+        return shutil.disk_usage("/dev/shm").free / 2**30
+    except OSError:
+        return 0.0
+
+
+def vit_inputs(
+    ctx: Context, *, compile: bool, timed_epochs: int
+) -> tuple[Case, TrialInputs, tuple[Dataset, Dataset]]:
+    s = ctx.sizes
+    on_gpu = ctx.device.type == "cuda"
+    # DataLoader workers hand batches over in shared memory (a 224 px batch of 128 is 77 MB).
+    workers = 1 if ctx.dry_run else (min(8, (os.cpu_count() or 2) - 1) if shm_gib() >= 4 else 0)
+    case = Case(
+        "gpu-vit-compiled" if compile else "gpu-vit",
+        timm_model(s.model, s.image_size),
+        {"train": "synthetic.parquet", "validation": "synthetic.parquet", "image_column": "image"},
+        full_finetuning(s.batch_size),
+        samples_per_worker=s.batch_size * s.steps_per_epoch,  # whole batches: one shape, one graph
+        timed_epochs=timed_epochs,
+        training={"compile": compile, "loader_workers": workers},
+    )
+    labels = tuple(str(i) for i in range(s.classes))
+    data = DataFiles("synthetic", "synthetic", None, "image", "image", "label", labels)
+    cpus = float(os.cpu_count() or 1) if on_gpu else 1.0
+    inputs = case_inputs(case, 1, cpus, ctx.scratch, use_gpu=on_gpu, data=data)
+    train = SyntheticImages(case.samples_per_worker, s.image_size, s.classes)
+    return case, inputs, (train, SyntheticImages(s.batch_size, s.image_size, s.classes))
+
+
+def train_flops_per_image(inputs: TrialInputs, device: torch.device) -> float:
+    """3 x the forward's FLOPs (backward ~ 2 x forward), counted on the model as trials build it."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from tlsearch.models.sources import build_model
+
+    spec = inputs.run.spec
+    model = build_model(spec.model, inputs.run.num_classes).model.to(device).eval()
+    size = spec.model.image_size
+    x = torch.zeros(2, 3, size, size, device=device)
+    with (
+        torch.no_grad(),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        FlopCounterMode(display=False) as counter,
+    ):
+        model(x)
+    return 3 * counter.get_total_flops() / 2
+
+
+def _vit_training(ctx: Context, compile: bool) -> dict[str, Any]:
+    case, inputs, datasets = vit_inputs(ctx, compile=compile, timed_epochs=ctx.sizes.timed_epochs)
+    if "train_flops_per_image" not in ctx.shared:
+        ctx.shared["train_flops_per_image"] = train_flops_per_image(inputs, ctx.device)
+    if ctx.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    measured = alone(ours_here(inputs, datasets), case)
+    img_s = measured["samples_per_s"]
+    flops = ctx.shared["train_flops_per_image"]
+    peak = dense_bf16_peak(ctx.gpu_name) if ctx.device.type == "cuda" else None
+    return {
+        "model": ctx.sizes.model,
+        "image_size": ctx.sizes.image_size,
+        "batch_size": ctx.sizes.batch_size,
+        "strategy": "full",
+        "compile": compile,
+        "img_s": round(img_s, 1),
+        "mfu": round(img_s * flops / peak, 4) if peak else None,
+        "train_flops_per_image": flops,
+        "achieved_tflop_s": round(img_s * flops / 1e12, 1),
+        "peak_dense_bf16_tflop_s": peak / 1e12 if peak else None,
+        "peak_source": PEAK_SOURCE if peak else f"no known peak for {ctx.gpu_name!r}",
+        "timed_images": measured["timed_samples"],
+        "first_epoch_s": round(measured["first_epoch_s"], 1),  # compiling happens in it
+        "steady_epoch_s": round(measured["steady_epoch_s"], 2),
+        "loader_workers": inputs.run.spec.training.loader_workers,
+        "max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        if ctx.device.type == "cuda"
+        else None,
+    }
+
+
+def check_vit_eager(ctx: Context) -> dict[str, Any]:
+    return _vit_training(ctx, compile=False)
+
+
+def check_vit_compile(ctx: Context) -> dict[str, Any]:
+    return _vit_training(ctx, compile=True)
+
+
+def check_loop_vs_plain(ctx: Context) -> dict[str, Any]:
+    case, inputs, datasets = vit_inputs(ctx, compile=False, timed_epochs=ctx.sizes.pair_epochs)
+    # Both set up side by side (two ViT-B/16 trainings fit an H100 twice over), taking turns by epoch.
+    outcome = alternate(ours_here(inputs, datasets), plain_here(inputs, datasets), case, "loop vs plain")
+    return {"model": ctx.sizes.model, "batch_size": ctx.sizes.batch_size, "compile": False, **outcome}
+
+
+def placeholder(note: str, *keys: str) -> Callable[[Context], dict[str, Any]]:
+    def check(ctx: Context) -> dict[str, Any]:
+        return {"status": "placeholder", "note": note, **dict.fromkeys(keys)}
+
+    return check
+
+
+CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
+    ("vit_b16_full", check_vit_eager),
+    ("vit_b16_full_compile", check_vit_compile),
+    ("loop_vs_plain", check_loop_vs_plain),
+    (
+        "trial_overhead",
+        placeholder(
+            "issue 5 target 1 on a GPU: trial start -> first training step, device busy fraction",
+            "trial_overhead_s",
+            "device_busy_fraction",
+        ),
+    ),
+    (
+        "feature_cache",
+        placeholder(
+            "issue 5 target 2 on a GPU: cached frozen features vs recomputing", "feature_cache_speedup"
+        ),
+    ),
+]
+
+
+def environment(device: torch.device, gpu_name: str) -> dict[str, Any]:
+    versions = {"python": platform.python_version()}
+    for lib in ("torch", "timm", "transformers", "peft", "ray", "optuna"):
+        try:
+            versions[lib] = importlib.metadata.version(lib)
+        except importlib.metadata.PackageNotFoundError:
+            versions[lib] = "not installed"
+    sha = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "gpu_name": gpu_name,
+        "device": str(device),
+        "cuda": torch.version.cuda,
+        "cpus": os.cpu_count(),
+        "shm_free_gib": round(shm_gib(), 1),
+        "git_sha": sha or os.environ.get("TLSEARCH_GIT_SHA", "unknown"),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": versions,
+    }
+
+
+def headline(parts: dict[str, dict[str, Any]], gpu_name: str) -> dict[str, Any]:
+    runs = [parts[n] for n in ("vit_b16_full", "vit_b16_full_compile") if parts.get(n, {}).get("img_s")]
+    best = max(runs, key=lambda r: r["img_s"]) if runs else {}
+    return {
+        "gpu_name": gpu_name,
+        "vit_b16_full_img_s": best.get("img_s"),
+        "vit_b16_full_mfu": best.get("mfu"),
+        "vit_b16_full_compile": best.get("compile"),
+        "train_vs_plain_throughput_gpu": parts.get("loop_vs_plain", {}).get("ratio_median"),
+    }
+
+
+def run(ctx: Context, names: list[str]) -> dict[str, Any]:
+    (ctx.out / "checks").mkdir(parents=True, exist_ok=True)
+    env = environment(ctx.device, ctx.gpu_name)
+    print(
+        f"[gpu] {ctx.gpu_name}; torch {env['versions']['torch']}, CUDA {env['cuda']}; {env['cpus']} CPUs",
+        flush=True,
+    )
+    parts: dict[str, dict[str, Any]] = {}
+    started = time.time()
+    for name, check in CHECKS:
+        if name not in names:
+            continue
+        print(f"[gpu] {name} ...", flush=True)
+        start = time.time()
+        try:
+            part = {"status": "ok", **check(ctx)}
+        except Exception as exc:  # one failing check must not cost the others' figures
+            part = {
+                "status": "error",
+                "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(),
+            }
+        part["seconds"] = round(time.time() - start, 1)
+        parts[name] = part
+        (ctx.out / "checks" / f"{name}.json").write_text(json.dumps(part, indent=2, default=str) + "\n")
+        shown = {k: v for k, v in part.items() if k not in ("traceback", "note")}
+        print(f"[gpu] {name}: {json.dumps(shown, default=str)}", flush=True)
+        release()
+    results = {
+        **headline(parts, ctx.gpu_name),
+        "dry_run": ctx.dry_run,
+        "wall_s": round(time.time() - started, 1),
+        "environment": env,
+        "checks": parts,
+    }
+    (ctx.out / "gpu_results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    return results
+
+
+def record(path: Path) -> None:
+    """File a GPU run's gpu_results.json under benchmarks/results/ and its headline in summary.json."""
+    from benchmarks._common import RESULTS
+    from benchmarks.summary import refresh
+
+    source = path / "gpu_results.json" if path.is_dir() else path
+    results = json.loads(source.read_text())
+    if results.get("dry_run"):
+        raise SystemExit(f"{source} is a dry run: only GPU runs are recorded")
+    target = RESULTS / "gpu_results.json"
+    target.write_text(
+        json.dumps(
+            {
+                "benchmark": "gpu",
+                "command": "bash benchmarks/gpu/run.sh",
+                "date": results["environment"]["date"],
+                "git_sha": results["environment"]["git_sha"],
+                **results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    refresh()
+    print(target)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="CPU, tiny models: the same code paths, < 1 min"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="output folder (default $OUT, else a temp dir)"
+    )
+    parser.add_argument(
+        "--only", default=None, help="comma-separated check names: " + ", ".join(n for n, _ in CHECKS)
+    )
+    parser.add_argument("--batch-size", type=int, default=None, help="ViT-B/16 batch (default 128)")
+    parser.add_argument(
+        "--record", type=Path, default=None, help="file a GPU run's gpu_results.json and stop"
+    )
+    args = parser.parse_args()
+    if args.record is not None:
+        record(args.record)
+        return
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("WANDB_MODE", "disabled")
+    names = [n for n, _ in CHECKS] if args.only is None else args.only.split(",")
+    unknown = set(names) - {n for n, _ in CHECKS}
+    if unknown:
+        parser.error(f"unknown checks {sorted(unknown)}; known: {', '.join(n for n, _ in CHECKS)}")
+    if args.dry_run:
+        device, gpu_name = torch.device("cpu"), "cpu (dry run)"
+        _compile_without_codegen()
+    elif torch.cuda.is_available():
+        device, gpu_name = torch.device("cuda:0"), torch.cuda.get_device_name(0)
+    else:
+        raise SystemExit("no CUDA GPU here: run with --dry-run for the CPU check of the code paths")
+    out = args.out or Path(os.environ.get("OUT") or tempfile.mkdtemp(prefix="tlsearch-gpu-"))
+    with tempfile.TemporaryDirectory(prefix="tlsearch-gpu-scratch-") as scratch:
+        sizes = DRY if args.dry_run else FULL
+        if args.batch_size is not None:
+            sizes = replace(sizes, batch_size=args.batch_size)
+        ctx = Context(args.dry_run, out, device, gpu_name, sizes, Path(scratch))
+        results = run(ctx, names)
+    print(f"[gpu] wrote {out / 'gpu_results.json'} in {results['wall_s']} s")
+    failed = [n for n, p in results["checks"].items() if p["status"] == "error"]
+    if failed:
+        raise SystemExit(f"[gpu] checks failed: {', '.join(failed)}")
+
+
+def _compile_without_codegen() -> None:
+    """Dry run: torch.compile traces with dynamo and AOTAutograd as on the GPU but skips inductor's
+    code generation (C++ compilation would take minutes on a small CPU)."""
+    compile_module = torch.nn.Module.compile
+
+    def compile_aot_eager(self: torch.nn.Module, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("backend", "aot_eager")
+        compile_module(self, *args, **kwargs)
+
+    torch.nn.Module.compile = compile_aot_eager  # type: ignore[method-assign]
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Every GPU figure of issue 5 in one go on one H100/H200 (about 4 min); see run.py for the checks.
+#
+#   bash benchmarks/gpu/run.sh             # on the lent GPU machine: writes $OUT/gpu_results.json
+#   bash benchmarks/gpu/run.sh --dry-run   # CPU, tiny models, < 1 min (tests/benchmarks runs it)
+#
+# On the GPU machine (../shared/device/README.md): carry .whl/ (Ray, Optuna; built by
+# ../shared/device/pack-wheels.sh); this script installs them into .site/. wandb is not needed.
+# PYTHON picks the interpreter (default python3, the one with CUDA torch there).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PYTHON=${PYTHON:-python3}
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if compgen -G ".whl/*.whl" >/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .whl/*.whl
+  export PYTHONPATH="$PWD/.site:$PYTHONPATH"
+fi
+if ! "$PYTHON" -c "import optuna" 2>/dev/null; then
+  echo "Optuna is missing (tlsearch's training loop imports it): carry .whl/ built by ../shared/device/pack-wheels.sh" >&2
+  exit 2
+fi
+export WANDB_MODE=disabled HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,clocks.max.sm --format=csv,noheader || true
+exec "$PYTHON" benchmarks/gpu/run.py "$@"

@@ -1,0 +1,64 @@
+"""The GPU benchmark script (benchmarks/gpu/run.sh): its dry run takes the same code paths on CPU with
+tiny models and writes the results file a GPU run would; MFU uses the right peak for each chip."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
+    result = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run"],
+        cwd=tmp_path,  # the script finds the repository itself
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    results = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert results["dry_run"] is True and results["gpu_name"] == "cpu (dry run)"
+    checks = results["checks"]
+    assert list(checks) == [
+        "vit_b16_full",
+        "vit_b16_full_compile",
+        "loop_vs_plain",
+        "trial_overhead",
+        "feature_cache",
+    ]
+    for name, part in checks.items():
+        assert json.loads((tmp_path / "checks" / f"{name}.json").read_text()) == part
+        assert part["status"] == ("placeholder" if name in ("trial_overhead", "feature_cache") else "ok"), (
+            part
+        )
+    eager, compiled = checks["vit_b16_full"], checks["vit_b16_full_compile"]
+    assert eager["compile"] is False and compiled["compile"] is True
+    for part in (eager, compiled):
+        assert part["img_s"] > 0 and part["timed_images"] == 32  # 1 timed epoch of 4 batches of 8
+        assert part["train_flops_per_image"] > 1e6  # test_vit at 32 px: ~2.9 MFLOP forward, x3
+        assert part["mfu"] is None  # no bf16 peak for a CPU
+    assert results["vit_b16_full_img_s"] == max(eager["img_s"], compiled["img_s"])
+    ratio = checks["loop_vs_plain"]
+    assert ratio["ratio_median"] > 0 and len(ratio["ratios"]) == 1
+    assert checks["trial_overhead"]["trial_overhead_s"] is None
+    assert checks["feature_cache"]["feature_cache_speedup"] is None
+    assert "[gpu] wrote" in result.stdout
+
+
+def test_peaks_by_gpu_name() -> None:
+    from benchmarks.gpu.run import dense_bf16_peak
+
+    assert dense_bf16_peak("NVIDIA H100 80GB HBM3") == 989.4e12  # SXM
+    assert dense_bf16_peak("NVIDIA H100 PCIe") == 756.5e12
+    assert dense_bf16_peak("NVIDIA H100 NVL") == 835.5e12
+    assert dense_bf16_peak("NVIDIA H200") == 989.4e12
+    assert dense_bf16_peak("NVIDIA GH200 480GB") == 989.4e12
+    assert dense_bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
+    assert dense_bf16_peak("NVIDIA GeForce RTX 4090") is None
