@@ -42,6 +42,8 @@ TRIAL_CONSTANTS = (
     "driver_node",
     "workers",
     "param_groups",
+    "feature_cache",  # built | reused | off | none | unsupported (tlsearch.train.features)
+    "feature_cache_s",  # seconds spent building (or waiting for) the cached features
 )
 
 

@@ -244,6 +244,10 @@ class TrainingSpec(Strict):
     # DataLoader worker processes per training worker; None: 0 for text, cpus_per_worker - 1 for images.
     loader_workers: int | None = Field(None, ge=0)
     checkpoints_to_keep: int = Field(2, ge=1)
+    # auto: linear-probe and partial trials compute their frozen prefix's output once per search
+    # (shared by every trial and worker, under <run dir>/features/) and train only what sits above
+    # it; off: every trial runs the whole model every step.
+    feature_cache: Literal["auto", "off"] = "auto"
 
 
 class WandbSpec(Strict):
@@ -412,6 +416,15 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
 
     if not spec.strategies.enabled():
         problems.append(("strategies", f"enable at least one of {', '.join(vocab.STRATEGIES)}"))
+    cacheable = [name for name in vocab.FEATURE_CACHE_STRATEGIES if name in spec.strategies.enabled()]
+    if "feature_cache" in spec.training.model_fields_set and not cacheable:
+        problems.append(
+            (
+                "training.feature_cache",
+                f"applies to {' and '.join(vocab.FEATURE_CACHE_STRATEGIES)} trials only, and this search "
+                "runs neither: remove it (or enable one of them under `strategies`)",
+            )
+        )
 
     if s.mode is not None and s.mode != vocab.METRICS[s.metric]:
         problems.append(

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
 from tlsearch.models.sources import LoadedModel, build_model
 from tlsearch.strategies import Prepared, prepare
+from tlsearch.train.features import use_feature_cache
 from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
@@ -75,14 +76,6 @@ def _forward(model: nn.Module, batch: Any, device: torch.device) -> torch.Tensor
         out = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
         return out.logits
     return model(batch.to(device, non_blocking=True))
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return (
-        model.module
-        if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel)
-        else model
-    )
 
 
 def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -142,13 +135,24 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
 
     loaded = build_model(spec.model, run.num_classes)
     prepared = prepare(loaded, config)
-    model = session.wrap(prepared.model)
-    train_set, val_set = build_datasets(inputs, loaded)
 
     on_gpu = session.device.type == "cuda"
     workers = spec.training.loader_workers
     if workers is None:
         workers = 0 if run.data.input_kind == "text" else max(0, int(spec.resources.cpus_per_worker) - 1)
+    # A frozen prefix (linear probe, partial) runs once per search: train its tail on stored features.
+    cache = use_feature_cache(
+        inputs, loaded, prepared, session, lambda: build_datasets(inputs, loaded), workers
+    )
+    if cache.tail is not None and cache.datasets is not None:
+        (train_set, val_set), workers = cache.datasets, 0  # rows read from memory-mapped files
+        model = session.wrap(cache.tail.module)
+    else:
+        train_set, val_set = build_datasets(inputs, loaded)
+        model = session.wrap(prepared.model)
+
+    # The loaders' worker seeds come from their own generator, not the global one that dropout draws
+    # from: the dropout masks do not depend on how the data is loaded (cached or not, workers or not).
     sampler = DistributedSampler(
         train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
     )
@@ -160,6 +164,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         num_workers=workers,
         pin_memory=on_gpu,
         persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(spec.seed),
     )
     # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
     val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))
@@ -170,6 +175,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         num_workers=workers,
         pin_memory=on_gpu,
         persistent_workers=workers > 0,
+        generator=torch.Generator().manual_seed(spec.seed),
     )
 
     optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=on_gpu)
@@ -185,7 +191,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
     start_epoch, wall_before = 0, 0.0
     with session.restore_dir() as checkpoint:
         if checkpoint is not None:
-            prepared.load(_unwrap(model), checkpoint)
+            prepared.load(prepared.model, checkpoint)
             state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -208,6 +214,10 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         # Not "pid": Tune overwrites that key with the trial actor's pid.
         "rank0_pid": os.getpid(),  # the process that trains (rank 0), for py-spy and friends
         "workers": session.world_size,
+        # built: this trial computed the frozen prefix's features (its wall and device seconds include
+        # that); reused: another trial had; off / none / unsupported: it ran the whole model each step.
+        "feature_cache": cache.status,
+        "feature_cache_s": round(cache.seconds, 3),
     }
 
     for epoch in range(start_epoch, spec.search.max_epochs):
@@ -254,7 +264,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             checkpoint_dir = None
             if session.world_rank == 0:
                 checkpoint_dir = directory
-                prepared.save(_unwrap(model), directory)
+                prepared.save(prepared.model, directory)  # the whole model's names, cached or not
                 torch.save(
                     {
                         "optimizer": optimizer.state_dict(),
