@@ -12,8 +12,8 @@ build time, the cache's size, and the largest difference in any metric between c
 epochs. Writes benchmarks/results/feature_cache.json (feature_cache_quick.json with --quick).
 
 The full run is eight 3-epoch trials of all-MiniLM-L6-v2 on one CPU thread, six of them running the
-backbone over 384 articles each epoch: 14.5 min on a 2-core VM shared with other work (4.6 min of CPU
-time), about 5 min on a quiet one.
+backbone over 384 articles each epoch: 12.5 to 14.5 min on a 2-core VM shared with other work (4.5 min
+of CPU time), about 5 min on a quiet one.
 """
 
 from __future__ import annotations

@@ -415,7 +415,7 @@ def _use_feature_cache(
             f"{len(validation)} rows, {size:.1f} MiB) in {manifest['built_by']['seconds']:.1f} s",
             flush=True,
         )
-    elif rank == 0:
+    elif rank == 0 and manifest["built_by"]["trial_id"] != inputs.trial_id:  # not another rank's build
         print(
             f"[tlsearch] trial {inputs.trial_id}: reused the feature cache {key.name} built by trial "
             f"{manifest['built_by']['trial_id']}",
