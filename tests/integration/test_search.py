@@ -120,6 +120,13 @@ def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) ->
         assert t["epochs"] == (3 if t["status"] == "completed" else t["epochs"])
     for row in epochs_of(run_dir):
         assert abs(row["val_accuracy"] * 25 - round(row["val_accuracy"] * 25)) < 1e-6, row
+    # Linear-probe and partial trials trained on cached features, each cache built by one rank of one
+    # trial and read by both ranks of the others.
+    for t in trials:
+        cacheable = t["strategy"] in ("linear_probe", "partial")
+        assert t["feature_cache"] in (("built", "reused") if cacheable else ("none",)), t
+    caches = [p for p in (run_dir / "features").iterdir() if p.is_dir()]
+    assert len(caches) == sum(t["feature_cache"] == "built" for t in trials) >= 2
     best = json.loads((run_dir / BEST_FILE).read_text())
     assert best["strategy"] == "full" and best["value"] == min(t["best_val_loss"] for t in trials)
     # The killed trial went on from its checkpoint: epoch 1 was reported once, the rest followed.

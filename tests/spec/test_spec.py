@@ -115,6 +115,7 @@ def test_three_shapes_of_a_knob() -> None:
         ),
         ({"strategies": {"adapter": {}}}, "strategies.adapter", "unknown key `adapter`"),
         ({"search__metric": "val_acc"}, "search.metric", "Did you mean `val_accuracy`?"),
+        ({"training__feature_cache": "on"}, "training.feature_cache", "'auto' or 'off'"),
         ({"search__num_samples": 0}, "search.num_samples", "must be greater than or equal to 1, but got 0"),
         ({"modle": {}}, "modle", "Did you mean `model`?"),
         ({"name": "a b"}, "name", "it names a directory"),
@@ -203,6 +204,11 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
             {"training__channels_last": True},
             "training.channels_last",
             "applies to image models only; remove it or set it to auto",
+        ),
+        (
+            {"strategies": {"full": {}, "lora": {}}, "training": {"feature_cache": "off"}},
+            "training.feature_cache",
+            "applies to linear_probe and partial trials only",
         ),
     ],
 )
@@ -307,3 +313,11 @@ def test_every_knob_has_a_kind_and_a_preferred_default_inside_its_default_range(
 
 def test_spec_model_is_the_public_type() -> None:
     assert isinstance(validate_spec(MINIMAL), Spec)
+
+
+def test_feature_cache_defaults_to_auto_and_can_be_turned_off() -> None:
+    assert validate_spec(MINIMAL).training.feature_cache == "auto"
+    assert validate_spec(changed({"training__feature_cache": "off"})).training.feature_cache == "off"
+    # Explicit and meaningful: a search with a cacheable strategy.
+    lp_only = changed({"strategies": {"linear_probe": {}}, "training": {"feature_cache": "auto"}})
+    assert validate_spec(lp_only).training.feature_cache == "auto"

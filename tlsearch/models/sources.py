@@ -29,6 +29,7 @@ class LoadedModel:
     layers: LayerMap
     # text: a transformers tokenizer; image: timm data config (input_size, mean, std, ...)
     preprocessing: Any
+    source: str  # the model source that built it: "timm" | "hf"
 
 
 SOURCES: Registry[Callable[[ModelSpec, int, bool], LoadedModel]] = Registry("model source")
@@ -150,7 +151,7 @@ def build_timm(spec: ModelSpec, num_classes: int, weights: bool) -> LoadedModel:
     if spec.image_size is not None:
         data_config["input_size"] = (3, spec.image_size, spec.image_size)
         data_config["crop_pct"] = 1.0
-    return LoadedModel(model, head, timm_layer_map(model, head), data_config)
+    return LoadedModel(model, head, timm_layer_map(model, head), data_config, source="timm")
 
 
 # --- Hugging Face transformers --------------------------------------------------------------
@@ -199,7 +200,7 @@ def build_hf(spec: ModelSpec, num_classes: int, weights: bool) -> LoadedModel:
     head = _hf_head_modules(model)
     if weights:
         _fresh_head(model, head)
-    return LoadedModel(model, head, hf_layer_map(model, head), tokenizer)
+    return LoadedModel(model, head, hf_layer_map(model, head), tokenizer, source="hf")
 
 
 def _fresh_head(model: nn.Module, head_modules: tuple[str, ...]) -> None:

@@ -46,6 +46,8 @@ TRIAL_CONSTANTS = (
     "data_load_s",
     "setup_s",
     "first_step_at",
+    "feature_cache",  # built | reused | off | none | unsupported (tlsearch.train.features)
+    "feature_cache_s",  # seconds spent building (or waiting for) the cached features
 )
 
 

@@ -165,7 +165,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
     storage_path, experiment_name = experiment_location(spec, run_dir)
     experiment_dir = f"{storage_path}/{experiment_name}"
-    run = RunContext(str(run_dir), spec, resolved.data, use_gpu, experiment_dir)
+    run = RunContext(str(run_dir), spec, resolved.data, use_gpu, experiment_dir, dict(resolved.hashes))
     trainable = tune.with_resources(tune.with_parameters(run_trial, run=run), actor)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     if nodes > 1 and "://" not in storage_path:

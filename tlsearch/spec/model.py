@@ -254,6 +254,10 @@ class TrainingSpec(Strict):
     # Channels-last memory format for the model and its image batches. auto: for convolutional
     # networks (faster convolutions on GPUs and CPUs), not for ViTs or text models.
     channels_last: Literal["auto"] | bool = "auto"
+    # auto: linear-probe and partial trials compute their frozen prefix's output once per search
+    # (shared by every trial and worker, under <run dir>/features/) and train only what sits above
+    # it; off: every trial runs the whole model every step.
+    feature_cache: Literal["auto", "off"] = "auto"
 
 
 class WandbSpec(Strict):
@@ -426,6 +430,15 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
 
     if not spec.strategies.enabled():
         problems.append(("strategies", f"enable at least one of {', '.join(vocab.STRATEGIES)}"))
+    cacheable = [name for name in vocab.FEATURE_CACHE_STRATEGIES if name in spec.strategies.enabled()]
+    if "feature_cache" in spec.training.model_fields_set and not cacheable:
+        problems.append(
+            (
+                "training.feature_cache",
+                f"applies to {' and '.join(vocab.FEATURE_CACHE_STRATEGIES)} trials only, and this search "
+                "runs neither: remove it (or enable one of them under `strategies`)",
+            )
+        )
 
     if s.mode is not None and s.mode != vocab.METRICS[s.metric]:
         problems.append(

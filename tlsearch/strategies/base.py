@@ -55,6 +55,9 @@ class Prepared:
     param_groups: list[ParamGroup]
     # Kept in eval mode while training (frozen prefix: no dropout noise, no batch-norm updates).
     frozen_modules: list[nn.Module]
+    # Where the frozen, deterministic part of the model ends, when it is one prefix whose output can be
+    # computed once and reused (tlsearch.models.tails: HEAD or block_boundary(i)); None: not cacheable.
+    feature_boundary: str | None = None
 
     @property
     def trainable_params(self) -> int:

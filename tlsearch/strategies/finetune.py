@@ -10,11 +10,14 @@ the rest is frozen and kept in eval mode.
 from __future__ import annotations
 
 from tlsearch.models.sources import LoadedModel
+from tlsearch.models.tails import block_boundary
 from tlsearch.space.trial_config import TrialConfig
 from tlsearch.strategies.base import STRATEGIES, Prepared, freeze_except, layerwise_groups
 
 
-def _prepare(loaded: LoadedModel, config: TrialConfig, trainable: set[str]) -> Prepared:
+def _prepare(
+    loaded: LoadedModel, config: TrialConfig, trainable: set[str], feature_boundary: str | None = None
+) -> Prepared:
     model, layers = loaded.model, loaded.layers
     frozen = freeze_except(model, trainable)
     assert config.backbone_lr is not None and config.layer_decay is not None
@@ -26,7 +29,7 @@ def _prepare(loaded: LoadedModel, config: TrialConfig, trainable: set[str]) -> P
         decay=config.layer_decay,
         weight_decay=config.weight_decay,
     )
-    return Prepared(model, groups, [model.get_submodule(n) for n in frozen])
+    return Prepared(model, groups, [model.get_submodule(n) for n in frozen], feature_boundary)
 
 
 @STRATEGIES.register("partial")
@@ -38,7 +41,10 @@ def partial(loaded: LoadedModel, config: TrialConfig) -> Prepared:
             f"but got {config.unfreeze_depth}"
         )
     trainable = loaded.layers.top_blocks(config.unfreeze_depth) | loaded.layers.head_params
-    return _prepare(loaded, config, trainable)
+    # The stem and the blocks below the top `unfreeze_depth` are frozen and in eval mode: their output,
+    # the input of the lowest trained block, can be cached.
+    boundary = block_boundary(loaded.layers.num_blocks - config.unfreeze_depth)
+    return _prepare(loaded, config, trainable, boundary)
 
 
 @STRATEGIES.register("full")

@@ -1,8 +1,10 @@
-"""Linear probe: the pretrained backbone frozen (eval mode, no gradients); only the new head trains."""
+"""Linear probe: the pretrained backbone frozen (eval mode, no gradients); only the new head trains.
+The whole backbone is the frozen prefix: its output can be cached (feature boundary HEAD)."""
 
 from __future__ import annotations
 
 from tlsearch.models.sources import LoadedModel
+from tlsearch.models.tails import HEAD
 from tlsearch.space.trial_config import TrialConfig
 from tlsearch.strategies.base import STRATEGIES, Prepared, freeze_except, layerwise_groups
 
@@ -19,4 +21,4 @@ def linear_probe(loaded: LoadedModel, config: TrialConfig) -> Prepared:
         decay=1.0,
         weight_decay=config.weight_decay,
     )
-    return Prepared(model, groups, [model.get_submodule(n) for n in frozen])
+    return Prepared(model, groups, [model.get_submodule(n) for n in frozen], feature_boundary=HEAD)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tlsearch.data.tables import DataFiles
 from tlsearch.space.trial_config import TrialConfig
@@ -19,6 +19,9 @@ class RunContext:
     use_gpu: bool
     # The Tune experiment: the run directory, or `<checkpoint_storage>/<name>` (a path or a URI).
     experiment_dir: str = ""
+    # sha256 of each data file by split (spec.resolved.yaml records the same): part of the feature
+    # cache's key. Empty: hashed where needed.
+    data_sha256: dict[str, str] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:

@@ -30,6 +30,7 @@ from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel
 from tlsearch.strategies import Prepared, prepare
 from tlsearch.train import warm
+from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
@@ -84,14 +85,6 @@ def _forward(model: nn.Module, batch: Any, device: torch.device, channels_last: 
     return model(batch.to(device, non_blocking=True))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    return (
-        model.module
-        if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel)
-        else model
-    )
-
-
 def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate each rank's rows on every rank (shards may differ in length by one)."""
     if world_size == 1:
@@ -130,6 +123,9 @@ class Training:
     grad_clip_norm: float | None
     mixed_precision: bool  # bf16 autocast (on GPU)
     channels_last: bool  # image batches enter in the model's channels-last layout
+    # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
+    # with cached features of its frozen prefix, and `model` is that tail.
+    feature_cache: FeatureCacheUse
     # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when the model was
     # ready, when the data was, and when the first optimizer step had run.
     model_ready: float = 0.0
@@ -176,19 +172,31 @@ def setup_training(
     channels_last = use_channels_last(spec.training.channels_last, loaded)
     if channels_last:
         prepared.model.to(memory_format=torch.channels_last)  # before DDP: every rank's layout is the same
-    model = session.wrap(prepared.model)
+
+    model_ready = time.time()
+
+    def trial_datasets() -> tuple[Dataset, Dataset]:
+        if datasets is not None:
+            return datasets
+        # A reused trial process keeps the data sets (tlsearch/train/warm.py).
+        return warm.datasets((run.data, spec.model.model_dump_json()), lambda: build_datasets(inputs, loaded))
+
+    workers = loader_workers(run)
+    # A frozen prefix (linear probe, partial) runs once per search: train its tail on stored features.
+    cache = use_feature_cache(inputs, loaded, prepared, session, trial_datasets, workers)
+    if cache.tail is not None and cache.datasets is not None:
+        (train_set, val_set), workers = cache.datasets, 0  # rows read from memory-mapped files
+        channels_last = False  # batches are features, not images (the tail's weights keep their layout)
+        model = session.wrap(cache.tail.module)
+    else:
+        model = session.wrap(prepared.model)
     if spec.training.compile:
         # In place: parameter names, checkpoints and the DDP wrapper stay as they are (a DDP module
         # compiled whole lets dynamo split its graph at the gradient buckets).
         model.compile()
-    model_ready = time.time()
-    if datasets is None:
-        datasets = warm.datasets(
-            (run.data, spec.model.model_dump_json()), lambda: build_datasets(inputs, loaded)
-        )
-    train_set, val_set = datasets
+    if cache.datasets is None:
+        train_set, val_set = trial_datasets()
 
-    workers = loader_workers(run)
     sampler = DistributedSampler(
         train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
     )
@@ -200,6 +208,9 @@ def setup_training(
         num_workers=workers,
         pin_memory=on_gpu,
         persistent_workers=workers > 0,
+        # The loaders' worker seeds come from their own generator, not the global one that dropout
+        # draws from: dropout masks do not depend on how the data is loaded (cached or not, workers or not).
+        generator=torch.Generator().manual_seed(spec.seed),
     )
     # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
     val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))  # type: ignore[arg-type]
@@ -210,6 +221,9 @@ def setup_training(
         num_workers=workers,
         pin_memory=on_gpu,
         persistent_workers=workers > 0,
+        # The loaders' worker seeds come from their own generator, not the global one that dropout
+        # draws from: dropout masks do not depend on how the data is loaded (cached or not, workers or not).
+        generator=torch.Generator().manual_seed(spec.seed),
     )
 
     # Fused AdamW on GPUs and CPUs alike: one kernel over all tensors (on a CPU 3-6x faster than
@@ -232,6 +246,7 @@ def setup_training(
         grad_clip_norm=spec.training.grad_clip_norm,
         mixed_precision=on_gpu,
         channels_last=channels_last,
+        feature_cache=cache,
         model_ready=model_ready,
         data_ready=time.time(),
     )
@@ -300,13 +315,13 @@ def describe_trial(inputs: TrialInputs, training: Training) -> str:
 def train_trial(inputs: TrialInputs, session: Session) -> None:
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
     training = setup_training(inputs, session)
-    prepared, model = training.prepared, training.model
+    prepared = training.prepared
     optimizer, scheduler = training.optimizer, training.scheduler
 
     start_epoch, wall_before = 0, 0.0
     with session.restore_dir() as checkpoint:
         if checkpoint is not None:
-            prepared.load(_unwrap(model), checkpoint)
+            prepared.load(prepared.model, checkpoint)
             state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
@@ -329,6 +344,10 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         # Not "pid": Tune overwrites that key with the trial actor's pid.
         "rank0_pid": os.getpid(),  # the process that trains (rank 0), for py-spy and friends
         "workers": session.world_size,
+        # built: this trial computed the frozen prefix's features (its wall and device seconds include
+        # that); reused: another trial had; off / none / unsupported: it ran the whole model each step.
+        "feature_cache": training.feature_cache.status,
+        "feature_cache_s": round(training.feature_cache.seconds, 3),
     }
 
     for epoch in range(start_epoch, spec.search.max_epochs):
@@ -364,7 +383,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             checkpoint_dir = None
             if session.world_rank == 0:
                 checkpoint_dir = directory
-                prepared.save(_unwrap(model), directory)
+                prepared.save(prepared.model, directory)  # the whole model's names, cached or not
                 torch.save(
                     {
                         "optimizer": optimizer.state_dict(),

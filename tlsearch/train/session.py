@@ -1,9 +1,10 @@
-"""The seam between the training loop and Ray: one loop, two runners.
+"""The seam between the training loop and Ray: one loop, two runners (and one without Ray).
 
 - TuneSession: a single-worker trial runs the loop inside the Tune trial actor and checkpoints
   at Tune level (no worker group to start: DESIGN.md §2).
 - TrainSession: a multi-worker trial runs the loop on Ray Train workers (DDP); rank 0's
   reports reach Tune through TuneReportCallback.
+- LocalSession: one trial in this process, no Ray (benchmarks, tests): reports are kept in a list.
 """
 
 from __future__ import annotations
@@ -74,6 +75,27 @@ class TuneSession:
 
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(metrics, checkpoint=checkpoint)
+
+
+class LocalSession:
+    world_rank = 0
+    world_size = 1
+
+    def __init__(self, device: str = "cpu"):
+        self.device = torch.device(device)
+        self.reports: list[dict[str, Any]] = []  # each epoch's metrics, in order
+
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def worker_nodes(self) -> list[str]:
+        return [node_id()]
+
+    def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
+        return contextlib.nullcontext(None)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+        self.reports.append(dict(metrics))
 
 
 class TrainSession:
