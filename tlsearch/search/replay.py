@@ -442,11 +442,12 @@ class Trace:
         return math.inf
 
     def regret_at(self, grid: Sequence[float], target: float, mode: str) -> list[float]:
-        """Regret after spending each cost of `grid`: NaN before the first reported epoch."""
+        """Regret after spending each cost of `grid`: infinite before the first reported epoch (a
+        search that has found nothing yet is worse than any that has)."""
         regrets = self.regret(target, mode)
         out, i = [], -1
         for c in grid:
             while i + 1 < len(self.costs) and self.costs[i + 1] <= c:
                 i += 1
-            out.append(regrets[i] if i >= 0 else math.nan)
+            out.append(regrets[i] if i >= 0 else math.inf)
         return out
