@@ -321,3 +321,41 @@ def test_feature_cache_defaults_to_auto_and_can_be_turned_off() -> None:
     # Explicit and meaningful: a search with a cacheable strategy.
     lp_only = changed({"strategies": {"linear_probe": {}}, "training": {"feature_cache": "auto"}})
     assert validate_spec(lp_only).training.feature_cache == "auto"
+
+
+def test_asha_counts_device_seconds_with_its_own_grace_period_and_top_rung() -> None:
+    spec = validate_spec(
+        with_(search={"scheduler": {"time_attr": "device_s", "grace_period_s": 60, "max_t_s": 600}})
+    )
+    assert (spec.search.scheduler.time_attr, spec.search.scheduler.grace_period_s) == ("device_s", 60)
+    assert validate_spec(MINIMAL).search.scheduler.time_attr == "epoch"
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "path", "message"),
+    [
+        ({"time_attr": "device_s"}, "search.scheduler.grace_period_s", "required with `time_attr: device_s`"),
+        ({"time_attr": "device_s", "grace_period_s": 5}, "search.scheduler.max_t_s", "required"),
+        ({"grace_period_s": 10}, "search.scheduler.grace_period_s", "applies to `time_attr: device_s` only"),
+        (
+            {"time_attr": "device_s", "grace_period": 2, "grace_period_s": 5, "max_t_s": 50},
+            "search.scheduler.grace_period",
+            "give `grace_period_s` (device-seconds) instead",
+        ),
+        (
+            {"time_attr": "device_s", "grace_period_s": 100, "max_t_s": 50},
+            "search.scheduler.grace_period_s",
+            "must be ≤ max_t_s (50), but got 100",
+        ),
+        ({"type": "fifo", "time_attr": "device_s"}, "search.scheduler.time_attr", "`type: asha` only"),
+        ({"time_attr": "seconds"}, "search.scheduler.time_attr", "'epoch' or 'device_s'"),
+        (
+            {"time_attr": "device_s", "grace_period_s": 0, "max_t_s": 5},
+            "search.scheduler.grace_period_s",
+            "must be greater than 0, but got 0",
+        ),
+    ],
+)
+def test_scheduler_time_attr_errors(scheduler: dict, path: str, message: str) -> None:
+    found = problems(with_(search={"scheduler": scheduler}))
+    assert any(p.startswith(path + ":") and message in p for p in found), found

@@ -19,6 +19,7 @@ from tlsearch.results.files import (
     checkpoint_location,
     checkpoint_uri,
     read_jsonl,
+    trial_rows,
     write_tables,
 )
 from tlsearch.space.trial_config import flatten
@@ -40,6 +41,10 @@ EPOCH_FIELDS = (
 )
 # What a trial's W&B summary carries beyond its metrics (all taken from its trials.parquet row).
 SUMMARY_FIELDS = ("status", "epochs", "trainable_params", "wall_s", "device_s", "node_id", "checkpoint")
+# Rewriting the tables reads both logs whole, so its cost grows with the search: at most this share
+# of the driver's time goes to it (a thousand short trials would otherwise spend most of theirs
+# there, benchmarks/bookkeeping.py). The search's end always rewrites them.
+REWRITE_SHARE = 0.05
 
 
 class ResultsRecorder(Callback):
@@ -61,9 +66,10 @@ class ResultsRecorder(Callback):
         self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
         self.search, self.wandb = search, wandb
         self._tracker: WandbTracker | None = None
+        self._next_rewrite = 0.0  # time.monotonic() before which a finished trial skips the rewrite
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "_tracker"} | {"_tracker": None}
+        return self.__dict__ | {"_tracker": None, "_next_rewrite": 0.0}
 
     @property
     def _dir(self) -> Path:
@@ -80,6 +86,14 @@ class ResultsRecorder(Callback):
 
     def rewrite(self) -> list[dict[str, Any]]:
         return write_tables(self._dir, self.metric, self.mode, self.max_epochs)
+
+    def _rewrite_now_and_then(self) -> list[dict[str, Any]] | None:
+        if time.monotonic() < self._next_rewrite:
+            return None
+        start = time.monotonic()
+        rows = self.rewrite()
+        self._next_rewrite = time.monotonic() + (time.monotonic() - start) / REWRITE_SHARE
+        return rows
 
     def setup(self, **info: Any) -> None:
         # A resumed search: write again the W&B runs of trials that ended just before the old driver
@@ -100,8 +114,9 @@ class ResultsRecorder(Callback):
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         config = flatten(trial.config)
         self._event({"event": "start", "trial_id": trial.trial_id, "config": config, "path": trial.path})
-        history = [r for r in read_jsonl(self._dir / EPOCHS_LOG) if r["trial_id"] == trial.trial_id]
-        self.tracker.start_trial(trial.trial_id, config, history)
+        if self.tracker.enabled:  # reading the whole log per trial only pays for a W&B run
+            history = [r for r in read_jsonl(self._dir / EPOCHS_LOG) if r["trial_id"] == trial.trial_id]
+            self.tracker.start_trial(trial.trial_id, config, history)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         if "epoch" not in result:
@@ -137,7 +152,12 @@ class ResultsRecorder(Callback):
         self._finish(trial.trial_id)
 
     def _finish(self, trial_id: str) -> None:
-        row = next((t for t in self.rewrite() if t["trial_id"] == trial_id), None)
+        rows = self._rewrite_now_and_then()
+        if not self.tracker.enabled:
+            return
+        if rows is None:
+            rows = trial_rows(self._dir, self.metric, self.mode, self.max_epochs)
+        row = next((t for t in rows if t["trial_id"] == trial_id), None)
         if row is not None:
             self._finish_run(row)
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import optuna
+
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, write_tables
 from tlsearch.results.report import Report, render_figures, write_report_files
@@ -17,7 +19,7 @@ from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
 from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
-from tlsearch.space import make_sampler, seed_points
+from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
 from tlsearch.tracking.wandb_runs import WandbTracker
 from tlsearch.train.inputs import RunContext
@@ -155,10 +157,46 @@ def trial_dirname(trial: Any) -> str:
     return f"trial_{trial.trial_id}"
 
 
+def search_algorithms(
+    spec: Spec, space: SearchSpace, study_name: str, storage: optuna.storages.BaseStorage | None
+) -> tuple[StudySearch, Any]:
+    """The searcher (Optuna study, sampler, seed configs) and the Tune scheduler of a search. The
+    learning-curve replay (tlsearch/search/replay.py) drives the very same pair."""
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    s = spec.search
+    metric, mode = s.metric, s.resolved_mode
+    asha = s.scheduler
+    seconds = asha.time_attr == "device_s"
+    scheduler = (
+        ASHAScheduler(
+            time_attr=asha.time_attr,
+            metric=metric,
+            mode=mode,
+            max_t=asha.max_t_s if seconds else s.max_epochs,
+            grace_period=asha.grace_period_s if seconds else asha.grace_period,
+            reduction_factor=asha.reduction_factor,
+            stop_last_trials=False,  # trials that reach max_epochs end normally (DESIGN.md §2)
+        )
+        if asha.type == "asha"
+        else FIFOScheduler()
+    )
+    searcher = StudySearch(
+        space=space,
+        metric=metric,
+        mode=mode,
+        points_to_evaluate=seed_points(spec, space) or None,
+        sampler=make_sampler(spec),
+        study_name=study_name,
+        storage=storage,
+        max_epochs=s.max_epochs,
+    )
+    return searcher, scheduler
+
+
 def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     import ray
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     spec = resolved.spec
     metric, mode = spec.search.metric, spec.search.resolved_mode
@@ -186,28 +224,8 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
         )
 
     s = spec.search
-    scheduler = (
-        ASHAScheduler(
-            time_attr="epoch",
-            metric=metric,
-            mode=mode,
-            max_t=s.max_epochs,
-            grace_period=s.scheduler.grace_period,
-            reduction_factor=s.scheduler.reduction_factor,
-            stop_last_trials=False,  # trials that reach max_epochs end normally (DESIGN.md §2)
-        )
-        if s.scheduler.type == "asha"
-        else FIFOScheduler()
-    )
-    searcher = StudySearch(
-        space=resolved.space,
-        metric=metric,
-        mode=mode,
-        points_to_evaluate=seed_points(spec, resolved.space) or None,
-        sampler=make_sampler(spec),
-        study_name=resolved.study_name,
-        storage=make_storage(spec.tracking.optuna.storage, run_dir),
-        max_epochs=s.max_epochs,
+    searcher, scheduler = search_algorithms(
+        spec, resolved.space, resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir)
     )
     multi_worker = spec.resources.workers_per_trial > 1
     return tune.Tuner(

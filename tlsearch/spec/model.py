@@ -168,7 +168,13 @@ class StrategiesSpec(Strict):
 
 class SchedulerSpec(Strict):
     type: Literal["asha", "fifo"] = "asha"
-    grace_period: int = Field(1, ge=1)
+    # What ASHA counts trials' progress in: epochs, or device-seconds spent (cumulative, set-up
+    # included), which compares a cheap strategy's trial with an expensive one's at equal cost.
+    time_attr: Literal["epoch", "device_s"] = "epoch"
+    grace_period: int = Field(1, ge=1)  # epochs (time_attr: epoch)
+    # time_attr: device_s: device-seconds before the first cut, and of the top rung (a full trial).
+    grace_period_s: float | None = Field(None, gt=0)
+    max_t_s: float | None = Field(None, gt=0)
     reduction_factor: float = Field(3.0, gt=1)
 
 
@@ -454,8 +460,44 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 f"must be ≤ search.max_epochs ({s.max_epochs}), but got {s.scheduler.grace_period}",
             )
         )
+    problems += _check_time_attr(s.scheduler)
     if isinstance(s.seed_configs, list):
         problems += _check_seed_configs(spec)
+    return problems
+
+
+def _check_time_attr(scheduler: SchedulerSpec) -> list[tuple[str, str]]:
+    """ASHA's grace period and top rung are in the unit of its time attribute."""
+    where = "search.scheduler"
+    seconds = {"grace_period_s": scheduler.grace_period_s, "max_t_s": scheduler.max_t_s}
+    if scheduler.time_attr == "epoch":
+        return [
+            (f"{where}.{key}", "applies to `time_attr: device_s` only; remove it or set that time_attr")
+            for key, value in seconds.items()
+            if value is not None
+        ]
+    problems = []
+    if scheduler.type != "asha":
+        problems.append((f"{where}.time_attr", "applies to `type: asha` only; remove it"))
+    if "grace_period" in scheduler.model_fields_set:
+        problems.append(
+            (
+                f"{where}.grace_period",
+                "counts epochs; with `time_attr: device_s` give `grace_period_s` (device-seconds) instead",
+            )
+        )
+    hint = (
+        "in device-seconds, e.g. from a previous search's epochs.parquet: what `grace_period` epochs "
+        "cost (grace_period_s) and what a whole trial costs (max_t_s)"
+    )
+    problems += [
+        (f"{where}.{key}", f"required with `time_attr: device_s`: {hint}")
+        for key, value in seconds.items()
+        if value is None and scheduler.type == "asha"
+    ]
+    grace, top = scheduler.grace_period_s, scheduler.max_t_s
+    if grace is not None and top is not None and grace > top:
+        problems.append((f"{where}.grace_period_s", f"must be ≤ max_t_s ({top:g}), but got {grace:g}"))
     return problems
 
 

@@ -1,0 +1,428 @@
+"""Search efficiency: replay the learning-curve table through the real Tune + Optuna stack and compare
+search policies by the device-seconds they spend.
+
+    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 9 policies × 10 seeds
+    .venv/bin/python benchmarks/search_efficiency.py --quick    # a synthetic table, 2 seeds, about a minute
+
+The full run replays 90 searches of 100 trials (grid search: one pass over the table) on a local
+Ray cluster of --max-concurrent CPUs: about 20 minutes on a busy 2-core machine.
+
+Every replayed search is built as a real one is (tlsearch.search.runner.search_algorithms: the
+StudySearch searcher, the sampler and seed configs of the spec, ASHA or FIFO), over the demo spec
+with each knob's choices exactly the table's grid values; its trainable reports the sampled
+configuration's recorded epochs (metric and cumulative device-seconds) instead of training.
+Policies: TPE + ASHA (ours: tlsearch's defaults, seed configs first), random + ASHA, TPE without
+early stopping, random search (no seed configs, no early stopping), grid (every configuration, in
+a random order), and for the cost-aware scheduler the ASHA policies with `time_attr: device_s`;
+ours without seed configs separates what the seed configs do from what TPE + ASHA do.
+
+For each policy and seed: the cost (device-seconds of the epochs run, in the order the driver
+received them) until the best value found is within --tolerance points (metric × 100) of the
+table's best configuration (and within 1 and 2 points), and the anytime regret curve (regret
+against cumulative cost, median and quartiles over seeds). A search that never gets there counts as
+infinitely expensive: a median is reported only when at least half the seeds got there.
+Headline: time_to_target_vs_random = median cost of ours / median cost of random search.
+Writes benchmarks/results/search_efficiency.json and .png (--quick: search_efficiency_quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import random
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import RESULTS, ROOT, write_result
+from benchmarks.learning_curves import DEMO_SPEC, GRID, TABLE, synthetic_curves
+
+# name -> (description, search-section changes). Every policy gets `sampler.seed` = the seed.
+POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
+    "tpe_asha": ("TPE + ASHA (ours: tlsearch's defaults, seed configs first)", {}),
+    "random_asha": ("random + ASHA (seed configs first)", {"sampler": {"type": "random"}}),
+    "tpe_fifo": ("TPE without early stopping (seed configs first)", {"scheduler": {"type": "fifo"}}),
+    "random": (
+        "random search (no seed configs, no early stopping)",
+        {"sampler": {"type": "random"}, "scheduler": {"type": "fifo"}, "seed_configs": "none"},
+    ),
+    "grid": ("grid search: every configuration once, in a random order", {"grid": True}),
+    "tpe_asha_no_seeds": ("TPE + ASHA without seed configs", {"seed_configs": "none"}),
+    "tpe_asha_cost": ("TPE + ASHA counting device-seconds (time_attr: device_s)", {"cost_aware": True}),
+    "random_asha_cost": (
+        "random + ASHA counting device-seconds (time_attr: device_s)",
+        {"sampler": {"type": "random"}, "cost_aware": True},
+    ),
+    "tpe_asha_cost_no_seeds": (
+        "TPE + ASHA counting device-seconds, without seed configs",
+        {"seed_configs": "none", "cost_aware": True},
+    ),
+}
+OURS, BASELINE = "tpe_asha", "random"
+LOOSER_TARGETS = (1.0, 2.0)  # points: time to target is reported for these too
+
+
+def cost_aware_scheduler(curves: Any, scheduler: dict[str, Any]) -> dict[str, Any]:
+    """The epoch-based ASHA settings in device-seconds: the grace period is what `grace_period`
+    epochs cost the median configuration, the top rung what a whole trial costs it (how a user
+    would set them from a previous search's epochs.parquet)."""
+    grace_epochs = scheduler.get("grace_period", 1)
+    return {
+        "type": "asha",
+        "time_attr": "device_s",
+        "grace_period_s": round(statistics.median(curves.full_cost(grace_epochs)), 1),
+        "max_t_s": round(statistics.median(curves.full_cost()), 1),
+        "reduction_factor": scheduler.get("reduction_factor", 3.0),
+    }
+
+
+def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_samples: int) -> Any:
+    from tlsearch.search.replay import grid_seed_configs, replay_spec
+
+    changes = dict(POLICIES[name][1])
+    search = dict(base.get("search", {}))
+    sampler = {**search.get("sampler", {}), **changes.pop("sampler", {}), "seed": seed}
+    if changes.pop("grid", False):
+        order = list(range(len(curves.curves)))
+        random.Random(seed).shuffle(order)
+        configs = grid_seed_configs(curves, order)
+        changes.update(seed_configs=configs, scheduler={"type": "fifo"})
+        num_samples = len(configs)
+    if changes.pop("cost_aware", False):
+        changes["scheduler"] = cost_aware_scheduler(curves, search.get("scheduler", {}))
+    return replay_spec(base, curves, sampler=sampler, num_samples=num_samples, **changes)
+
+
+def quantiles(values: list[float]) -> dict[str, float | None]:
+    """Median and quartiles; infinity (a search that never reached the target) sorts last."""
+    ordered = sorted(values)
+    return {
+        "median": _quantile(ordered, 0.5),
+        "q25": _quantile(ordered, 0.25),
+        "q75": _quantile(ordered, 0.75),
+    }
+
+
+def _quantile(ordered: list[float], q: float) -> float | None:
+    """Linear interpolation between order statistics; None where it reaches an infinite one."""
+    if not ordered:
+        return None
+    position = q * (len(ordered) - 1)
+    low, high = math.floor(position), math.ceil(position)
+    if math.isinf(ordered[high]):
+        return None
+    return ordered[low] + (ordered[high] - ordered[low]) * (position - low)
+
+
+def curve_quantiles(curves: list[list[float]], q: float) -> list[float | None]:
+    """The q-quantile over seeds at each cost; None where it is infinite (not enough seeds had
+    reported anything yet)."""
+    out = []
+    for column in zip(*curves, strict=True):
+        value = _quantile(sorted(column), q)
+        out.append(None if value is None else round(value, 3))
+    return out
+
+
+def evaluate(
+    curves: Any,
+    base: dict[str, Any],
+    *,
+    policies: list[str],
+    seeds: int,
+    num_samples: int,
+    max_concurrent: int,
+    tolerance: float,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Replay every policy with every seed on the connected Ray cluster; the figures as a dict."""
+    from tlsearch.search.replay import Trace, run_replay
+
+    metric = base["search"]["metric"]
+    from tlsearch.spec import vocab
+
+    mode = vocab.METRICS[metric]
+    target = curves.best(metric)
+    traces: dict[str, list[Any]] = {p: [] for p in policies}
+    runs: dict[str, list[dict[str, Any]]] = {p: [] for p in policies}
+    settings: dict[str, Any] = {}
+    storage = tempfile.mkdtemp(prefix="tlsearch-replay-")
+    for seed in range(seeds):
+        for name in policies:
+            spec = policy_spec(name, base, curves, seed, num_samples)
+            settings.setdefault(name, _describe(spec))
+            result = run_replay(spec, curves, max_concurrent=max_concurrent, storage_path=storage)
+            trace = Trace.of(result.events, mode)
+            traces[name].append(trace)
+            runs[name].append(
+                {
+                    "seed": seed,
+                    "trials": result.trials,
+                    "errors": result.errors,
+                    "epochs": trace.epochs,
+                    "cost_s": round(trace.total_cost, 1),
+                    "time_to_target_s": _round(trace.cost_to_reach(target, mode, tolerance)),
+                    "final_regret": round(trace.regret(target, mode)[-1], 3) if trace.epochs else None,
+                    "replay_wall_s": round(result.wall_s, 2),
+                    "suggest_s": round(sum(result.suggest_s), 3),
+                }
+            )
+            log(f"[search_efficiency] seed {seed} {name}: {runs[name][-1]}")
+
+    largest = max(t.total_cost for ts in traces.values() for t in ts)
+    smallest = min(t.costs[0] for ts in traces.values() for t in ts if t.costs)
+    cost_grid = [smallest * (largest / smallest) ** (i / 59) for i in range(60)]
+    out_policies: dict[str, Any] = {}
+    for name in policies:
+        reach = [t.cost_to_reach(target, mode, tolerance) for t in traces[name]]
+        regrets = [t.regret_at(cost_grid, target, mode) for t in traces[name]]
+        shares: dict[str, list[float]] = {}
+        for t in traces[name]:
+            for strategy in curves.strategies():
+                shares.setdefault(strategy, []).append(t.cost_by_strategy.get(strategy, 0.0) / t.total_cost)
+        out_policies[name] = {
+            "description": POLICIES[name][0],
+            "settings": settings[name],
+            "time_to_target_s": {k: _round(v) for k, v in quantiles(reach).items()},
+            "reached": f"{sum(not math.isinf(r) for r in reach)}/{len(reach)}",
+            "cost_s": quantiles([t.total_cost for t in traces[name]]),
+            "epochs_run": quantiles([float(t.epochs) for t in traces[name]]),
+            "final_regret": quantiles([r[-1] for r in regrets]),
+            "cost_share_by_strategy": {s: round(statistics.median(v), 3) for s, v in shares.items()},
+            "trials_by_strategy": {
+                s: statistics.median(t.trials_by_strategy.get(s, 0) for t in traces[name])
+                for s in curves.strategies()
+            },
+            "regret_curve": {
+                "median": curve_quantiles(regrets, 0.5),
+                "q25": curve_quantiles(regrets, 0.25),
+                "q75": curve_quantiles(regrets, 0.75),
+            },
+            "runs": runs[name],
+        }
+    figures: dict[str, Any] = {
+        "metric": metric,
+        "tolerance_points": tolerance,
+        "table_best": target,
+        "configs": len(curves.curves),
+        "configs_within_tolerance": _within(curves, metric, mode, target, tolerance),
+        "grid_cost_s": round(sum(curves.full_cost()), 1),
+        "seeds": seeds,
+        "num_samples": num_samples,
+        "max_concurrent": max_concurrent,
+        "time_to_target_vs_random": _ratio(out_policies, OURS, BASELINE),
+        # The same for looser targets: the top of a small grid is flat, and 0.5 points of macro-F1
+        # on a small validation set is about one example.
+        "looser_targets": {
+            f"{points:g}": {
+                "configs_within": _within(curves, metric, mode, target, points),
+                "median_time_to_target_s": {
+                    p: _round(quantiles([t.cost_to_reach(target, mode, points) for t in traces[p]])["median"])
+                    for p in policies
+                },
+                "ours_vs_random": _median_ratio(traces, OURS, BASELINE, target, mode, points),
+            }
+            for points in LOOSER_TARGETS
+        },
+        "ratios_vs_random": {p: _ratio(out_policies, p, BASELINE) for p in policies if p != BASELINE},
+        "cost_aware_vs_epochs": {
+            f"{p}_cost": _ratio(out_policies, f"{p}_cost", p) for p in ("tpe_asha", "random_asha")
+        },
+        "cost_grid_s": [round(c, 2) for c in cost_grid],
+        "policies": out_policies,
+    }
+    return figures
+
+
+def _within(curves: Any, metric: str, mode: str, target: float, points: float) -> int:
+    pick = min if mode == "min" else max
+    return sum(
+        100 * abs(target - pick(r[metric] for r in c)) <= points + 1e-9 for c in curves.curves.values()
+    )
+
+
+def _median_ratio(
+    traces: dict[str, list[Any]], numerator: str, denominator: str, target: float, mode: str, points: float
+) -> float | None:
+    if numerator not in traces or denominator not in traces:
+        return None
+    a, b = (
+        quantiles([t.cost_to_reach(target, mode, points) for t in traces[name]])["median"]
+        for name in (numerator, denominator)
+    )
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _ratio(policies: dict[str, Any], numerator: str, denominator: str) -> float | None:
+    if numerator not in policies or denominator not in policies:
+        return None
+    a = policies[numerator]["time_to_target_s"]["median"]
+    b = policies[denominator]["time_to_target_s"]["median"]
+    return round(a / b, 3) if a is not None and b else None
+
+
+def _relative(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None or math.isinf(value) else round(value, 1)
+
+
+def _describe(spec: Any) -> dict[str, Any]:
+    s = spec.search
+    seeds = s.seed_configs if isinstance(s.seed_configs, str) else f"{len(s.seed_configs)} listed"
+    return {
+        "sampler": s.sampler.model_dump(exclude={"seed"}),
+        "scheduler": s.scheduler.model_dump(exclude_none=True),
+        "seed_configs": seeds,
+        "num_samples": s.num_samples,
+    }
+
+
+def plot(figures: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = figures["cost_grid_s"]
+    panels = [
+        ("search policies", [p for p in ("tpe_asha", "random_asha", "tpe_fifo", "random", "grid")]),
+        (
+            "what the seed configs and cost-aware ASHA change",
+            [
+                "tpe_asha",
+                "tpe_asha_no_seeds",
+                "tpe_asha_cost",
+                "tpe_asha_cost_no_seeds",
+                "random_asha",
+                "random_asha_cost",
+            ],
+        ),
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), sharey=True)
+    for ax, (title, names) in zip(axes, panels, strict=True):
+        for name in names:
+            policy = figures["policies"].get(name)
+            if policy is None:
+                continue
+            curve = policy["regret_curve"]
+            keep = [i for i, m in enumerate(curve["median"]) if m is not None]
+            xs = [grid[i] for i in keep]
+            median = [curve["median"][i] for i in keep]
+            low = [curve["q25"][i] for i in keep]
+            # The upper quartile is infinite while a quarter of the seeds have found nothing yet.
+            high = [curve["q75"][i] if curve["q75"][i] is not None else 100.0 for i in keep]
+            reach = policy["time_to_target_s"]["median"]
+            label = f"{name} ({reach:.0f} s)" if reach is not None else f"{name} (not reached)"
+            (line,) = ax.plot(xs, median, label=label)
+            ax.fill_between(xs, low, high, color=line.get_color(), alpha=0.15)
+        ax.axhline(figures["tolerance_points"], color="grey", linestyle=":", linewidth=1)
+        ax.set_xscale("log")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("device-seconds spent (cumulative)")
+        ax.set_title(title, fontsize=10)
+        ax.legend(fontsize=8, title="median time to target", title_fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel(f"regret, points of {figures['metric']} (median, IQR)")
+    ratio = figures["time_to_target_vs_random"]
+    fig.suptitle(
+        f"{figures['configs']} recorded configurations, {figures['seeds']} seeds; "
+        f"ours / random search to within {figures['tolerance_points']} points: {ratio}",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a synthetic table over the demo's grid, 2 seeds"
+    )
+    parser.add_argument("--table", type=Path, default=TABLE, help="the learning-curve table (Parquet)")
+    parser.add_argument(
+        "--spec", type=Path, default=DEMO_SPEC, help="the spec whose search settings are replayed"
+    )
+    parser.add_argument("--seeds", type=int, help="seeds per policy (default 10; --quick 2)")
+    parser.add_argument(
+        "--num-samples", type=int, default=100, help="trials per search, grid search excepted (default 100)"
+    )
+    parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once (the demo's: 2)")
+    parser.add_argument("--tolerance", type=float, default=0.5, help="points (metric × 100) from the best")
+    parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
+    args = parser.parse_args()
+
+    import ray
+
+    from tlsearch.search.replay import LearningCurves
+
+    base = yaml.safe_load(args.spec.read_text())
+    if args.quick:
+        curves = synthetic_curves(GRID, base["search"]["max_epochs"])
+    elif not args.table.exists():
+        raise SystemExit(f"{args.table} is missing: record it with `python benchmarks/learning_curves.py`")
+    else:
+        curves = LearningCurves.read(args.table)
+    seeds = args.seeds or (2 if args.quick else 10)
+    # Random search draws a strategy first, then its knobs: on the demo's grid the best of 28
+    # configurations (a partial one, 1 of 12) comes up once in 48 trials, so a budget of 100 trials
+    # lets it get there in most seeds (88%) and time to target is measured rather than censored.
+    num_samples = 12 if args.quick and args.num_samples == 100 else args.num_samples
+
+    started = time.time()
+    ray.init(
+        address="local",
+        num_cpus=args.max_concurrent,
+        include_dashboard=False,  # replayed trials start no Ray Train workers
+        log_to_driver=False,
+        _node_ip_address="127.0.0.1",
+    )
+    try:
+        figures = evaluate(
+            curves,
+            base,
+            policies=args.policies,
+            seeds=seeds,
+            num_samples=num_samples,
+            max_concurrent=args.max_concurrent,
+            tolerance=args.tolerance,
+        )
+    finally:
+        ray.shutdown()
+    name = "search_efficiency_quick" if args.quick else "search_efficiency"
+    figures = {
+        "quick": args.quick,
+        "table": "synthetic (the demo's grid)" if args.quick else _relative(args.table),
+        "table_source": curves.source,
+        "wall_s": round(time.time() - started, 1),
+        **figures,
+    }
+    png = plot(figures, RESULTS / f"{name}.png")
+    figures["plot"] = str(png.relative_to(ROOT))
+    command = "python benchmarks/search_efficiency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(write_result(name, figures, command.strip()))
+    for policy, data in figures["policies"].items():
+        print(f"  {policy:<18} time to target {data['time_to_target_s']}  reached {data['reached']}")
+    print(f"time_to_target_vs_random: {figures['time_to_target_vs_random']}  ({figures['wall_s']} s)")
+    for points, looser in figures["looser_targets"].items():
+        print(f"  within {points} points: ours / random {looser['ours_vs_random']}")
+
+
+if __name__ == "__main__":
+    main()

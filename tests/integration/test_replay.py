@@ -1,0 +1,70 @@
+"""The learning-curve table recorded through `tlsearch run`, and replayed through real Tune + Optuna."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from benchmarks.learning_curves import DEMO_SPEC, QUICK_GRID, quick_base, record, synthetic_curves
+from benchmarks.search_efficiency import evaluate
+from tests.integration.conftest import LocalCluster
+from tlsearch.search.replay import grid_seed_configs, replay_spec, run_replay
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+def test_a_recorded_grid_replays_exactly(ray_connected: LocalCluster, tmp_path: Path) -> None:
+    base = quick_base(tmp_path)
+    grid = {**QUICK_GRID, "full": {**QUICK_GRID["full"], "backbone_lr": 1e-3}}  # 2 + 1 configurations
+    curves, _, _ = record(base, grid, tmp_path / "curves.parquet")
+    assert (tmp_path / "curves.parquet").exists()
+    assert len(curves.curves) == 3 and curves.max_epochs == 2 and len(curves.rows) == 6
+    for rows in curves.curves.values():
+        first, second = rows
+        assert first["epoch_device_s"] + second["epoch_device_s"] == pytest.approx(second["device_s"])
+        assert first["epoch_device_s"] >= first["epoch_s"]  # the first epoch carries the trial's set-up
+        assert all(0 <= r["val_f1_macro"] <= 1 for r in rows)
+
+    # Every configuration once, no early stopping: each replayed epoch is the recorded one.
+    spec = replay_spec(
+        base, curves, num_samples=3, seed_configs=grid_seed_configs(curves), scheduler={"type": "fifo"}
+    )
+    result = run_replay(spec, curves, max_concurrent=2, storage_path=str(tmp_path / "replay"))
+    assert result.errors == 0 and result.trials == 3
+    replayed = {(e.config_id, e.epoch): (e.value, e.epoch_device_s) for e in result.events}
+    recorded = {(r["config_id"], r["epoch"]): (r["val_f1_macro"], r["epoch_device_s"]) for r in curves.rows}
+    assert replayed == recorded and len(result.events) == 6
+
+
+def test_two_policies_replay_through_tune_and_optuna(ray_connected: LocalCluster) -> None:
+    grid = {
+        "linear_probe": {"head_lr": [1e-2, 1e-1]},
+        "full": {"head_lr": [1e-3, 1e-2], "backbone_lr": [1e-5, 1e-4], "layer_decay": 0.75},
+        "common": {"weight_decay": 0.01, "warmup_fraction": 0.1, "batch_size": 16},
+    }
+    base = yaml.safe_load(DEMO_SPEC.read_text())
+    curves = synthetic_curves(grid, max_epochs=4, seed=3)
+    figures = evaluate(
+        curves,
+        base,
+        policies=["tpe_asha", "random"],
+        seeds=2,
+        num_samples=4,
+        max_concurrent=2,
+        tolerance=0.5,
+        log=lambda _: None,
+    )
+    assert figures["configs"] == 6 and figures["table_best"] == curves.best("val_f1_macro")
+    assert "time_to_target_vs_random" in figures and set(figures["policies"]) == {"tpe_asha", "random"}
+    assert set(figures["looser_targets"]) == {"1", "2"}
+    ours, random = figures["policies"]["tpe_asha"], figures["policies"]["random"]
+    assert [r["errors"] for r in ours["runs"] + random["runs"]] == [0, 0, 0, 0]
+    assert all(r["trials"] == 4 for r in ours["runs"] + random["runs"])
+    assert random["runs"][0]["epochs"] == 16  # no early stopping: every trial ran its 4 epochs
+    assert ours["settings"]["scheduler"]["type"] == "asha" and random["settings"]["seed_configs"] == "none"
+    for policy in (ours, random):
+        assert set(policy["time_to_target_s"]) == {"median", "q25", "q75"}
+        assert len(policy["regret_curve"]["median"]) == len(figures["cost_grid_s"])
+        assert set(policy["cost_share_by_strategy"]) == {"linear_probe", "full"}
