@@ -22,6 +22,7 @@ figures with reused processes. About 12 minutes on a 2-core machine (1 with --qu
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 import sys
@@ -39,17 +40,19 @@ DEMO = ROOT / "search_spaces" / "bbc_news_minilm.yaml"
 FULL = '[{"strategy": "full", "head_lr": 0.003, "backbone_lr": 0.0001, "layer_decay": 0.8}]'
 
 
-def _search(overrides: list[str], storage: str, name: str) -> tuple[list[dict[str, Any]], float]:
+Rows = list[dict[str, Any]]
+
+
+def _search(spec: Path, overrides: list[str], storage: str, name: str) -> tuple[Rows, Rows, float]:
     from tlsearch.results.files import EVENTS_LOG, read_jsonl
     from tlsearch.search.runner import run_search
     from tlsearch.spec import load_spec
 
-    spec = load_spec(str(DEMO), [*overrides, f"storage={storage}", f"name={name}"])
-    outcome = run_search(spec)
+    outcome = run_search(load_spec(str(spec), [*overrides, f"storage={storage}", f"name={name}"]))
     events = read_jsonl(outcome.run_dir / EVENTS_LOG)
     starts = [e["time"] for e in events if e["event"] == "start"]
     ends = [e["time"] for e in events if e["event"] == "end"]
-    return outcome.trials, max(ends) - min(starts)
+    return outcome.trials, events, max(ends) - min(starts)
 
 
 def _epoch_seconds(run_dir: Path) -> dict[str, float]:
@@ -63,6 +66,90 @@ def _epoch_seconds(run_dir: Path) -> dict[str, float]:
 
 def _median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
+
+
+def _handoffs(trials: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[float]:
+    """Trials one at a time: seconds from one trial's end (the driver's clock) to the next trial's
+    first optimizer step. Unlike `startup_s` (which starts at Tune's `on_trial_start`, called once
+    the trial's actor is up), this covers everything between two trials: Tune, the searcher, actor
+    start or reset, imports, model and data."""
+    ends = {e["trial_id"]: e["time"] for e in events if e["event"] == "end"}
+    order = sorted((t for t in trials if t["first_step_at"]), key=lambda t: t["first_step_at"])
+    return [
+        round(t["first_step_at"] - ends[prev["trial_id"]], 2)
+        for prev, t in itertools.pairwise(order)
+        if prev["trial_id"] in ends
+    ]
+
+
+def measure(
+    spec: Path,
+    base: list[str],
+    *,
+    overhead_trials: int,
+    busy_trials: int,
+    busy: list[str],
+    slots: int,
+    storage: str,
+    busy_modes: tuple[bool, ...] = (False, True),
+) -> dict[str, Any]:
+    """Both searches in each mode (`training.reuse_processes` false, then true) on the connected
+    cluster; `busy_modes` picks the modes of the (longer) busy search."""
+    overhead = [
+        *base,
+        f"search.num_samples={overhead_trials}",
+        "search.max_concurrent=1",
+        "search.max_epochs=1",
+        "data.max_train_samples=32",
+        "data.max_validation_samples=32",
+        "strategies={full: {}, linear_probe: {}}",
+    ]
+    busy = [
+        *base,
+        f"search.num_samples={busy_trials}",
+        f"search.max_concurrent={slots}",
+        f"search.seed_configs={FULL}",
+        "strategies={full: {}}",
+        *busy,
+    ]
+    figures: dict[str, Any] = {"slots": slots, "modes": {}}
+    for reuse in (False, True):
+        mode = "reused_processes" if reuse else "new_process_per_trial"
+        flag = f"training.reuse_processes={str(reuse).lower()}"
+        trials, events, _ = _search(spec, [*overhead, flag], storage, f"overhead-{mode}")
+        trials.sort(key=lambda t: t["first_step_at"] or 0)
+        warm = trials[1:]  # the first trial starts its process in both modes
+        figures["modes"][mode] = part = {
+            "overhead_trials": len(trials),
+            "startup_s_median": _median([t["startup_s"] for t in warm if t["startup_s"] is not None]),
+            "startup_s_first": trials[0]["startup_s"],
+            "startup_s_all": [round(t["startup_s"], 2) for t in trials if t["startup_s"] is not None],
+            "handoff_s_median": _median(_handoffs(trials, events)),
+            "handoff_s_all": _handoffs(trials, events),
+            "model_load_s_median": _median(
+                [t["model_load_s"] for t in warm if t["model_load_s"] is not None]
+            ),
+            "data_load_s_median": _median([t["data_load_s"] for t in warm if t["data_load_s"] is not None]),
+        }
+        if reuse in busy_modes:
+            started = time.time()
+            busy_trials_done, _, busy_wall = _search(spec, [*busy, flag], storage, f"busy-{mode}")
+            epoch_s = _epoch_seconds(Path(storage) / f"busy-{mode}")
+            part.update(
+                busy_trials=len(busy_trials_done),
+                busy_trial_wall_s_median=_median([t["wall_s"] for t in busy_trials_done if t["wall_s"]]),
+                busy_epoch_s_median=_median(list(epoch_s.values())),
+                busy_search_wall_s=round(busy_wall, 1),
+                busy_search_total_s=round(time.time() - started, 1),
+                device_busy_fraction=round(sum(epoch_s.values()) / (busy_wall * slots), 3),
+            )
+        print(mode, part, flush=True)
+    reused = figures["modes"]["reused_processes"]
+    figures["trial_overhead_s"] = reused["startup_s_median"]
+    figures["trial_handoff_s"] = reused["handoff_s_median"]
+    figures["device_busy_fraction"] = reused.get("device_busy_fraction")
+    figures["targets"] = {"trial_overhead_s": "<= 2", "device_busy_fraction": ">= 0.9"}
+    return figures
 
 
 def main() -> None:
@@ -83,62 +170,32 @@ def main() -> None:
         model_dir = make_tiny_bert(Path(storage) / "tiny-bert")
         base += [f"model.name={model_dir}", "model.max_length=32"]
     slots = max(1, min(2, os.cpu_count() or 1))
-    overhead = [
-        *base,
-        f"search.num_samples={args.trials}",
-        "search.max_concurrent=1",
-        "search.max_epochs=1",
-        "data.max_train_samples=32",
-        "data.max_validation_samples=32",
-        "strategies={full: {}, linear_probe: {}}",
-    ]
     busy = [
-        *base,
-        f"search.num_samples={3 * slots}",
-        f"search.max_concurrent={slots}",
         "search.max_epochs=3",
-        f"search.seed_configs={FULL}",
-        "strategies={full: {}}",
         f"data.max_train_samples={1024 if args.quick else 192}",
         "data.max_validation_samples=64",
     ]
     connect(None)  # one warm cluster for every search below
-    figures: dict[str, Any] = {"quick": args.quick, "slots": slots, "modes": {}}
-    for reuse in (False, True):
-        mode = "reused_processes" if reuse else "new_process_per_trial"
-        flag = f"training.reuse_processes={str(reuse).lower()}"
-        trials, _ = _search([*overhead, flag], storage, f"overhead-{mode}")
-        trials.sort(key=lambda t: t["first_step_at"] or 0)
-        warm = trials[1:]  # the first trial starts its process in both modes
-        started = time.time()
-        busy_trials, busy_wall = _search([*busy, flag], storage, f"busy-{mode}")
-        epoch_s = _epoch_seconds(Path(storage) / f"busy-{mode}")
-        figures["modes"][mode] = {
-            "overhead_trials": len(trials),
-            "startup_s_median": _median([t["startup_s"] for t in warm if t["startup_s"] is not None]),
-            "startup_s_first": trials[0]["startup_s"],
-            "startup_s_all": [round(t["startup_s"], 2) for t in trials if t["startup_s"] is not None],
-            "model_load_s_median": _median(
-                [t["model_load_s"] for t in warm if t["model_load_s"] is not None]
-            ),
-            "data_load_s_median": _median([t["data_load_s"] for t in warm if t["data_load_s"] is not None]),
-            "busy_trials": len(busy_trials),
-            "busy_trial_wall_s_median": _median([t["wall_s"] for t in busy_trials if t["wall_s"]]),
-            "busy_search_wall_s": round(busy_wall, 1),
-            "busy_search_total_s": round(time.time() - started, 1),
-            "device_busy_fraction": round(sum(epoch_s.values()) / (busy_wall * slots), 3),
-        }
-        print(mode, figures["modes"][mode], flush=True)
-    reused = figures["modes"]["reused_processes"]
-    figures["trial_overhead_s"] = reused["startup_s_median"]
-    figures["device_busy_fraction"] = reused["device_busy_fraction"]
-    figures["targets"] = {"trial_overhead_s": "<= 2", "device_busy_fraction": ">= 0.9"}
+    figures = measure(
+        DEMO,
+        base,
+        overhead_trials=args.trials,
+        busy_trials=3 * slots,
+        busy=busy,
+        slots=slots,
+        storage=storage,
+    )
+    figures["quick"] = args.quick
     name = "trial_overhead_quick" if args.quick else "trial_overhead"
     print(
         write_result(
             name, figures, "python benchmarks/trial_overhead.py" + (" --quick" if args.quick else "")
         )
     )
+    if not args.quick:
+        from benchmarks.summary import refresh
+
+        refresh()
 
 
 if __name__ == "__main__":

@@ -15,9 +15,18 @@ CLASS_WORDS = {
 NEUTRAL = ["the", "a", "today", "new", "big", "report", "said", "people"]
 
 
-def make_tiny_bert(directory: Path, *, layers: int = 2) -> Path:
+def make_tiny_bert(
+    directory: Path,
+    *,
+    layers: int = 2,
+    hidden: int = 32,
+    heads: int = 2,
+    intermediate: int = 64,
+    max_positions: int = 64,
+) -> Path:
     """A small BERT with its own WordPiece vocabulary, saved with save_pretrained (random weights
-    stand in for pretrained ones: loading by path is what is under test)."""
+    stand in for pretrained ones: loading by path is what is under test). The sizes make larger ones
+    too (benchmarks/gpu: BERT-base shapes)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     vocab = [
@@ -36,11 +45,11 @@ def make_tiny_bert(directory: Path, *, layers: int = 2) -> Path:
     assert tokenizer.unk_token_id not in tokenizer("goal chip bread")["input_ids"]
     config = BertConfig(
         vocab_size=len(vocab),
-        hidden_size=32,
+        hidden_size=hidden,
         num_hidden_layers=layers,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        max_position_embeddings=max_positions,
         num_labels=2,
     )
     import torch
@@ -51,13 +60,13 @@ def make_tiny_bert(directory: Path, *, layers: int = 2) -> Path:
     return directory
 
 
-def text_rows(n: int, seed: int) -> list[dict[str, Any]]:
+def text_rows(n: int, seed: int, words_per_row: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows = []
     labels = list(CLASS_WORDS)
     for i in range(n):
         label = labels[i % len(labels)]
-        words = rng.choices(CLASS_WORDS[label], k=3) + rng.choices(NEUTRAL, k=4)
+        words = rng.choices(CLASS_WORDS[label], k=3) + rng.choices(NEUTRAL, k=words_per_row - 3)
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
     return rows

@@ -18,7 +18,9 @@ error and the others still run. To add one, write a function taking the Context 
   decoding is left out: this measures the training loop), fed through the loop's own DataLoader.
 - loop_vs_plain: the same model and data, tlsearch's loop against a hand-written PyTorch loop, set up
   side by side and taking turns epoch by epoch (benchmarks/throughput.py has both loops).
-- trial_overhead, feature_cache: placeholders for the other parts of issue 5 (null until filled).
+- trial_overhead: target 1 on the GPU, benchmarks/trial_overhead.py's searches through tlsearch on a
+  local Ray cluster (per-trial start-up with and without reused processes, device-busy fraction).
+- The feature cache's figure (target 2) is a ratio measured on the CPU (benchmarks/feature_cache.py).
 
 The headline keys `gpu_name`, `vit_b16_full_img_s` and `vit_b16_full_mfu` take the faster of eager and
 compiled training.
@@ -112,6 +114,7 @@ class Context:
     sizes: Sizes
     scratch: Path
     shared: dict[str, Any] = field(default_factory=dict)  # what one check leaves for another
+    budget_s: float | None = None  # no check starts after this many seconds (the device time is short)
 
 
 class SyntheticImages(Dataset):
@@ -228,31 +231,79 @@ def check_loop_vs_plain(ctx: Context) -> dict[str, Any]:
     return {"model": ctx.sizes.model, "batch_size": ctx.sizes.batch_size, "compile": False, **outcome}
 
 
-def placeholder(note: str, *keys: str) -> Callable[[Context], dict[str, Any]]:
-    def check(ctx: Context) -> dict[str, Any]:
-        return {"status": "placeholder", "note": note, **dict.fromkeys(keys)}
+def check_trial_overhead(ctx: Context) -> dict[str, Any]:
+    """Issue 5, target 1 on the GPU: benchmarks/trial_overhead.py's searches (real Tune + Optuna on a
+    local Ray cluster, trials one at a time on the one GPU). No pretrained weights or demo data can
+    reach the GPU machine: a BERT-base-shaped model (12 layers, 768 wide, random weights, saved and
+    loaded by path like a checkpoint) on synthetic 3-topic texts of 60 words. Overhead: 6 one-epoch
+    trials per mode; busy: 3 trials of 3 epochs on 8,000 texts with reused processes."""
+    import ray
+    import yaml
 
-    return check
+    from benchmarks.trial_overhead import measure
+    from tests.helpers import make_tiny_bert, text_rows, write_parquet
+    from tlsearch.search.runner import connect
+
+    root = ctx.scratch / "overhead"
+    if ctx.dry_run:
+        model = make_tiny_bert(root / "bert")
+        rows, overhead_trials, busy_rows, words = 256, 3, 128, 12
+    else:
+        model = make_tiny_bert(
+            root / "bert", layers=12, hidden=768, heads=12, intermediate=3072, max_positions=512
+        )
+        rows, overhead_trials, busy_rows, words = 8_000, 6, 8_000, 60
+    files = {
+        split: write_parquet(text_rows(n, seed, words), root / f"{split}.parquet")
+        for split, n, seed in (("train", rows, 0), ("validation", 512, 1))
+    }
+    spec = root / "spec.yaml"
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "name": "gpu-overhead",
+                "storage": str(root / "runs"),
+                "model": {
+                    "source": "hf",
+                    "name": str(model),
+                    "task": "text-classification",
+                    "max_length": 128,
+                },
+                "data": {
+                    "train": str(files["train"]),
+                    "validation": str(files["validation"]),
+                    "text_column": "text",
+                },
+                "strategies": {"full": {}, "linear_probe": {}},
+                "search": {"num_samples": 2, "max_epochs": 1},
+                "resources": {"cpus_per_worker": 2},
+            }
+        )
+    )
+    base = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
+    busy = ["search.max_epochs=3", f"data.max_train_samples={busy_rows}", "data.max_validation_samples=512"]
+    connect(None)
+    try:
+        figures = measure(
+            spec,
+            base,
+            overhead_trials=overhead_trials,
+            busy_trials=3,
+            busy=busy,
+            slots=1,
+            storage=str(root / "runs"),
+            busy_modes=(True,),
+        )
+    finally:
+        ray.shutdown()
+    return {"model": "BERT-base shapes, random weights" if not ctx.dry_run else "tiny BERT", **figures}
 
 
 CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("vit_b16_full", check_vit_eager),
+    ("trial_overhead", check_trial_overhead),
     ("vit_b16_full_compile", check_vit_compile),
     ("loop_vs_plain", check_loop_vs_plain),
-    (
-        "trial_overhead",
-        placeholder(
-            "issue 5 target 1 on a GPU: trial start -> first training step, device busy fraction",
-            "trial_overhead_s",
-            "device_busy_fraction",
-        ),
-    ),
-    (
-        "feature_cache",
-        placeholder(
-            "issue 5 target 2 on a GPU: cached frozen features vs recomputing", "feature_cache_speedup"
-        ),
-    ),
 ]
 
 
@@ -287,6 +338,9 @@ def headline(parts: dict[str, dict[str, Any]], gpu_name: str) -> dict[str, Any]:
         "vit_b16_full_mfu": best.get("mfu"),
         "vit_b16_full_compile": best.get("compile"),
         "train_vs_plain_throughput_gpu": parts.get("loop_vs_plain", {}).get("ratio_median"),
+        "trial_overhead_s_gpu": parts.get("trial_overhead", {}).get("trial_overhead_s"),
+        "trial_handoff_s_gpu": parts.get("trial_overhead", {}).get("trial_handoff_s"),
+        "device_busy_fraction_gpu": parts.get("trial_overhead", {}).get("device_busy_fraction"),
     }
 
 
@@ -301,6 +355,10 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
     started = time.time()
     for name, check in CHECKS:
         if name not in names:
+            continue
+        if ctx.budget_s is not None and time.time() - started > ctx.budget_s:
+            parts[name] = {"status": "skipped", "why": f"past the {ctx.budget_s:.0f} s budget"}
+            print(f"[gpu] {name}: skipped (past the budget)", flush=True)
             continue
         print(f"[gpu] {name} ...", flush=True)
         start = time.time()
@@ -371,6 +429,9 @@ def main() -> None:
     )
     parser.add_argument("--batch-size", type=int, default=None, help="ViT-B/16 batch (default 128)")
     parser.add_argument(
+        "--budget-s", type=float, default=None, help="start no check after this many seconds (skipped)"
+    )
+    parser.add_argument(
         "--record", type=Path, default=None, help="file a GPU run's gpu_results.json and stop"
     )
     args = parser.parse_args()
@@ -395,7 +456,7 @@ def main() -> None:
         sizes = DRY if args.dry_run else FULL
         if args.batch_size is not None:
             sizes = replace(sizes, batch_size=args.batch_size)
-        ctx = Context(args.dry_run, out, device, gpu_name, sizes, Path(scratch))
+        ctx = Context(args.dry_run, out, device, gpu_name, sizes, Path(scratch), budget_s=args.budget_s)
         results = run(ctx, names)
     print(f"[gpu] wrote {out / 'gpu_results.json'} in {results['wall_s']} s")
     failed = [n for n, p in results["checks"].items() if p["status"] == "error"]

@@ -11,7 +11,8 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PYTHON=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if compgen -G ".whl/*.whl" >/dev/null; then
+# Only where Ray or Optuna is missing (the GPU image): a machine with them keeps its own.
+if ! "$PYTHON" -c "import ray, optuna" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
   "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target .site .whl/*.whl
   export PYTHONPATH="$PWD/.site:$PYTHONPATH"
 fi

@@ -106,7 +106,9 @@ def test_token_auth_guards_the_job_server(two_nodes: TwoNodes) -> None:
 def test_ray_job_submit_spreads_trials_over_both_nodes(
     two_nodes: TwoNodes, tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
 ) -> None:
-    spec = _spec(tiny_bert, text_data, tmp_path / "runs", "job-submit")
+    # A new process per trial: with reuse, the second trial may take over the first one's process
+    # (on the head) when the first ends before the worker node's process is up (trials of seconds).
+    spec = _spec(tiny_bert, text_data, tmp_path / "runs", "job-submit", training={"reuse_processes": False})
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     submit = subprocess.run(
