@@ -134,7 +134,7 @@ def versions() -> dict[str, str]:
 
 def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
     spec = resolved.spec
-    document: dict[str, Any] = spec.model_dump(mode="json")
+    document: dict[str, Any] = spec.dump_complete()
     document["storage"] = str(Path(spec.storage).expanduser().resolve())
     if spec.checkpoint_storage is not None:
         document["checkpoint_storage"] = spec.checkpoint_root()

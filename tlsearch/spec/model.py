@@ -323,6 +323,19 @@ class Spec(Strict):
         root = self.checkpoint_storage.rstrip("/")
         return root if "://" in root else str(Path(root).expanduser().resolve())
 
+    def dump_complete(self) -> dict[str, Any]:
+        """Every setting with its default filled in (spec.resolved.yaml), except knobs that do not apply
+        to this spec: written out, a default would read back as set, and the cross-field checks refuse
+        an inapplicable knob that is set (the resolved spec must validate again on `tlsearch resume`)."""
+        document = self.model_dump(mode="json")
+        if self.model.task != "text-classification":
+            document["model"].pop("max_length")
+        if self.search.scheduler.time_attr == "device_s":
+            document["search"]["scheduler"].pop("grace_period")
+        if not any(name in self.strategies.enabled() for name in vocab.FEATURE_CACHE_STRATEGIES):
+            document["training"].pop("feature_cache")
+        return document
+
 
 def _unknown(kind: str, name: str, known: dict[str, str], prefix: str = "") -> str:
     return (
