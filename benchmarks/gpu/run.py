@@ -20,6 +20,8 @@ error and the others still run. To add one, write a function taking the Context 
   side by side and taking turns epoch by epoch (benchmarks/throughput.py has both loops).
 - trial_overhead: target 1 on the GPU, benchmarks/trial_overhead.py's searches through tlsearch on a
   local Ray cluster (per-trial start-up with and without reused processes, device-busy fraction).
+- vit_b16_model_only: the same training step on a batch already on the device, eager and compiled:
+  the ceiling without the input pipeline (the gap to vit_b16_full is the DataLoader path's cost).
 - The feature cache's figure (target 2) is a ratio measured on the CPU (benchmarks/feature_cache.py).
 
 The headline keys `gpu_name`, `vit_b16_full_img_s` and `vit_b16_full_mfu` take the faster of eager and
@@ -299,11 +301,75 @@ def check_trial_overhead(ctx: Context) -> dict[str, Any]:
     return {"model": "BERT-base shapes, random weights" if not ctx.dry_run else "tiny BERT", **figures}
 
 
+def _timed_steps(
+    model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor, steps: int
+) -> tuple[float, float]:
+    """(images/s over `steps` training steps after 3 warm-up steps, the warm-up's seconds)."""
+    on_gpu = x.device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    warm_start = time.time()
+    for _ in range(3):
+        step()
+    if on_gpu:
+        torch.cuda.synchronize()
+    start = time.time()
+    for _ in range(steps):
+        step()
+    if on_gpu:
+        torch.cuda.synchronize()
+    return x.shape[0] * steps / (time.time() - start), start - warm_start
+
+
+def check_model_only(ctx: Context) -> dict[str, Any]:
+    """The ceiling without any input pipeline: the same ViT-B/16 step (timm model, bf16 autocast, fused
+    AdamW) on one batch that already sits on the device, eager then compiled. The gap to
+    vit_b16_full / vit_b16_full_compile is what the DataLoader path (decoded float32 images through
+    worker processes, pinned memory, host-to-device copy) costs."""
+    import timm
+
+    s = ctx.sizes
+    on_gpu = ctx.device.type == "cuda"
+    flops = ctx.shared.get("train_flops_per_image")
+    peak = dense_bf16_peak(ctx.gpu_name) if on_gpu else None
+    steps = 20 if not ctx.dry_run else 2
+    out: dict[str, Any] = {"model": s.model, "batch_size": s.batch_size, "steps": steps}
+    for compiled in (False, True):
+        model = timm.create_model(s.model, pretrained=False, num_classes=s.classes, img_size=s.image_size)
+        model = model.to(ctx.device).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        if compiled:
+            model.compile()
+        x = torch.randn(s.batch_size, 3, s.image_size, s.image_size, device=ctx.device)
+        y = torch.randint(0, s.classes, (s.batch_size,), device=ctx.device)
+        if flops is None:  # run alone (--only): count them here, 3 x the forward's as above
+            from torch.utils.flop_counter import FlopCounterMode
+
+            with torch.no_grad(), FlopCounterMode(display=False) as counter:
+                model(x[:2])
+            flops = 3 * counter.get_total_flops() / 2
+        img_s, warmup_s = _timed_steps(model, optimizer, x, y, steps)
+        name = "compiled" if compiled else "eager"
+        out[f"{name}_img_s"] = round(img_s, 1)
+        out[f"{name}_mfu"] = round(img_s * flops / peak, 4) if peak and flops else None
+        out[f"{name}_warmup_s"] = round(warmup_s, 1)
+        del model, optimizer
+        release()
+    return out
+
+
 CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("vit_b16_full", check_vit_eager),
     ("trial_overhead", check_trial_overhead),
     ("vit_b16_full_compile", check_vit_compile),
     ("loop_vs_plain", check_loop_vs_plain),
+    ("vit_b16_model_only", check_model_only),
 ]
 
 
@@ -314,7 +380,8 @@ def environment(device: torch.device, gpu_name: str) -> dict[str, Any]:
             versions[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:
             versions[lib] = "not installed"
-    sha = subprocess.run(
+    # TLSEARCH_GIT_SHA first: the device machine's copy of the tree may carry a stale .git.
+    sha = os.environ.get("TLSEARCH_GIT_SHA") or subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
     return {
@@ -323,7 +390,7 @@ def environment(device: torch.device, gpu_name: str) -> dict[str, Any]:
         "cuda": torch.version.cuda,
         "cpus": os.cpu_count(),
         "shm_free_gib": round(shm_gib(), 1),
-        "git_sha": sha or os.environ.get("TLSEARCH_GIT_SHA", "unknown"),
+        "git_sha": sha or "unknown",
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions,
     }
@@ -387,29 +454,46 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
     return results
 
 
-def record(path: Path) -> None:
-    """File a GPU run's gpu_results.json under benchmarks/results/ and its headline in summary.json."""
+def record(paths: list[Path]) -> None:
+    """File GPU runs under benchmarks/results/gpu_results.json and refresh summary.json. Several runs
+    (e.g. one that ran out of its time budget, then `--only` the skipped checks) merge: each check is
+    taken from the last run that ran it, and the headline is recomputed from the merged checks."""
     from benchmarks._common import RESULTS
     from benchmarks.summary import refresh
 
-    source = path / "gpu_results.json" if path.is_dir() else path
-    results = json.loads(source.read_text())
-    if results.get("dry_run"):
-        raise SystemExit(f"{source} is a dry run: only GPU runs are recorded")
+    runs = []
+    for path in paths:
+        source = path / "gpu_results.json" if path.is_dir() else path
+        results = json.loads(source.read_text())
+        if results.get("dry_run"):
+            raise SystemExit(f"{source} is a dry run: only GPU runs are recorded")
+        runs.append(results)
+    if len({r["gpu_name"] for r in runs}) > 1:
+        raise SystemExit(f"runs on different GPUs do not merge: {sorted({r['gpu_name'] for r in runs})}")
+    checks: dict[str, dict[str, Any]] = {}
+    for run_results in runs:
+        for name, part in run_results["checks"].items():
+            if part.get("status") != "skipped" or name not in checks:
+                checks[name] = {**part, "run": run_results["environment"]["date"]}
+    checks = {name: checks[name] for name, _ in CHECKS if name in checks}
+    first, last = runs[0], runs[-1]
+    merged = {
+        "benchmark": "gpu",
+        "command": "bash benchmarks/gpu/run.sh",
+        "date": last["environment"]["date"],
+        "git_sha": last["environment"]["git_sha"],
+        **headline(checks, first["gpu_name"]),
+        "dry_run": False,
+        "wall_s": round(sum(r["wall_s"] for r in runs), 1),
+        "runs": [
+            {"date": r["environment"]["date"], "wall_s": r["wall_s"], "checks": list(r["checks"])}
+            for r in runs
+        ],
+        "environment": last["environment"],
+        "checks": checks,
+    }
     target = RESULTS / "gpu_results.json"
-    target.write_text(
-        json.dumps(
-            {
-                "benchmark": "gpu",
-                "command": "bash benchmarks/gpu/run.sh",
-                "date": results["environment"]["date"],
-                "git_sha": results["environment"]["git_sha"],
-                **results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    target.write_text(json.dumps(merged, indent=2, default=str) + "\n")
     refresh()
     print(target)
 
@@ -432,7 +516,11 @@ def main() -> None:
         "--budget-s", type=float, default=None, help="start no check after this many seconds (skipped)"
     )
     parser.add_argument(
-        "--record", type=Path, default=None, help="file a GPU run's gpu_results.json and stop"
+        "--record",
+        type=Path,
+        nargs="+",
+        default=None,
+        help="file GPU runs' gpu_results.json (several merge, the last run of a check wins) and stop",
     )
     args = parser.parse_args()
     if args.record is not None:

@@ -26,7 +26,13 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "gpu_results.json").read_text())
     assert results["dry_run"] is True and results["gpu_name"] == "cpu (dry run)"
     checks = results["checks"]
-    assert list(checks) == ["vit_b16_full", "trial_overhead", "vit_b16_full_compile", "loop_vs_plain"]
+    assert list(checks) == [
+        "vit_b16_full",
+        "trial_overhead",
+        "vit_b16_full_compile",
+        "loop_vs_plain",
+        "vit_b16_model_only",
+    ]
     for name, part in checks.items():
         assert json.loads((tmp_path / "checks" / f"{name}.json").read_text()) == part
         assert part["status"] == "ok", part
@@ -39,6 +45,8 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     assert results["vit_b16_full_img_s"] == max(eager["img_s"], compiled["img_s"])
     ratio = checks["loop_vs_plain"]
     assert ratio["ratio_median"] > 0 and len(ratio["ratios"]) == 1
+    ceiling = checks["vit_b16_model_only"]
+    assert ceiling["eager_img_s"] > 0 and ceiling["compiled_img_s"] > 0
     # Real searches on a local Ray cluster, with and without reused trial processes.
     overhead = checks["trial_overhead"]
     modes = overhead["modes"]
@@ -59,3 +67,42 @@ def test_peaks_by_gpu_name() -> None:
     assert dense_bf16_peak("NVIDIA GH200 480GB") == 989.4e12
     assert dense_bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
     assert dense_bf16_peak("NVIDIA GeForce RTX 4090") is None
+
+
+def test_record_merges_runs_check_by_check(tmp_path: Path, monkeypatch) -> None:
+    """A run that ran out of its budget, then `--only` the skipped checks: one results file whose
+    headline comes from the merged checks."""
+    from benchmarks.gpu import run
+
+    def write(name: str, checks: dict, date: str) -> Path:
+        results = {
+            "gpu_name": "NVIDIA H200",
+            "dry_run": False,
+            "wall_s": 10.0,
+            "environment": {"date": date, "git_sha": "abc"},
+            "checks": checks,
+        }
+        path = tmp_path / name
+        path.write_text(json.dumps(results))
+        return path
+
+    first = write(
+        "first.json",
+        {
+            "vit_b16_full": {"status": "ok", "img_s": 2000.0, "mfu": 0.2, "compile": False},
+            "vit_b16_full_compile": {"status": "skipped"},
+        },
+        "2026-01-01T00:00:00+00:00",
+    )
+    second = write(
+        "second.json",
+        {"vit_b16_full_compile": {"status": "ok", "img_s": 2200.0, "mfu": 0.22, "compile": True}},
+        "2026-01-01T00:10:00+00:00",
+    )
+    monkeypatch.setattr("benchmarks._common.RESULTS", tmp_path)
+    monkeypatch.setattr("benchmarks.summary.refresh", lambda: None)
+    run.record([first, second])
+    merged = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert merged["checks"]["vit_b16_full_compile"]["status"] == "ok"
+    assert merged["vit_b16_full_img_s"] == 2200.0 and merged["vit_b16_full_compile"] is True
+    assert merged["wall_s"] == 20.0 and len(merged["runs"]) == 2
