@@ -381,9 +381,12 @@ def environment(device: torch.device, gpu_name: str) -> dict[str, Any]:
         except importlib.metadata.PackageNotFoundError:
             versions[lib] = "not installed"
     # TLSEARCH_GIT_SHA first: the device machine's copy of the tree may carry a stale .git.
-    sha = os.environ.get("TLSEARCH_GIT_SHA") or subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
+    sha = (
+        os.environ.get("TLSEARCH_GIT_SHA")
+        or subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    )
     return {
         "gpu_name": gpu_name,
         "device": str(device),
