@@ -11,10 +11,11 @@ Every replayed search is built as a real one is (tlsearch.search.runner.search_a
 StudySearch searcher, the sampler and seed configs of the spec, ASHA or FIFO), over the demo spec
 with each knob's choices exactly the table's grid values; its trainable reports the sampled
 configuration's recorded epochs (metric and cumulative device-seconds) instead of training.
-Policies: TPE + ASHA (ours: tlsearch's defaults, seed configs first), random + ASHA, TPE without
-early stopping, random search (no seed configs, no early stopping), grid (every configuration, in
-a random order), and for the cost-aware scheduler the ASHA policies with `time_attr: device_s`;
-ours without seed configs separates what the seed configs do from what TPE + ASHA do.
+Policies: TPE + ASHA (ours: tlsearch's defaults, seed configs first, no configuration trained
+twice), random + ASHA, TPE without early stopping, random search (independent draws, repeats
+included, no seed configs, no early stopping), grid (every configuration, in a random order), and
+for the cost-aware scheduler the ASHA policies with `time_attr: device_s`; ours without seed
+configs and ours with repeats separate what the seed configs and skipping repeats do.
 
 For each policy and seed: the cost (device-seconds of the epochs run, in the order the driver
 received them) until the best value found is within --tolerance points (metric × 100) of the
@@ -51,11 +52,20 @@ POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
     "random_asha": ("random + ASHA (seed configs first)", {"sampler": {"type": "random"}}),
     "tpe_fifo": ("TPE without early stopping (seed configs first)", {"scheduler": {"type": "fifo"}}),
     "random": (
-        "random search (no seed configs, no early stopping)",
-        {"sampler": {"type": "random"}, "scheduler": {"type": "fifo"}, "seed_configs": "none"},
+        "random search (independent draws, which may repeat; no seed configs, no early stopping)",
+        {
+            "sampler": {"type": "random"},
+            "scheduler": {"type": "fifo"},
+            "seed_configs": "none",
+            "skip_duplicates": False,
+        },
     ),
     "grid": ("grid search: every configuration once, in a random order", {"grid": True}),
     "tpe_asha_no_seeds": ("TPE + ASHA without seed configs", {"seed_configs": "none"}),
+    "tpe_asha_repeats": (
+        "TPE + ASHA training repeated configurations again (skip_duplicates: false)",
+        {"skip_duplicates": False},
+    ),
     "tpe_asha_cost": ("TPE + ASHA counting device-seconds (time_attr: device_s)", {"cost_aware": True}),
     "random_asha_cost": (
         "random + ASHA counting device-seconds (time_attr: device_s)",

@@ -64,3 +64,50 @@ def test_states_in_the_journal_and_restore(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="s-1", storage=make_storage(None, tmp_path))
     assert [t.state for t in study.trials][3:] == [TrialState.FAIL, TrialState.COMPLETE]
     assert all(t.state.is_finished() for t in study.trials)
+
+
+def discrete_searcher(run_dir: Path, *, skip_duplicates: bool = True) -> StudySearch:
+    """Six configurations in all: linear probe × 3 head LRs × 2 batch sizes."""
+    spec = validate_spec(
+        {
+            **SPEC.model_dump(mode="json", include={"name", "model", "data"}),
+            "strategies": {
+                "linear_probe": {"head_lr": [0.001, 0.01, 0.1]},
+                "common": {"weight_decay": [0.0], "batch_size": [16, 32]},
+            },
+            "search": {"seed_configs": "none", "sampler": {"n_startup_trials": 2, "seed": 0}},
+        }
+    )
+    return StudySearch(
+        space=build_space(spec, num_blocks=6),
+        metric="val_accuracy",
+        mode="max",
+        sampler=make_sampler(spec),
+        study_name="d-1",
+        storage=make_storage(None, run_dir),
+        max_epochs=1,
+        skip_duplicates=skip_duplicates,
+    )
+
+
+def test_no_configuration_is_trained_twice(tmp_path: Path) -> None:
+    search = discrete_searcher(tmp_path)
+    configs = []
+    for i in range(6):
+        configs.append(search.suggest(f"t{i}"))
+        if i % 2:  # some finish, some still run: both count as taken
+            search.on_trial_complete(f"t{i}", {"val_accuracy": 0.1 * i, "epoch": 1})
+    keys = {(c["linear_probe"]["head_lr"], c["common"]["batch_size"]) for c in configs}
+    assert len(keys) == 6  # every configuration once
+    study = optuna.load_study(study_name="d-1", storage=open_storage(storage_description(None, tmp_path)))
+    skipped = [t for t in study.trials if "duplicate_of" in t.user_attrs]
+    assert all(t.state == TrialState.FAIL for t in skipped) and len(skipped) == search.duplicates_skipped
+    # The space is exhausted: after MAX_REDRAWS draws the repeat runs rather than the search stalling.
+    assert search.suggest("t6") is not None
+
+
+def test_duplicates_run_when_asked(tmp_path: Path) -> None:
+    search = discrete_searcher(tmp_path, skip_duplicates=False)
+    configs = [search.suggest(f"t{i}") for i in range(12)]
+    keys = [(c["linear_probe"]["head_lr"], c["common"]["batch_size"]) for c in configs]
+    assert len(set(keys)) < len(keys) and search.duplicates_skipped == 0

@@ -190,6 +190,7 @@ def search_algorithms(
         study_name=study_name,
         storage=storage,
         max_epochs=s.max_epochs,
+        skip_duplicates=s.skip_duplicates,
     )
     return searcher, scheduler
 

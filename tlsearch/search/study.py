@@ -6,6 +6,15 @@ every epoch's value as an intermediate value. Ray's OptunaSearch would record th
 their last value, as if a network trained for one epoch had been trained to the end. PRUNED is what
 ASHA decided: Optuna's TPE ranks every completed trial above every pruned one, and among pruned
 trials the ones that got further above the ones stopped earlier.
+
+A configuration is never trained twice (`search.skip_duplicates`, on by default): in a space of
+choices and integers the sampler draws configurations it has already run (TPE ever more often as it
+converges), and a trial's training is deterministic, so a repeat costs a trial's device time and
+teaches nothing. The repeated draw is recorded in the study as FAIL with the user attribute
+`duplicate_of` (the earlier trial's number; the samplers ignore FAIL, and the earlier trial already
+informs them) and the searcher draws again at random (TPE would draw the same point again: its
+choice is the best candidate under a model that the skipped draw does not change), up to
+MAX_REDRAWS times; past that the space looks exhausted and the repeat runs.
 """
 
 from __future__ import annotations
@@ -14,7 +23,10 @@ import contextlib
 from typing import Any
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+MAX_REDRAWS = 32
 
 
 class StudySearch(OptunaSearch):
@@ -27,9 +39,45 @@ class StudySearch(OptunaSearch):
     first, terminal record of such a trial.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, **kwargs: Any):
+    def __init__(self, *args: Any, max_epochs: int, skip_duplicates: bool = True, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
+        self._skip_duplicates = skip_duplicates
+        self.duplicates_skipped = 0
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        if not getattr(self, "_skip_duplicates", False) or not isinstance(config, dict):
+            return config
+        sampler = self._ot_study.sampler
+        try:
+            for redraw in range(MAX_REDRAWS):
+                ot_trial = self._ot_trials[trial_id]
+                earlier = self._same_params(ot_trial)
+                if earlier is None:
+                    return config
+                ot_trial.set_user_attr("duplicate_of", earlier)
+                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+                del self._ot_trials[trial_id]
+                self.duplicates_skipped += 1
+                # Seeded from the study's size: a search with a sampler seed stays reproducible.
+                self._ot_study.sampler = optuna.samplers.RandomSampler(
+                    seed=len(self._ot_study.trials) + redraw
+                )
+                config = super().suggest(trial_id)
+        finally:
+            self._ot_study.sampler = sampler
+        return config
+
+    def _same_params(self, ot_trial: optuna.Trial) -> int | None:
+        """The number of an earlier trial (running, completed or pruned) with the same parameters."""
+        params = ot_trial.params
+        for other in self._ot_study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        ):
+            if other.number != ot_trial.number and other.params == params:
+                return other.number
+        return None
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
