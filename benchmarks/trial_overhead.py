@@ -7,7 +7,8 @@ Two searches per mode (`training.reuse_processes` false, then true), all on the 
 data (`search_spaces/bbc_news_minilm.yaml`):
 
 - overhead: short trials one at a time; per trial, seconds from Tune starting it (the driver's
-  `on_trial_start`) to its first optimizer step (`startup_s` in trials.parquet), with its parts:
+  `on_trial_start`) to the beginning of its first training step, its first batch in hand
+  (`startup_s` in trials.parquet), with its parts:
   model loading, data preparation, the rest (process start, imports, Ray). The first trial of a
   search pays for its process either way: the figure is the median over the others (a warm cluster).
 - busy: trials of about a minute, as many at once as the machine has cores (one core each); the
@@ -70,7 +71,7 @@ def _median(values: list[float]) -> float | None:
 
 def _handoffs(trials: list[dict[str, Any]], events: list[dict[str, Any]]) -> list[float]:
     """Trials one at a time: seconds from one trial's end (the driver's clock) to the next trial's
-    first optimizer step. Unlike `startup_s` (which starts at Tune's `on_trial_start`, called once
+    first training step. Unlike `startup_s` (which starts at Tune's `on_trial_start`, called once
     the trial's actor is up), this covers everything between two trials: Tune, the searcher, actor
     start or reset, imports, model and data."""
     ends = {e["trial_id"]: e["time"] for e in events if e["event"] == "end"}

@@ -143,7 +143,7 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
         for key in TRIAL_CONSTANTS:
             row[key] = last.get(key)
         row["checkpoint"] = _best_checkpoint(run_dir, epochs, metric, mode)
-        # Seconds from Tune starting the trial (the driver's clock) to its first training step.
+        # Seconds from Tune starting the trial (the driver's clock) to the start of its first training step.
         first_step = row.get("first_step_at")
         started = [t for t in start_times.get(trial_id, []) if first_step and t <= first_step]
         row["startup_s"] = first_step - max(started) if started else None

@@ -127,7 +127,8 @@ class Training:
     # with cached features of its frozen prefix, and `model` is that tail.
     feature_cache: FeatureCacheUse
     # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when the model was
-    # ready, when the data was, and when the first optimizer step had run.
+    # ready, when the data was, and when the first training step began (its first batch in hand:
+    # the step's own compute is training, not overhead).
     model_ready: float = 0.0
     data_ready: float = 0.0
     first_step_at: float | None = None
@@ -262,6 +263,8 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
     seen = 0
     for batch, target in t.train_loader:
+        if t.first_step_at is None:
+            t.first_step_at = time.time()
         target = target.to(t.device, non_blocking=True)
         with t.autocast():
             loss = F.cross_entropy(_forward(t.model, batch, t.device, t.channels_last).float(), target)
@@ -271,10 +274,6 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
             torch.nn.utils.clip_grad_norm_(t.trainable, t.grad_clip_norm)
         t.optimizer.step()
         t.scheduler.step()
-        if t.first_step_at is None:
-            if t.device.type == "cuda":
-                torch.cuda.synchronize()  # once: the step's kernels have run, not only been queued
-            t.first_step_at = time.time()
         loss_sum += loss.detach().double() * target.shape[0]
         seen += target.shape[0]
     return loss_sum, seen
