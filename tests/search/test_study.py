@@ -8,7 +8,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tlsearch.results.study import make_storage, open_storage, storage_description
-from tlsearch.search.study import StudySearch, close_orphans
+from tlsearch.search.study import MAX_REDRAWS, StudySearch, close_orphans
 from tlsearch.space import build_space, make_sampler
 from tlsearch.spec import validate_spec
 
@@ -102,8 +102,12 @@ def test_no_configuration_is_trained_twice(tmp_path: Path) -> None:
     study = optuna.load_study(study_name="d-1", storage=open_storage(storage_description(None, tmp_path)))
     skipped = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert all(t.state == TrialState.FAIL for t in skipped) and len(skipped) == search.duplicates_skipped
-    # The space is exhausted: after MAX_REDRAWS draws the repeat runs rather than the search stalling.
+    # The space is exhausted: after MAX_REDRAWS draws the repeat runs rather than the search stalling,
+    # and later suggestions no longer spend draws on it.
+    before = search.duplicates_skipped
     assert search.suggest("t6") is not None
+    assert search.duplicates_skipped == before + MAX_REDRAWS
+    assert search.suggest("t7") is not None and search.duplicates_skipped == before + MAX_REDRAWS
 
 
 def test_duplicates_run_when_asked(tmp_path: Path) -> None:

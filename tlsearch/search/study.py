@@ -14,7 +14,8 @@ teaches nothing. The repeated draw is recorded in the study as FAIL with the use
 `duplicate_of` (the earlier trial's number; the samplers ignore FAIL, and the earlier trial already
 informs them) and the searcher draws again at random (TPE would draw the same point again: its
 choice is the best candidate under a model that the skipped draw does not change), up to
-MAX_REDRAWS times; past that the space looks exhausted and the repeat runs.
+MAX_REDRAWS times; past that the space looks exhausted: the repeat runs, and so do later ones (the
+search says so once) rather than each suggestion spending MAX_REDRAWS draws.
 """
 
 from __future__ import annotations
@@ -67,6 +68,12 @@ class StudySearch(OptunaSearch):
                 config = super().suggest(trial_id)
         finally:
             self._ot_study.sampler = sampler
+        self._skip_duplicates = False
+        print(
+            f"[tlsearch] no untried configuration in {MAX_REDRAWS} draws: the search space looks "
+            f"exhausted after {len(self._ot_trials)} trials; configurations may repeat from now on",
+            flush=True,
+        )
         return config
 
     def _same_params(self, ot_trial: optuna.Trial) -> int | None:
