@@ -23,7 +23,11 @@ def environment() -> dict[str, Any]:
         ).stdout.strip()
         dirty = bool(
             subprocess.run(
-                ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True
+                # Result files do not change what is measured: a tree dirty only there is clean.
+                ["git", "status", "--porcelain", "--", ".", ":!benchmarks/results"],
+                cwd=ROOT,
+                capture_output=True,
+                text=True,
             ).stdout.strip()
         )
     except OSError:
