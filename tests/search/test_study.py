@@ -66,13 +66,15 @@ def test_states_in_the_journal_and_restore(tmp_path: Path) -> None:
     assert all(t.state.is_finished() for t in study.trials)
 
 
-def discrete_searcher(run_dir: Path, *, skip_duplicates: bool = True) -> StudySearch:
+def discrete_searcher(
+    run_dir: Path, *, skip_duplicates: bool = True, head_lr: object = (0.001, 0.01, 0.1)
+) -> StudySearch:
     """Six configurations in all: linear probe × 3 head LRs × 2 batch sizes."""
     spec = validate_spec(
         {
             **SPEC.model_dump(mode="json", include={"name", "model", "data"}),
             "strategies": {
-                "linear_probe": {"head_lr": [0.001, 0.01, 0.1]},
+                "linear_probe": {"head_lr": list(head_lr) if isinstance(head_lr, tuple) else head_lr},
                 "common": {"weight_decay": [0.0], "batch_size": [16, 32]},
             },
             "search": {"seed_configs": "none", "sampler": {"n_startup_trials": 2, "seed": 0}},
@@ -90,24 +92,38 @@ def discrete_searcher(run_dir: Path, *, skip_duplicates: bool = True) -> StudySe
     )
 
 
-def test_no_configuration_is_trained_twice(tmp_path: Path) -> None:
-    search = discrete_searcher(tmp_path)
+def _take_all_six(search: StudySearch) -> set:
     configs = []
     for i in range(6):
         configs.append(search.suggest(f"t{i}"))
         if i % 2:  # some finish, some still run: both count as taken
             search.on_trial_complete(f"t{i}", {"val_accuracy": 0.1 * i, "epoch": 1})
-    keys = {(c["linear_probe"]["head_lr"], c["common"]["batch_size"]) for c in configs}
-    assert len(keys) == 6  # every configuration once
+    return {(c["linear_probe"]["head_lr"], c["common"]["batch_size"]) for c in configs}
+
+
+def test_no_configuration_is_trained_twice(tmp_path: Path) -> None:
+    """Choices only: the space lists its six configurations and untried ones run in place of repeats."""
+    search = discrete_searcher(tmp_path)
+    assert len(_take_all_six(search)) == 6  # every configuration once
     study = optuna.load_study(study_name="d-1", storage=open_storage(storage_description(None, tmp_path)))
     skipped = [t for t in study.trials if "duplicate_of" in t.user_attrs]
     assert all(t.state == TrialState.FAIL for t in skipped) and len(skipped) == search.duplicates_skipped
-    # The space is exhausted: after MAX_REDRAWS draws the repeat runs rather than the search stalling,
-    # and later suggestions no longer spend draws on it.
+    assert len(skipped) <= 6  # one skipped draw per repeat at most: no rounds of redraws
+    # Exhausted: the repeat runs rather than the search stalling, and later ones cost no draws.
     before = search.duplicates_skipped
-    assert search.suggest("t6") is not None
-    assert search.duplicates_skipped == before + MAX_REDRAWS
-    assert search.suggest("t7") is not None and search.duplicates_skipped == before + MAX_REDRAWS
+    assert search.suggest("t6") is not None and search.suggest("t7") is not None
+    assert search.duplicates_skipped <= before + 1
+
+
+def test_redraws_where_the_space_cannot_be_listed(tmp_path: Path) -> None:
+    """A float range with a step is not listed: repeated draws are redrawn at random instead."""
+    search = discrete_searcher(tmp_path, head_lr={"low": 0.1, "high": 0.3, "step": 0.1})
+    assert search._untried() is None
+    assert len(_take_all_six(search)) == 6
+    before = search.duplicates_skipped
+    assert search.suggest("t6") is not None  # exhausted after MAX_REDRAWS draws
+    assert search.duplicates_skipped == before + 1 + MAX_REDRAWS
+    assert search.suggest("t7") is not None and search.duplicates_skipped == before + 1 + MAX_REDRAWS
 
 
 def test_duplicates_run_when_asked(tmp_path: Path) -> None:

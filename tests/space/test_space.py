@@ -127,3 +127,33 @@ def test_trial_config_rejects_a_mismatched_dict() -> None:
         "common": {k.split("/")[1]: v for k, v in good.items() if k.startswith("common/")},
     }
     assert TrialConfig.parse(nested) == TrialConfig.parse(good)
+
+
+def test_a_space_of_choices_and_integers_lists_its_configurations() -> None:
+    space = build_space(
+        spec_with(
+            strategies={
+                "linear_probe": {"head_lr": [0.001, 0.01]},
+                "partial": {
+                    "head_lr": [0.01],
+                    "backbone_lr": [1e-4],
+                    "layer_decay": [0.8],
+                    "unfreeze_depth": [1, 2],
+                },
+                "common": {"weight_decay": [0.0], "batch_size": [16, 32]},
+            }
+        ),
+        num_blocks=6,
+    )
+    points = space.enumerate()
+    assert points is not None and len(points) == 2 * 2 + 2 * 2
+    assert {"strategy": "partial", "partial/unfreeze_depth": 2, "common/batch_size": 32} in points
+    # What Optuna records for a trial is exactly one of them.
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    space(trial)
+    assert trial.params in points
+
+
+def test_a_float_range_is_not_listed() -> None:
+    assert build_space(spec_with(strategies={"linear_probe": {}}), num_blocks=6).enumerate() is None

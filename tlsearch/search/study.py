@@ -12,20 +12,25 @@ choices and integers the sampler draws configurations it has already run (TPE ev
 converges), and a trial's training is deterministic, so a repeat costs a trial's device time and
 teaches nothing. The repeated draw is recorded in the study as FAIL with the user attribute
 `duplicate_of` (the earlier trial's number; the samplers ignore FAIL, and the earlier trial already
-informs them) and the searcher draws again at random (TPE would draw the same point again: its
-choice is the best candidate under a model that the skipped draw does not change), up to
-MAX_REDRAWS times; past that the space looks exhausted: the repeat runs, and so do later ones (the
-search says so once) rather than each suggestion spending MAX_REDRAWS draws.
+informs them). Where the space has few discrete configurations (choices and integer ranges: the
+space lists them), the searcher then runs an untried one picked at random; elsewhere it draws again
+at random (TPE would draw the same point again: its choice is the best candidate under a model that
+the skipped draw does not change), up to MAX_REDRAWS times. When every configuration has been
+tried, or no draw finds an untried one, the space is exhausted: repeats run from then on (the search
+says so once) rather than the search stalling or each suggestion spending draws.
 """
 
 from __future__ import annotations
 
 import contextlib
+import random
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
+
+from tlsearch.space import SearchSpace
 
 MAX_REDRAWS = 32
 
@@ -50,31 +55,61 @@ class StudySearch(OptunaSearch):
         config = super().suggest(trial_id)
         if not getattr(self, "_skip_duplicates", False) or not isinstance(config, dict):
             return config
+        earlier = self._same_params(self._ot_trials[trial_id])
+        if earlier is None:
+            return config
+        self._skip(trial_id, earlier)
+        untried = self._untried()
+        if untried is not None:  # a space of few discrete configurations: pick an untried one
+            if untried:
+                self._ot_study.enqueue_trial(random.Random(len(self._ot_study.trials)).choice(untried))
+                return super().suggest(trial_id)
+            return self._exhausted(trial_id, "every configuration of the space has been tried")
         sampler = self._ot_study.sampler
         try:
             for redraw in range(MAX_REDRAWS):
-                ot_trial = self._ot_trials[trial_id]
-                earlier = self._same_params(ot_trial)
-                if earlier is None:
-                    return config
-                ot_trial.set_user_attr("duplicate_of", earlier)
-                self._ot_study.tell(ot_trial, state=TrialState.FAIL)
-                del self._ot_trials[trial_id]
-                self.duplicates_skipped += 1
-                # Seeded from the study's size: a search with a sampler seed stays reproducible.
+                # Seeded from the study's size: the same history draws the same configurations.
                 self._ot_study.sampler = optuna.samplers.RandomSampler(
                     seed=len(self._ot_study.trials) + redraw
                 )
                 config = super().suggest(trial_id)
+                earlier = self._same_params(self._ot_trials[trial_id])
+                if earlier is None:
+                    return config
+                self._skip(trial_id, earlier)
         finally:
             self._ot_study.sampler = sampler
+        return self._exhausted(trial_id, f"no untried configuration in {MAX_REDRAWS} random draws")
+
+    def _skip(self, trial_id: str, earlier: int) -> None:
+        ot_trial = self._ot_trials.pop(trial_id)
+        ot_trial.set_user_attr("duplicate_of", earlier)
+        self._ot_study.tell(ot_trial, state=TrialState.FAIL)
+        self.duplicates_skipped += 1
+
+    def _exhausted(self, trial_id: str, why: str) -> dict | None:
+        """Repeats run from now on: better than a search that stalls, or spends draws on every suggestion."""
         self._skip_duplicates = False
         print(
-            f"[tlsearch] no untried configuration in {MAX_REDRAWS} draws: the search space looks "
-            f"exhausted after {len(self._ot_trials)} trials; configurations may repeat from now on",
+            f"[tlsearch] {why}: the search space looks exhausted after {len(self._ot_trials)} trials; "
+            "configurations repeat from now on",
             flush=True,
         )
-        return config
+        return super().suggest(trial_id)
+
+    def _untried(self) -> list[dict[str, Any]] | None:
+        """The configurations no trial has taken, where the space has few and discrete ones; else None."""
+        if not hasattr(self, "_all_points"):
+            self._all_points = self._space.enumerate() if isinstance(self._space, SearchSpace) else None
+        if self._all_points is None:
+            return None
+        taken = {
+            _key(t.params)
+            for t in self._ot_study.get_trials(
+                deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+            )
+        }
+        return [p for p in self._all_points if _key(p) not in taken]
 
     def _same_params(self, ot_trial: optuna.Trial) -> int | None:
         """The number of an earlier trial (running, completed or pruned) with the same parameters."""
@@ -114,3 +149,7 @@ def close_orphans(study_name: str, storage: optuna.storages.BaseStorage) -> int:
     for number in orphans:
         study.tell(number, state=optuna.trial.TrialState.FAIL)
     return len(orphans)
+
+
+def _key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    return tuple(sorted(params.items()))

@@ -49,6 +49,14 @@ class Dim:
             )
         return trial.suggest_float(name, float(self.low), float(self.high), step=self.step, log=self.log)
 
+    def values(self) -> list[Any] | None:
+        """Every value the knob can take, or None where they are not few and discrete (a float range)."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.kind == "int" and not self.log:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
+        return None
+
     def default(self, preferred: Any) -> Any:
         return Param(choices=self.choices, low=self.low, high=self.high, log=self.log).default(preferred)
 
@@ -78,6 +86,24 @@ class SearchSpace:
                 else:
                     dim.suggest(trial, name)
         return constants
+
+    def enumerate(self, limit: int = 10_000) -> list[dict[str, Any]] | None:
+        """Every configuration, as the flat parameters the space suggests (Optuna's `trial.params`),
+        where every knob takes finitely many values and there are at most `limit` of them; else None."""
+        points: list[dict[str, Any]] = []
+        names = self.strategy_names()
+        for strategy in names:
+            strategy_points: list[dict[str, Any]] = [{STRATEGY_PARAM: strategy} if len(names) > 1 else {}]
+            for prefix, dims in ((strategy, self.dims(strategy)), (COMMON, dict(self.common))):
+                for knob, dim in dims.items():
+                    if dim.fixed:
+                        continue
+                    values = dim.values()
+                    if values is None or len(strategy_points) * len(values) + len(points) > limit:
+                        return None
+                    strategy_points = [{**p, f"{prefix}/{knob}": v} for p in strategy_points for v in values]
+            points.extend(strategy_points)
+        return points
 
     def is_suggested(self, name: str) -> bool:
         if name == STRATEGY_PARAM:
