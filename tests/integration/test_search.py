@@ -328,3 +328,35 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_cluster, tiny_bert: Path, 
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
     assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
+
+
+def test_a_small_discrete_space_runs_each_configuration_once_then_ends(  # type: ignore[no-untyped-def]
+    ray_connected, tiny_bert: Path, tmp_path: Path
+) -> None:
+    files = {
+        split: write_parquet(text_rows(n, seed), tmp_path / f"{split}.parquet")
+        for split, n, seed in (("train", 24, 0), ("validation", 12, 1))
+    }
+    spec = validate_spec(
+        text_spec(
+            tiny_bert,
+            files,
+            tmp_path / "runs",
+            search={"num_samples": 6, "max_epochs": 1, "scheduler": {"type": "fifo"}, "seed_configs": "none"},
+            strategies={
+                "linear_probe": {"head_lr": [0.01, 0.1]},
+                "common": {"batch_size": [8], "weight_decay": [0.0]},
+            },
+            tracking={"wandb": {"mode": "disabled"}},
+        )
+    )
+    run_dir = run_search(spec).run_dir
+    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    # Two configurations in the space: two trials, not six, and never the same one twice.
+    assert sorted(t["linear_probe/head_lr"] for t in trials) == [0.01, 0.1]
+    assert all(t["status"] == "completed" for t in trials)
+    info = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text())["resolved"]["optuna"]
+    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+    skipped = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert all("duplicate_of" in t.user_attrs for t in skipped)
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2

@@ -15,9 +15,10 @@ teaches nothing. The repeated draw is recorded in the study as FAIL with the use
 informs them). Where the space has few discrete configurations (choices and integer ranges: the
 space lists them), the searcher then runs an untried one picked at random; elsewhere it draws again
 at random (TPE would draw the same point again: its choice is the best candidate under a model that
-the skipped draw does not change), up to MAX_REDRAWS times. When every configuration has been
-tried, or no draw finds an untried one, the space is exhausted: repeats run from then on (the search
-says so once) rather than the search stalling or each suggestion spending draws.
+the skipped draw does not change), up to MAX_REDRAWS times. When a listed space has no untried
+configuration left, the search starts no more trials (it is complete before `num_samples`); when no
+draw finds an untried one, repeats run from then on (said once) rather than each suggestion spending
+draws.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from tlsearch.space import SearchSpace
@@ -51,7 +53,7 @@ class StudySearch(OptunaSearch):
         self._skip_duplicates = skip_duplicates
         self.duplicates_skipped = 0
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def suggest(self, trial_id: str) -> dict | str | None:
         config = super().suggest(trial_id)
         if not getattr(self, "_skip_duplicates", False) or not isinstance(config, dict):
             return config
@@ -64,7 +66,13 @@ class StudySearch(OptunaSearch):
             if untried:
                 self._ot_study.enqueue_trial(random.Random(len(self._ot_study.trials)).choice(untried))
                 return super().suggest(trial_id)
-            return self._exhausted(trial_id, "every configuration of the space has been tried")
+            # Every configuration has been tried (or runs): the search is complete before num_samples.
+            print(
+                f"[tlsearch] all {len(self._all_points)} configurations of the search space have been "
+                "tried: no more trials start",
+                flush=True,
+            )
+            return Searcher.FINISHED
         sampler = self._ot_study.sampler
         try:
             for redraw in range(MAX_REDRAWS):
@@ -87,7 +95,7 @@ class StudySearch(OptunaSearch):
         self._ot_study.tell(ot_trial, state=TrialState.FAIL)
         self.duplicates_skipped += 1
 
-    def _exhausted(self, trial_id: str, why: str) -> dict | None:
+    def _exhausted(self, trial_id: str, why: str) -> dict | str | None:
         """Repeats run from now on: better than a search that stalls, or spends draws on every suggestion."""
         self._skip_duplicates = False
         print(
