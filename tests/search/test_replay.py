@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from ray.tune.search import Searcher
 
 from benchmarks.learning_curves import DEMO_SPEC, synthetic_curves
 from tlsearch.errors import UserInputError
@@ -87,16 +88,20 @@ def test_the_discretized_space_proposes_only_table_configs(curves: LearningCurve
         "attention",
     )
     searcher, _ = search_algorithms(spec, build_space(spec), "replay-test", storage=None)
-    proposed = set()
+    proposed: list[str] = []
     for i in range(40):
         config = searcher.suggest(f"t{i}")
+        if config == Searcher.FINISHED:  # every configuration of the table has run (skip_duplicates)
+            assert len(proposed) == len(curves.curves)
+            break
         rows = curves.curve(config)  # raises for a configuration the table lacks
-        proposed.add(rows[0]["config_id"])
+        proposed.append(rows[0]["config_id"])
         for row in rows:
             searcher.on_trial_result(f"t{i}", {"val_f1_macro": row["val_f1_macro"], "epoch": row["epoch"]})
         searcher.on_trial_complete(f"t{i}", {"val_f1_macro": rows[-1]["val_f1_macro"], "epoch": 3})
     # The demo's seed configs came first, and the sampler saw more than them.
-    assert {"linear_probe-01", "full-01", "lora-01"} <= proposed and len(proposed) > 4
+    assert {"linear_probe-01", "full-01", "lora-01"} <= set(proposed) and len(proposed) > 4
+    assert len(set(proposed)) == len(proposed)  # none twice
 
 
 def test_grid_seed_configs_enumerate_the_table_in_any_order(curves: LearningCurves) -> None:
