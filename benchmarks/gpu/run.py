@@ -168,22 +168,26 @@ def vit_inputs(
 
 
 def train_flops_per_image(inputs: TrialInputs, device: torch.device) -> float:
-    """3 x the forward's FLOPs (backward ~ 2 x forward), counted on the model as trials build it."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    """Training FLOPs per image of the model as trials build it (forward_flops_x3)."""
     from tlsearch.models.sources import build_model
 
     spec = inputs.run.spec
     model = build_model(spec.model, inputs.run.num_classes).model.to(device).eval()
     size = spec.model.image_size
-    x = torch.zeros(2, 3, size, size, device=device)
+    return forward_flops_x3(model, torch.zeros(2, 3, size, size, device=device))
+
+
+def forward_flops_x3(model: torch.nn.Module, x: torch.Tensor) -> float:
+    """3 x the forward's FLOPs per row of `x` (backward ~ 2 x forward), by FlopCounterMode."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     with (
         torch.no_grad(),
-        torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"),
+        torch.autocast("cuda", dtype=torch.bfloat16, enabled=x.device.type == "cuda"),
         FlopCounterMode(display=False) as counter,
     ):
         model(x)
-    return 3 * counter.get_total_flops() / 2
+    return 3 * counter.get_total_flops() / x.shape[0]
 
 
 def _vit_training(ctx: Context, compile: bool) -> dict[str, Any]:
@@ -348,12 +352,8 @@ def check_model_only(ctx: Context) -> dict[str, Any]:
             model.compile()
         x = torch.randn(s.batch_size, 3, s.image_size, s.image_size, device=ctx.device)
         y = torch.randint(0, s.classes, (s.batch_size,), device=ctx.device)
-        if flops is None:  # run alone (--only): count them here, 3 x the forward's as above
-            from torch.utils.flop_counter import FlopCounterMode
-
-            with torch.no_grad(), FlopCounterMode(display=False) as counter:
-                model(x[:2])
-            flops = 3 * counter.get_total_flops() / 2
+        if flops is None:  # run alone (--only): count them here
+            flops = forward_flops_x3(model, x[:2])
         img_s, warmup_s = _timed_steps(model, optimizer, x, y, steps)
         name = "compiled" if compiled else "eager"
         out[f"{name}_img_s"] = round(img_s, 1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -11,7 +12,7 @@ from ray.tune.search import Searcher
 from tlsearch.results.study import make_storage, open_storage, storage_description
 from tlsearch.search.study import MAX_REDRAWS, StudySearch, close_orphans
 from tlsearch.space import build_space, make_sampler
-from tlsearch.spec import validate_spec
+from tlsearch.spec import Spec, validate_spec
 
 SPEC = validate_spec(
     {
@@ -22,15 +23,15 @@ SPEC = validate_spec(
 )
 
 
-def searcher(run_dir: Path) -> StudySearch:
+def searcher(run_dir: Path, spec: Spec = SPEC, study_name: str = "s-1", **options: Any) -> StudySearch:
     return StudySearch(
-        space=build_space(SPEC, num_blocks=6),
+        space=build_space(spec, num_blocks=6),
         metric="val_accuracy",
         mode="max",
-        sampler=make_sampler(SPEC),
-        study_name="s-1",
+        sampler=make_sampler(spec),
+        study_name=study_name,
         storage=make_storage(None, run_dir),
-        max_epochs=3,
+        **{"max_epochs": 3, **options},
     )
 
 
@@ -81,16 +82,7 @@ def discrete_searcher(
             "search": {"seed_configs": "none", "sampler": {"n_startup_trials": 2, "seed": 0}},
         }
     )
-    return StudySearch(
-        space=build_space(spec, num_blocks=6),
-        metric="val_accuracy",
-        mode="max",
-        sampler=make_sampler(spec),
-        study_name="d-1",
-        storage=make_storage(None, run_dir),
-        max_epochs=1,
-        skip_duplicates=skip_duplicates,
-    )
+    return searcher(run_dir, spec, "d-1", max_epochs=1, skip_duplicates=skip_duplicates)
 
 
 def _take_all_six(search: StudySearch) -> set:

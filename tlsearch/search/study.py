@@ -105,29 +105,27 @@ class StudySearch(OptunaSearch):
         )
         return super().suggest(trial_id)
 
+    def _taken(self, but: int | None = None) -> dict[tuple[tuple[str, Any], ...], int]:
+        """Parameters of every trial running, completed or pruned (not `but`) -> a trial's number."""
+        states = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+        return {
+            _key(t.params): t.number
+            for t in self._ot_study.get_trials(deepcopy=False, states=states)
+            if t.number != but
+        }
+
     def _untried(self) -> list[dict[str, Any]] | None:
         """The configurations no trial has taken, where the space has few and discrete ones; else None."""
         if not hasattr(self, "_all_points"):
             self._all_points = self._space.enumerate() if isinstance(self._space, SearchSpace) else None
         if self._all_points is None:
             return None
-        taken = {
-            _key(t.params)
-            for t in self._ot_study.get_trials(
-                deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-            )
-        }
+        taken = self._taken()
         return [p for p in self._all_points if _key(p) not in taken]
 
     def _same_params(self, ot_trial: optuna.Trial) -> int | None:
         """The number of an earlier trial (running, completed or pruned) with the same parameters."""
-        params = ot_trial.params
-        for other in self._ot_study.get_trials(
-            deepcopy=False, states=(TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
-        ):
-            if other.number != ot_trial.number and other.params == params:
-                return other.number
-        return None
+        return self._taken(but=ot_trial.number).get(_key(ot_trial.params))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
