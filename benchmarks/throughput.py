@@ -6,28 +6,35 @@
                                                          # torch.compile against eager (slow on CPUs)
 
 Each case trains the same model (tlsearch's model source and strategy: same weights, same AdamW
-parameter groups), on the same data, batch size, autocast and gradient clipping, two ways:
+parameter groups), on the same data, batch size, autocast and gradient clipping, two ways, each side
+in processes of its own:
 
 - ours: `setup_training` + `train_epoch` from tlsearch/train/loop.py, the two functions `train_trial`
-  runs in every trial, so loaders, memory format, fused AdamW, scheduler and the per-epoch loss
-  read-back are what trials get. One worker: in this process with the Tune runner's device handling
-  (`TuneSession`), without Ray's start-up. Two workers: Ray Train DDP (`TorchTrainer`, `TrainSession`,
-  `prepare_model`) on a local Ray cluster started once.
+  runs in every trial, so loaders, memory format, fused AdamW, host memory settings, scheduler and
+  the per-epoch loss read-back are what trials get. One worker: as a single-worker trial runs, on a
+  thread of its own (Tune's function runner) with the Tune runner's device handling (`TuneSession`),
+  without Ray's start-up. Two workers: Ray Train DDP (`TorchTrainer`, `TrainSession`,
+  `prepare_model`; Ray Train too runs the loop on a thread) on a local Ray cluster started once.
 - plain: a loop written by hand around the same model (`DataLoader`, AdamW, `LambdaLR`, autocast,
-  `clip_grad_norm_`; no loss bookkeeping at all). Two workers: `torch.distributed` DDP over gloo in
-  processes started by `torch.multiprocessing`, at the scheduling priority Ray gives its workers
-  (niceness 15), so that other work on a shared machine slows both sides alike.
+  `clip_grad_norm_`; no loss bookkeeping at all) in the main thread of a process per rank started by
+  `torch.multiprocessing`; two workers: `torch.distributed` DDP over gloo. Both sides run at the
+  scheduling priority Ray gives its workers (niceness 15), so that other work on a shared machine
+  slows both alike.
 
 What is timed: whole training epochs (samples/s; no evaluation, no checkpoints, no start-up), after
 warm-up epochs. Whole epochs rather than single steps because the loop synchronises with the device
 once per epoch: timing single steps would add synchronisations the loop does not have. Both sides are
-set up side by side and take turns epoch by epoch (ours, plain, then plain, ours, ...; two-worker
-groups wait for their turn on a file), so a machine shared with other work disturbs both alike, seconds
+set up side by side and take turns epoch by epoch (ours, plain, then plain, ours, ...; each group
+waits for its turn on a file), so a machine shared with other work disturbs both alike, seconds
 apart. A case's figure is the median over timed epoch pairs of (ours samples/s) / (plain samples/s);
 `train_vs_plain_throughput` is the smallest of them over the cases.
 
-Extras measured the same way: channels-last against the contiguous layout for the CNN, fused AdamW
-against the per-tensor loop (optimizer step alone), and (--parts compile) torch.compile against eager.
+Extras measured the same way: our loop with freed host memory kept in the process
+(`training.keep_host_memory`, the default) against glibc's defaults, for the CNN on one and two
+workers (on a thread glibc drops the step's buffers from its arena every step: the 2-worker CNN ran at
+0.94x plain before the setting); channels-last against the contiguous layout for the CNN and fused
+AdamW against the per-tensor loop (optimizer step alone), in this process; and (--parts compile)
+torch.compile against eager.
 """
 
 from __future__ import annotations
@@ -448,53 +455,122 @@ def _plain_ddp_worker(rank: int, inputs: TrialInputs, epochs: int, port: int, fo
     # slows both sides alike; on a quiet machine priority changes nothing.
     os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
     world_size = inputs.run.spec.resources.workers_per_trial
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    if world_size > 1:
+        address = f"tcp://127.0.0.1:{port}"
+        dist.init_process_group("gloo", init_method=address, rank=rank, world_size=world_size)
     try:
         device = torch.device("cpu")
         follow_turns(
             plain_epochs(inputs, device, rank, world_size), device, rank, world_size, Path(folder), epochs
         )
     finally:
-        dist.destroy_process_group()
+        if world_size > 1:
+            dist.destroy_process_group()
 
 
-def plain_ddp(inputs: TrialInputs, epochs: int, folder: Path) -> tuple[Group, Callable[[], None]]:
-    """The plain loop under torch.distributed DDP, one process per rank (torch.multiprocessing)."""
+def _ours_tune_worker(rank: int, inputs: TrialInputs, epochs: int, folder: str) -> None:
+    # As a single-worker trial runs: in a Ray worker process (niceness 15), on a thread of its own
+    # (Tune's function runner), with the Tune runner's device handling.
+    os.nice(max(0, RAY_WORKER_NICENESS - os.nice(0)))
+    failure: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            session = TuneSession(inputs.run.use_gpu)
+            follow_turns(ours_epochs(inputs, session), session.device, 0, 1, Path(folder), epochs)
+        except BaseException as exc:  # re-raised in the process's main thread: the process fails
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="trial-runner")
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+
+
+def _spawn(
+    target: Callable[..., None], args: tuple, nprocs: int
+) -> tuple[Callable[[], str | None], Callable[[], None]]:
     import torch.multiprocessing as mp
 
-    folder.mkdir(parents=True)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    context = mp.start_processes(
-        _plain_ddp_worker,
-        args=(inputs, epochs, port, str(folder)),
-        nprocs=inputs.run.spec.resources.workers_per_trial,
-        join=False,
-        start_method="spawn",
-    )
+    context = mp.start_processes(target, args=args, nprocs=nprocs, join=False, start_method="spawn")
 
     def alive() -> str | None:
         codes = [p.exitcode for p in context.processes]
-        return None if all(c is None or c == 0 for c in codes) else f"plain DDP ranks exited with {codes}"
+        return None if all(c is None or c == 0 for c in codes) else f"processes exited with {codes}"
 
     def finish() -> None:
         while not context.join():
             pass
 
+    return alive, finish
+
+
+def ours_tune_process(inputs: TrialInputs, epochs: int, folder: Path) -> tuple[Group, Callable[[], None]]:
+    """Our loop as a single-worker trial runs it, in a process of its own (without Ray's start-up)."""
+    folder.mkdir(parents=True)
+    alive, finish = _spawn(_ours_tune_worker, (inputs, epochs, str(folder)), 1)
     return Group(folder, alive), finish
 
 
-def two_worker_case(inputs: TrialInputs, case: Case, scratch: Path, label: str) -> dict[str, Any]:
+def plain_ddp(inputs: TrialInputs, epochs: int, folder: Path) -> tuple[Group, Callable[[], None]]:
+    """The plain loop in the main thread of a process per rank (torch.multiprocessing), under
+    torch.distributed DDP for several ranks."""
+    folder.mkdir(parents=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    alive, finish = _spawn(
+        _plain_ddp_worker, (inputs, epochs, port, str(folder)), inputs.run.spec.resources.workers_per_trial
+    )
+    return Group(folder, alive), finish
+
+
+def ours_as_trials_run(inputs: TrialInputs, epochs: int, folder: Path) -> tuple[Group, Callable[[], None]]:
+    if inputs.run.spec.resources.workers_per_trial > 1:
+        return ours_ray_train(inputs, epochs, folder)
+    return ours_tune_process(inputs, epochs, folder)
+
+
+def groups_case(
+    candidate: tuple[Group, Callable[[], None]],
+    baseline: tuple[Group, Callable[[], None]],
+    case: Case,
+    label: str,
+) -> dict[str, Any]:
+    """Two groups of processes taking turns epoch by epoch."""
+    (first, finish_first), (second, finish_second) = candidate, baseline
+    first.wait_ready()
+    second.wait_ready()
+    outcome = alternate(first.epoch, second.epoch, case, label)
+    finish_first()
+    finish_second()
+    return {**outcome, "niceness": {"candidate": first.niceness, "baseline": second.niceness}}
+
+
+def loop_case(inputs: TrialInputs, case: Case, scratch: Path, label: str) -> dict[str, Any]:
     stamp = time.time_ns()
-    ours, finish_ours = ours_ray_train(inputs, case.epochs, scratch / f"ours-{stamp}")
-    plain, finish_plain = plain_ddp(inputs, case.epochs, scratch / f"plain-{stamp}")
-    ours.wait_ready()
-    plain.wait_ready()
-    outcome = alternate(ours.epoch, plain.epoch, case, label)
-    finish_ours()
-    finish_plain()
-    return {**outcome, "niceness": {"candidate": ours.niceness, "baseline": plain.niceness}}
+    ours = ours_as_trials_run(inputs, case.epochs, scratch / f"ours-{stamp}")
+    plain = plain_ddp(inputs, case.epochs, scratch / f"plain-{stamp}")
+    return groups_case(ours, plain, case, label)
+
+
+def with_training(case: Case, **training: Any) -> Case:
+    return replace(case, training={**case.training, **training})
+
+
+def host_memory_case(case: Case, workers: int, cpus: float, root: Path, label: str) -> dict[str, Any]:
+    """Our loop with `training.keep_host_memory` (the default) against the same loop without it."""
+    stamp = time.time_ns()
+    kept, default = (
+        ours_as_trials_run(
+            case_inputs(with_training(case, keep_host_memory=keep), workers, cpus, root),
+            case.epochs,
+            root / f"{name}-{stamp}",
+        )
+        for keep, name in ((True, "kept"), (False, "default"))
+    )
+    return groups_case(kept, default, case, label)
 
 
 # --- extras ---------------------------------------------------------------------------------
@@ -562,7 +638,7 @@ def start_ray(cpus: float) -> None:
     )
 
 
-PARTS = ("loop", "channels_last", "fused_adamw", "compile")
+PARTS = ("loop", "host_memory", "channels_last", "fused_adamw", "compile")
 
 
 def main() -> None:
@@ -577,7 +653,7 @@ def main() -> None:
     parser.add_argument("--cases", default="text,vision", help="which models (default text,vision)")
     parser.add_argument(
         "--parts",
-        default="loop,channels_last,fused_adamw",
+        default="loop,host_memory,channels_last,fused_adamw",
         help=f"what to measure, of {','.join(PARTS)} (default: all but compile, which is slow on CPUs)",
     )
     parser.add_argument("--cpus-per-worker", type=float, default=1.0, help="threads per worker (default 1)")
@@ -611,17 +687,18 @@ def main() -> None:
         }
 
     results: list[dict[str, Any]] = []
-    if "loop" in parts and any(w > 1 for _, w in chosen):
-        start_ray(max(w for _, w in chosen) * cpus)
+    # One local Ray cluster for the Ray Train groups: the loop part runs one at a time, the host
+    # memory part two side by side.
+    ray_workers = [w for _, w in chosen if w > 1] if "loop" in parts else []
+    if "host_memory" in parts:
+        ray_workers += [2 * w for w in wanted if w > 1]
+    if ray_workers:
+        start_ray(max(ray_workers) * cpus)
     for case, workers in chosen if "loop" in parts else []:
         inputs = case_inputs(case, workers, cpus, root)
         label = f"{case.name}/{workers}w"
         print(f"[throughput] {label}: ours vs plain, {case.timed_epochs} timed epochs each", flush=True)
-        if workers == 1:
-            outcome = alternate(ours_here(inputs), plain_here(inputs), case, label)
-            outcome["niceness"] = {"candidate": os.nice(0), "baseline": os.nice(0)}
-        else:
-            outcome = two_worker_case(inputs, case, root, label)
+        outcome = loop_case(inputs, case, root, label)
         results.append({"case": label, "workers": workers, **case_record(case), **outcome})
         release()
 
@@ -635,6 +712,16 @@ def main() -> None:
         )
         del channels_last, contiguous
         release()
+    if "host_memory" in parts:
+        for workers in sorted(wanted):
+            # the 2-worker CNN case's epochs are short and noisy: as many pairs as the loop part's
+            case = next((c for c, w in all_cases if w == workers and c.name == convnet.name), convnet)
+            label = f"host-memory/{case.name}/{workers}w"
+            print(f"[throughput] {label}: freed host memory kept against glibc's defaults", flush=True)
+            extras[f"host_memory_kept_vs_default/{workers}w"] = case_record(
+                case, workers=workers, **host_memory_case(case, workers, cpus, root, label)
+            )
+            release()
     if "fused_adamw" in parts:
         print("[throughput] fused AdamW against the per-tensor loop (optimizer step alone)", flush=True)
         extras["fused_adamw_step"] = {

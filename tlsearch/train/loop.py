@@ -31,6 +31,7 @@ from tlsearch.models.sources import LoadedModel
 from tlsearch.strategies import Prepared, prepare
 from tlsearch.train import warm
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
+from tlsearch.train.host_memory import keep_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
@@ -123,6 +124,7 @@ class Training:
     grad_clip_norm: float | None
     mixed_precision: bool  # bf16 autocast (on GPU)
     channels_last: bool  # image batches enter in the model's channels-last layout
+    host_memory_kept: bool  # freed host memory stays in the process (tlsearch/train/host_memory.py)
     # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
     # with cached features of its frozen prefix, and `model` is that tail.
     feature_cache: FeatureCacheUse
@@ -161,6 +163,8 @@ def setup_training(
     `datasets` (train, validation) replaces the trial's data files (benchmarks feed synthetic data)."""
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
     seed_everything(spec.seed)
+    # Before the model and the data take their memory.
+    host_memory_kept = spec.training.keep_host_memory and keep_freed_host_memory()
     on_gpu = session.device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
@@ -247,6 +251,7 @@ def setup_training(
         grad_clip_norm=spec.training.grad_clip_norm,
         mixed_precision=on_gpu,
         channels_last=channels_last,
+        host_memory_kept=host_memory_kept,
         feature_cache=cache,
         model_ready=model_ready,
         data_ready=time.time(),
@@ -302,7 +307,8 @@ def describe_trial(inputs: TrialInputs, training: Training) -> str:
         f"[tlsearch] trial {inputs.trial_id}: {inputs.config.strategy} {inputs.config.as_dict()}",
         f"[tlsearch] trainable parameters: {prepared.trainable_params:,}",
         f"[tlsearch] on {training.device}: bf16 autocast {on[training.mixed_precision]}, "
-        f"channels-last {on[training.channels_last]}, torch.compile {on[inputs.run.spec.training.compile]}",
+        f"channels-last {on[training.channels_last]}, torch.compile {on[inputs.run.spec.training.compile]}, "
+        f"freed host memory kept {on[training.host_memory_kept]}",
     ]
     for g in prepared.param_groups:
         lines.append(
