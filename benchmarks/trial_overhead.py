@@ -16,8 +16,11 @@ data (`search_spaces/bbc_news_minilm.yaml`):
   trials spent in their training and evaluation epochs.
 
 `--quick` uses a tiny BERT built from code instead (development; seconds of training per trial).
+- multi-worker: the overhead search again with 2-worker DDP trials (Ray Train starts a controller
+  and a worker group per trial; no process reuse).
+
 Writes benchmarks/results/trial_overhead.json; `trial_overhead_s` and `device_busy_fraction` are the
-figures with reused processes. About 12 minutes on a 2-core machine (1 with --quick).
+figures with reused processes. About 15 minutes on a 2-core machine (2 with --quick).
 """
 
 from __future__ import annotations
@@ -153,13 +156,57 @@ def measure(
     return figures
 
 
+def measure_multi_worker(
+    spec: Path, base: list[str], *, trials: int, workers: int, storage: str
+) -> dict[str, Any]:
+    """Start-up of multi-worker trials (Ray Train DDP), one at a time: each starts a Train controller
+    and a worker group of new processes (a reused trial process cannot keep a worker group: the
+    target's ≤ 2 s is for single-device trials)."""
+    overrides = [
+        *base,
+        f"search.num_samples={trials}",
+        "search.max_concurrent=1",
+        "search.max_epochs=1",
+        f"data.max_train_samples={32 * workers}",
+        "data.max_validation_samples=32",
+        "strategies={full: {}, linear_probe: {}}",
+        f"resources.workers_per_trial={workers}",
+        "resources.cpus_per_worker=1",
+    ]
+    found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers")
+    found.sort(key=lambda t: t["first_step_at"] or 0)
+    warm = found[1:]
+    part = {
+        "workers_per_trial": workers,
+        "overhead_trials": len(found),
+        "startup_s_median": _median([t["startup_s"] for t in warm if t["startup_s"] is not None]),
+        "startup_s_first": found[0]["startup_s"],
+        "startup_s_all": [round(t["startup_s"], 2) for t in found if t["startup_s"] is not None],
+        "handoff_s_median": _median(_handoffs(found, events)),
+        "handoff_s_all": _handoffs(found, events),
+        "model_load_s_median": _median([t["model_load_s"] for t in warm if t["model_load_s"] is not None]),
+        "data_load_s_median": _median([t["data_load_s"] for t in warm if t["data_load_s"] is not None]),
+    }
+    print(f"{workers} workers per trial", part, flush=True)
+    return part
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="a tiny BERT built from code (about a minute)")
     parser.add_argument("--trials", type=int, default=6, help="trials per overhead search (default 6)")
+    parser.add_argument(
+        "--parts",
+        default="single,multi_worker",
+        help="single (one-worker trials: overhead and busy, both modes), multi_worker (2-worker DDP "
+        "trials' start-up); default both. Only a full run refreshes summary.json",
+    )
     args = parser.parse_args()
+    parts = set(args.parts.split(","))
+    if parts - {"single", "multi_worker"}:
+        parser.error(f"unknown parts {sorted(parts - {'single', 'multi_worker'})}")
 
     from tlsearch.search.runner import connect
 
@@ -177,23 +224,29 @@ def main() -> None:
         "data.max_validation_samples=64",
     ]
     connect(None)  # one warm cluster for every search below
-    figures = measure(
-        DEMO,
-        base,
-        overhead_trials=args.trials,
-        busy_trials=3 * slots,
-        busy=busy,
-        slots=slots,
-        storage=storage,
-    )
-    figures["quick"] = args.quick
-    name = "trial_overhead_quick" if args.quick else "trial_overhead"
-    print(
-        write_result(
-            name, figures, "python benchmarks/trial_overhead.py" + (" --quick" if args.quick else "")
+    figures: dict[str, Any] = {}
+    if "single" in parts:
+        figures = measure(
+            DEMO,
+            base,
+            overhead_trials=args.trials,
+            busy_trials=3 * slots,
+            busy=busy,
+            slots=slots,
+            storage=storage,
         )
+    if "multi_worker" in parts:
+        figures["multi_worker"] = measure_multi_worker(
+            DEMO, base, trials=args.trials, workers=2, storage=storage
+        )
+    figures["quick"] = args.quick
+    full = parts == {"single", "multi_worker"}
+    name = (
+        "trial_overhead" + ("" if full else "_" + "_".join(sorted(parts))) + ("_quick" if args.quick else "")
     )
-    if not args.quick:
+    command = "python benchmarks/trial_overhead.py " + " ".join(sys.argv[1:])
+    print(write_result(name, figures, command.strip()))
+    if not args.quick and full:
         from benchmarks.summary import refresh
 
         refresh()
