@@ -61,8 +61,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
+from tlsearch.data.datasets import ImageDataset, load_split
 from tlsearch.data.tables import DataFiles
 from tlsearch.models.sources import build_model
 from tlsearch.space.trial_config import TrialConfig
@@ -258,6 +259,25 @@ def ours_here(inputs: TrialInputs, datasets: tuple[Dataset, Dataset] | None = No
 # --- plain: a hand-written PyTorch loop around the same model --------------------------------
 
 
+class FloatImages(ImageDataset):
+    """Images as a plain loop feeds them: timm's float pipeline (ToTensor + Normalize per image),
+    stacked by torch's default collate."""
+
+    collate = staticmethod(default_collate)
+
+
+def plain_datasets(inputs: TrialInputs, loaded: Any) -> tuple[Dataset, Dataset]:
+    """Text as trials have it (tokenised up front); images through the float pipeline, where trials
+    move uint8 pixels and normalise them on the device (tlsearch/train/batches.py)."""
+    if inputs.run.data.input_kind == "text":
+        return build_datasets(inputs, loaded)
+    from timm.data import create_transform
+
+    transform = create_transform(**loaded.preprocessing, is_training=False)
+    train, validation = (load_split(inputs.run.data, split) for split in ("train", "validation"))
+    return FloatImages(train, transform), FloatImages(validation, transform)
+
+
 def plain_epochs(
     inputs: TrialInputs,
     device: torch.device,
@@ -284,7 +304,7 @@ def plain_epochs(
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if on_gpu else None
         )
-    train_set = datasets[0] if datasets is not None else build_datasets(inputs, loaded)[0]
+    train_set = datasets[0] if datasets is not None else plain_datasets(inputs, loaded)[0]
     workers = loader_workers(inputs.run)
     sampler = (
         DistributedSampler(train_set, world_size, rank, shuffle=True, seed=spec.seed)

@@ -50,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from benchmarks.throughput import (
     Case,
@@ -120,11 +120,13 @@ class Context:
 
 
 class SyntheticImages(Dataset):
-    """Random images already transformed to the model's input size; labels cycle through the classes."""
+    """Random images already resized to the model's input size, as uint8 pixels (what trials' image
+    datasets give: the device normalises them); labels cycle through the classes."""
 
     def __init__(self, length: int, image_size: int, classes: int):
         generator = torch.Generator().manual_seed(0)
-        self.pool = torch.randn(16, 3, image_size, image_size, generator=generator)
+        shape = (16, 3, image_size, image_size)
+        self.pool = torch.randint(0, 256, shape, generator=generator, dtype=torch.uint8)
         self.length, self.classes = length, classes
 
     def __len__(self) -> int:
@@ -134,6 +136,16 @@ class SyntheticImages(Dataset):
         return self.pool[i % len(self.pool)], i % self.classes
 
     collate = staticmethod(ImageDataset.collate)
+
+
+class SyntheticFloatImages(SyntheticImages):
+    """The same images as a plain loop's float pipeline gives them (normalised per image on the host)."""
+
+    def __init__(self, length: int, image_size: int, classes: int):
+        super().__init__(length, image_size, classes)
+        self.pool = (self.pool.float() / 255 - 0.5) / 0.5
+
+    collate = staticmethod(default_collate)
 
 
 def shm_gib() -> float:
@@ -233,7 +245,9 @@ def check_vit_compile(ctx: Context) -> dict[str, Any]:
 def check_loop_vs_plain(ctx: Context) -> dict[str, Any]:
     case, inputs, datasets = vit_inputs(ctx, compile=False, timed_epochs=ctx.sizes.pair_epochs)
     # Both set up side by side (two ViT-B/16 trainings fit an H100 twice over), taking turns by epoch.
-    outcome = alternate(ours_here(inputs, datasets), plain_here(inputs, datasets), case, "loop vs plain")
+    s = ctx.sizes
+    floats = tuple(SyntheticFloatImages(len(d), s.image_size, s.classes) for d in datasets)
+    outcome = alternate(ours_here(inputs, datasets), plain_here(inputs, floats), case, "loop vs plain")
     return {"model": ctx.sizes.model, "batch_size": ctx.sizes.batch_size, "compile": False, **outcome}
 
 

@@ -50,13 +50,14 @@ def test_images_as_bytes_and_as_relative_paths(tmp_path: Path) -> None:
         pa.Table.from_pylist([{"image": f"img/{i}.png", "label": r["label"]} for i, r in enumerate(rows)]),
         by_path,
     )
-    transform = create_transform(input_size=(3, 16, 16), crop_pct=1.0)
+    transform = create_transform(input_size=(3, 16, 16), crop_pct=1.0, use_prefetcher=True)
     labels = ("0", "1", "2")
     a = ImageDataset(load_split(files(by_bytes, by_bytes, "image", "image", labels), "train"), transform)
     b = ImageDataset(load_split(files(by_path, by_path, "image", "image", labels), "train"), transform)
     assert torch.equal(a[3][0], b[3][0]) and a[3][1] == b[3][1] == 0
     images, targets = ImageDataset.collate([a[0], a[1]])
-    assert images.shape == (2, 3, 16, 16) and targets.tolist() == [0, 1]
+    # uint8 pixels: normalised on the training device (tests/train/test_batches.py)
+    assert images.shape == (2, 3, 16, 16) and images.dtype == torch.uint8 and targets.tolist() == [0, 1]
 
 
 def test_numeric_labels_sort_numerically() -> None:

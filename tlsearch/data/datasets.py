@@ -69,7 +69,8 @@ class TextDataset(Dataset):
 
 
 class ImageDataset(Dataset):
-    """Images as encoded bytes or file paths, decoded and transformed per item."""
+    """Images as encoded bytes or file paths, decoded and transformed per item into uint8 pixels
+    (timm's transforms with `use_prefetcher=True`)."""
 
     def __init__(self, split: Split, transform: Callable[[Any], torch.Tensor]):
         self.split = split
@@ -94,4 +95,8 @@ class ImageDataset(Dataset):
 
     @staticmethod
     def collate(batch: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.stack([x for x, _ in batch]), torch.tensor([t for _, t in batch], dtype=torch.long)
+        """uint8 pixels (the transform's `use_prefetcher=True` output): the training device
+        normalises them (tlsearch/train/batches.py)."""
+        from timm.data.loader import fast_collate
+
+        return fast_collate(batch)

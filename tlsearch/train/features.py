@@ -50,12 +50,15 @@ from tlsearch.data.tables import SUBSET_SEED, file_sha256
 from tlsearch.models.sources import LoadedModel
 from tlsearch.models.tails import Tail, TailUnsupported, check_tail, eval_mode, make_tail
 from tlsearch.strategies import Prepared
+from tlsearch.train.batches import ToDevice
 from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.session import Session, node_id
 
 FEATURES_DIR = "features"
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+# 2: image features computed from uint8 pixels normalised on the device (1: normalised per image on
+# the host; equal within float rounding, but a cache holds exactly what the trial would compute).
+FORMAT_VERSION = 2
 PROBE_ROWS = 8
 # How far the tail's logits may stray from the model's on the probe (relative to their largest value):
 # float32 on CPU differs only by summation order; bf16 autocast on GPU rounds both sides alike.
@@ -394,7 +397,8 @@ def _use_feature_cache(
 
     def build(directory: Path) -> dict[str, Any]:
         batch_size = spec.training.eval_batch_size
-        built = _build(directory, tail, prepared, make_datasets(), device, batch_size, loader_workers)
+        to_device = ToDevice(device, loaded.preprocessing)
+        built = _build(directory, tail, prepared, make_datasets(), to_device, batch_size, loader_workers)
         return built | {"key": key.name, "inputs": key.inputs}
 
     manifest, built = store.obtain(key.name, build, owner)
@@ -429,14 +433,14 @@ def _build(
     tail: Tail,
     prepared: Prepared,
     datasets: tuple[Any, Any],
-    device: torch.device,
+    to_device: ToDevice,
     batch_size: int,
     loader_workers: int,
 ) -> dict[str, Any]:
     """Check the tail on a probe batch, then write every row's boundary tensors, split by split.
     Runs the frozen prefix on the trial's device (under the loop's autocast) from a forked random
     state: the trial's own random stream is the same as if nothing had run."""
-    model = prepared.model
+    model, device = prepared.model, to_device.device
     on_gpu = device.type == "cuda"
     train_set, validation_set = datasets
     with torch.random.fork_rng(devices=[device] if on_gpu else []):
@@ -444,7 +448,7 @@ def _build(
         try:
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
                 probe, _ = train_set.collate([train_set[i] for i in range(min(PROBE_ROWS, len(train_set)))])
-                probe = _to(probe, device)
+                probe = to_device(probe)
                 try:
                     check_tail(model, tail, probe, prepared.train_mode, TOLERANCE[device.type])
                 except TailUnsupported as exc:
@@ -461,7 +465,7 @@ def _build(
                 splits = {}
                 for split, dataset in (("train", train_set), ("validation", validation_set)):
                     features, targets, lengths = _extract(
-                        tail, model, dataset, device, batch_size, loader_workers
+                        tail, model, dataset, to_device, batch_size, loader_workers
                     )
                     file = f"{split}.arrow"
                     write_split(directory / file, features, targets, lengths)
@@ -477,7 +481,7 @@ def _build(
 
 @torch.no_grad()
 def _extract(
-    tail: Tail, model: nn.Module, dataset: Any, device: torch.device, batch_size: int, workers: int
+    tail: Tail, model: nn.Module, dataset: Any, to_device: ToDevice, batch_size: int, workers: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(boundary tensors, targets, token counts or None) of every row, in the dataset's order."""
     loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate, num_workers=workers)
@@ -486,7 +490,7 @@ def _extract(
     counts: list[np.ndarray] = []
     with eval_mode(model):
         for batch, target in loader:
-            features, lengths = tail.extract(_to(batch, device))
+            features, lengths = tail.extract(to_device(batch))
             parts.append(features.float().cpu().numpy())
             targets.append(target.numpy())
             if lengths is not None:
@@ -502,9 +506,3 @@ def _extract(
             out[row, : lengths[row]] = features[: lengths[row]]
             row += 1
     return out, np.concatenate(targets), lengths
-
-
-def _to(batch: Any, device: torch.device) -> Any:
-    if isinstance(batch, dict):
-        return {k: v.to(device) for k, v in batch.items()}
-    return batch.to(device)

@@ -30,6 +30,7 @@ from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel
 from tlsearch.strategies import Prepared, prepare
 from tlsearch.train import warm
+from tlsearch.train.batches import ToDevice
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.host_memory import keep_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
@@ -71,19 +72,18 @@ def build_datasets(inputs: TrialInputs, loaded: LoadedModel) -> tuple[Any, Any]:
         )
     from timm.data import create_transform
 
-    # Deterministic preprocessing (resize, centre crop, normalise) for training too: no augmentation
-    # keeps trials comparable and makes a frozen prefix's features reusable.
-    transform = create_transform(**loaded.preprocessing, is_training=False)
+    # Deterministic preprocessing (resize, centre crop) for training too: no augmentation keeps
+    # trials comparable and makes a frozen prefix's features reusable. uint8 pixels: the device
+    # normalises them (tlsearch/train/batches.py).
+    transform = create_transform(**loaded.preprocessing, is_training=False, use_prefetcher=True)
     return ImageDataset(train, transform), ImageDataset(validation, transform)
 
 
-def _forward(model: nn.Module, batch: Any, device: torch.device, channels_last: bool = False) -> torch.Tensor:
+def _forward(model: nn.Module, batch: Any, to_device: ToDevice) -> torch.Tensor:
+    batch = to_device(batch)
     if isinstance(batch, dict):
-        out = model(**{k: v.to(device, non_blocking=True) for k, v in batch.items()})
-        return out.logits
-    if channels_last:
-        return model(batch.to(device, non_blocking=True, memory_format=torch.channels_last))
-    return model(batch.to(device, non_blocking=True))
+        return model(**batch).logits
+    return model(batch)
 
 
 def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -124,6 +124,7 @@ class Training:
     grad_clip_norm: float | None
     mixed_precision: bool  # bf16 autocast (on GPU)
     channels_last: bool  # image batches enter in the model's channels-last layout
+    to_device: ToDevice  # a loader's batch onto the device (images normalised there)
     host_memory_kept: bool  # freed host memory stays in the process (tlsearch/train/host_memory.py)
     # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
     # with cached features of its frozen prefix, and `model` is that tail.
@@ -251,6 +252,7 @@ def setup_training(
         grad_clip_norm=spec.training.grad_clip_norm,
         mixed_precision=on_gpu,
         channels_last=channels_last,
+        to_device=ToDevice(session.device, loaded.preprocessing, channels_last),
         host_memory_kept=host_memory_kept,
         feature_cache=cache,
         model_ready=model_ready,
@@ -272,7 +274,7 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
             t.first_step_at = time.time()
         target = target.to(t.device, non_blocking=True)
         with t.autocast():
-            loss = F.cross_entropy(_forward(t.model, batch, t.device, t.channels_last).float(), target)
+            loss = F.cross_entropy(_forward(t.model, batch, t.to_device).float(), target)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip_norm is not None:
@@ -292,7 +294,7 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
     for batch, target in training.val_loader:
         with training.autocast():
             # Kept on the device until the end: one copy to the host instead of a stall per batch.
-            logits.append(_forward(model, batch, training.device, training.channels_last).float())
+            logits.append(_forward(model, batch, training.to_device).float())
         targets.append(target)
     # A rank may hold no validation rows at all (fewer rows than workers).
     local_logits = torch.cat(logits).cpu() if logits else torch.zeros((0, num_classes))
