@@ -80,3 +80,42 @@ def test_trials_keep_host_memory_unless_the_spec_says_not(image_data: dict, tmp_
     assert "freed host memory kept on" in describe_trial(inputs, training)
     spec["training"] = {**spec.get("training", {}), "keep_host_memory": False}
     assert not setup_training(trial_inputs(spec, FULL, tmp_path), TuneSession(use_gpu=False)).host_memory_kept
+
+
+RELEASE_PROBE = r"""
+import ctypes, json, threading
+from tlsearch.train.host_memory import keep_freed_host_memory, release_freed_host_memory
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+
+def trial():  # a trial's thread: 200 MiB in 10 MiB buffers, written, then freed
+    buffers = [libc.malloc(10 << 20) for _ in range(20)]
+    for pointer in buffers:
+        ctypes.memset(pointer, 1, 10 << 20)
+    for pointer in buffers:
+        libc.free(pointer)
+
+keep_freed_host_memory()
+before = rss_mib()
+thread = threading.Thread(target=trial)
+thread.start()
+thread.join()
+kept = rss_mib()
+release_freed_host_memory()
+print(json.dumps({"kept_mib": kept - before, "released_mib": rss_mib() - before}))
+"""
+
+
+@glibc_only
+def test_a_finished_trial_gives_what_it_freed_back() -> None:
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", RELEASE_PROBE], cwd=root, capture_output=True, text=True, check=True
+    )
+    grown = json.loads(done.stdout)
+    assert grown["kept_mib"] > 150  # kept in the process while the trial runs (the point of keeping)
+    assert grown["released_mib"] < 20  # and handed back once it has ended

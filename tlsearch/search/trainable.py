@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from tlsearch.space.trial_config import TrialConfig
+from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
 from tlsearch.train.session import TrainSession, TuneSession, node_id
@@ -27,7 +28,10 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
         run, TrialConfig.parse(config), tune.get_context().get_trial_id(), time.time(), driver_node=node_id()
     )
     if run.spec.resources.workers_per_trial == 1:
-        train_trial(inputs, TuneSession(run.use_gpu))
+        try:
+            train_trial(inputs, TuneSession(run.use_gpu))
+        finally:  # the process may run the next trial: what this one freed goes back to the OS
+            release_freed_host_memory()
     else:
         _fit_with_ray_train(inputs)
 

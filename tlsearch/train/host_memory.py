@@ -11,13 +11,16 @@ main thread loses too (benchmarks/throughput.py, `host_memory`).
 Two process-wide malloc settings stop it: a top pad larger than a thread heap (64 MiB), so that no
 heap is dropped or trimmed, and the largest fixed mmap threshold glibc allows (32 MiB), so that
 buffers up to it come from the arenas (setting any parameter turns glibc's adaptive threshold off).
-The price is that the process keeps its peak host memory until it exits, as a caching allocator
-does. Off with `training.keep_host_memory: false`; nothing happens outside glibc (macOS, musl).
+The price is that the process keeps what it freed: `release_freed_host_memory` hands it back when a
+trial ends (a reused trial process runs the next trial on another thread, whose arena may be another
+one: without the release arenas would keep their peaks). Off with
+`training.keep_host_memory: false`; nothing happens outside glibc (macOS, musl).
 """
 
 from __future__ import annotations
 
 import ctypes
+import gc
 import platform
 import sys
 
@@ -38,7 +41,7 @@ def keep_freed_host_memory() -> bool:
         return True
     if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
         return False
-    libc = ctypes.CDLL("libc.so.6")
+    libc = _libc()
     # Both or neither: the top pad alone would freeze the mmap threshold at its current value.
     if libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
         return False
@@ -46,3 +49,17 @@ def keep_freed_host_memory() -> bool:
         return False
     _applied = True
     return True
+
+
+def release_freed_host_memory() -> None:
+    """At a trial's end: collect the trial's garbage and give every arena's free memory back to the
+    OS (`malloc_trim(0)` ignores the top pad). With glibc's defaults too: a reused process otherwise
+    grows trial by trial as each trial's thread leaves its arena fragmented (the demo's trial
+    processes: 1.4 -> 3.8 GiB over four trials without it, back to 1.4 GiB after each with it)."""
+    gc.collect()
+    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+        _libc().malloc_trim(0)
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL("libc.so.6")
