@@ -171,7 +171,8 @@ def measure_multi_worker(
         "data.max_validation_samples=32",
         "strategies={full: {}, linear_probe: {}}",
         f"resources.workers_per_trial={workers}",
-        "resources.cpus_per_worker=1",
+        # Below one CPU each: the trial driver's 0.01 CPU must fit beside the workers on 2 cores.
+        f"resources.cpus_per_worker={0.9 if (os.cpu_count() or 1) <= workers else 1}",
     ]
     found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers")
     found.sort(key=lambda t: t["first_step_at"] or 0)
