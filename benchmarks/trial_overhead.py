@@ -86,6 +86,27 @@ def _handoffs(trials: list[dict[str, Any]], events: list[dict[str, Any]]) -> lis
     ]
 
 
+def _overhead_figures(trials: Rows, events: Rows) -> dict[str, Any]:
+    """Start-up and hand-off of an overhead search's trials; the first trial starts its process in
+    every mode, so the medians are over the others (a warm cluster)."""
+    trials = sorted(trials, key=lambda t: t["first_step_at"] or 0)
+    warm = trials[1:]
+
+    def median_of(key: str) -> float | None:
+        return _median([t[key] for t in warm if t[key] is not None])
+
+    return {
+        "overhead_trials": len(trials),
+        "startup_s_median": median_of("startup_s"),
+        "startup_s_first": trials[0]["startup_s"],
+        "startup_s_all": [round(t["startup_s"], 2) for t in trials if t["startup_s"] is not None],
+        "handoff_s_median": _median(_handoffs(trials, events)),
+        "handoff_s_all": _handoffs(trials, events),
+        "model_load_s_median": median_of("model_load_s"),
+        "data_load_s_median": median_of("data_load_s"),
+    }
+
+
 def measure(
     spec: Path,
     base: list[str],
@@ -121,20 +142,7 @@ def measure(
         mode = "reused_processes" if reuse else "new_process_per_trial"
         flag = f"training.reuse_processes={str(reuse).lower()}"
         trials, events, _ = _search(spec, [*overhead, flag], storage, f"overhead-{mode}")
-        trials.sort(key=lambda t: t["first_step_at"] or 0)
-        warm = trials[1:]  # the first trial starts its process in both modes
-        figures["modes"][mode] = part = {
-            "overhead_trials": len(trials),
-            "startup_s_median": _median([t["startup_s"] for t in warm if t["startup_s"] is not None]),
-            "startup_s_first": trials[0]["startup_s"],
-            "startup_s_all": [round(t["startup_s"], 2) for t in trials if t["startup_s"] is not None],
-            "handoff_s_median": _median(_handoffs(trials, events)),
-            "handoff_s_all": _handoffs(trials, events),
-            "model_load_s_median": _median(
-                [t["model_load_s"] for t in warm if t["model_load_s"] is not None]
-            ),
-            "data_load_s_median": _median([t["data_load_s"] for t in warm if t["data_load_s"] is not None]),
-        }
+        figures["modes"][mode] = part = _overhead_figures(trials, events)
         if reuse in busy_modes:
             started = time.time()
             busy_trials_done, _, busy_wall = _search(spec, [*busy, flag], storage, f"busy-{mode}")
@@ -175,19 +183,7 @@ def measure_multi_worker(
         f"resources.cpus_per_worker={0.9 if (os.cpu_count() or 1) <= workers else 1}",
     ]
     found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers")
-    found.sort(key=lambda t: t["first_step_at"] or 0)
-    warm = found[1:]
-    part = {
-        "workers_per_trial": workers,
-        "overhead_trials": len(found),
-        "startup_s_median": _median([t["startup_s"] for t in warm if t["startup_s"] is not None]),
-        "startup_s_first": found[0]["startup_s"],
-        "startup_s_all": [round(t["startup_s"], 2) for t in found if t["startup_s"] is not None],
-        "handoff_s_median": _median(_handoffs(found, events)),
-        "handoff_s_all": _handoffs(found, events),
-        "model_load_s_median": _median([t["model_load_s"] for t in warm if t["model_load_s"] is not None]),
-        "data_load_s_median": _median([t["data_load_s"] for t in warm if t["data_load_s"] is not None]),
-    }
+    part = {"workers_per_trial": workers, **_overhead_figures(found, events)}
     print(f"{workers} workers per trial", part, flush=True)
     return part
 

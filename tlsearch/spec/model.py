@@ -268,7 +268,8 @@ class TrainingSpec(Strict):
     # it; off: every trial runs the whole model every step.
     feature_cache: Literal["auto", "off"] = "auto"
     # Keep freed host memory in the trial process (glibc malloc settings) rather than returning it to
-    # the OS after every step and page-faulting it back in: 6-8% of a CPU trial's speed. The process
+    # the OS after every step and page-faulting it back in: 1.2-1.3x on a CPU for a CNN
+    # (benchmarks/throughput.py, part host_memory). The process
     # holds its peak host memory until it exits (tlsearch/train/host_memory.py).
     keep_host_memory: bool = True
 

@@ -4,9 +4,9 @@ Each training step allocates and frees the same large host buffers (activations 
 CPU, collated batches before the copy to a GPU). glibc's malloc gives such memory back to the kernel
 as soon as it is freed: buffers above its mmap threshold are unmapped, and a thread's own arena (Ray
 runs every training loop in a thread: Tune's function runner, Ray Train's worker) drops whole heaps
-when they empty. The next step then page-faults all of it in again. On 2 CPU cores that cost a
-2-worker EfficientNet DDP trial 6-8% of its speed against the same loop in a main thread, and the
-main thread loses too (benchmarks/throughput.py, `host_memory`).
+when they empty. The next step then page-faults all of it in again. Keeping it makes an EfficientNet
+trial on 2 CPU cores 1.28x (one worker) and 1.21x (2-worker DDP) faster (benchmarks/throughput.py,
+part `host_memory`); a main thread loses less, a thread more.
 
 Two process-wide malloc settings stop it: a top pad larger than a thread heap (64 MiB), so that no
 heap is dropped or trimmed, and the largest fixed mmap threshold glibc allows (32 MiB), so that
@@ -39,7 +39,7 @@ def keep_freed_host_memory() -> bool:
     global _applied
     if _applied:
         return True
-    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+    if not _is_glibc():
         return False
     libc = _libc()
     # Both or neither: the top pad alone would freeze the mmap threshold at its current value.
@@ -54,11 +54,14 @@ def keep_freed_host_memory() -> bool:
 def release_freed_host_memory() -> None:
     """At a trial's end: collect the trial's garbage and give every arena's free memory back to the
     OS (`malloc_trim(0)` ignores the top pad). With glibc's defaults too: a reused process otherwise
-    grows trial by trial as each trial's thread leaves its arena fragmented (the demo's trial
-    processes: 1.4 -> 3.8 GiB over four trials without it, back to 1.4 GiB after each with it)."""
+    grows trial by trial as each trial's thread leaves its arena fragmented."""
     gc.collect()
-    if sys.platform == "linux" and platform.libc_ver()[0] == "glibc":
+    if _is_glibc():
         _libc().malloc_trim(0)
+
+
+def _is_glibc() -> bool:
+    return sys.platform == "linux" and platform.libc_ver()[0] == "glibc"
 
 
 def _libc() -> ctypes.CDLL:
