@@ -54,11 +54,13 @@ def _memory_gib() -> float | None:
         return None
 
 
-def write_result(name: str, figures: dict[str, Any], command: str) -> Path:
+def write_result(
+    name: str, figures: dict[str, Any], command: str, measured_on: dict[str, Any] | None = None
+) -> Path:
+    """`measured_on`: `environment()` as the benchmark began, for a benchmark that writes files of its
+    own outside results/ (the learning-curve table) and would otherwise find the tree dirty."""
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{name}.json"
-    path.write_text(
-        json.dumps({"benchmark": name, "command": command, **environment(), **figures}, indent=2, default=str)
-        + "\n"
-    )
+    record = {"benchmark": name, "command": command, **(measured_on or environment()), **figures}
+    path.write_text(json.dumps(record, indent=2, default=str) + "\n")
     return path

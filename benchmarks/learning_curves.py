@@ -1,7 +1,7 @@
 """Record the learning-curve table once: every configuration of a fixed grid over a discretized
 version of the demo's space, with every epoch's metrics and cost.
 
-    .venv/bin/python benchmarks/learning_curves.py            # 28 configurations, about 25 min (2-core CPU)
+    .venv/bin/python benchmarks/learning_curves.py            # 28 configurations, about 17 min (2-core CPU)
     .venv/bin/python benchmarks/learning_curves.py --quick    # 4 configurations of a tiny model, about 1 min
 
 It is one `tlsearch run` of the demo spec (search_spaces/bbc_news_minilm.yaml) whose knobs take the
@@ -32,7 +32,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, write_result
+from benchmarks._common import ROOT, environment, write_result
 
 DEMO_SPEC = ROOT / "search_spaces" / "bbc_news_minilm.yaml"
 TABLE = ROOT / "benchmarks" / "data" / "learning_curves.parquet"
@@ -255,6 +255,7 @@ def main() -> None:
     if args.dry_run:
         print(yaml.safe_dump({"strategies": grid, "seed_configs": configs}, sort_keys=False))
         return
+    measured_on = environment()  # the recording rewrites the table: the tree as it began
     curves, seconds, run_dir = record(base, grid, out, keep_run=args.keep_run)
     metric = base["search"].get("metric", "val_accuracy")
     figures = {
@@ -266,7 +267,7 @@ def main() -> None:
     }
     command = "python benchmarks/learning_curves.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     name = "learning_curves_quick" if args.quick else "learning_curves"
-    print(write_result(name, figures, command.strip()))
+    print(write_result(name, figures, command.strip(), measured_on))
     print(f"[learning_curves] table: {out} ({len(curves.rows)} rows) in {seconds:.0f} s; run: {run_dir}")
     if workdir and not args.out:
         print(f"[learning_curves] quick table left in {workdir}")

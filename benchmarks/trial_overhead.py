@@ -9,15 +9,18 @@ data (`search_spaces/bbc_news_minilm.yaml`):
 - overhead: short trials one at a time; per trial, seconds from Tune starting it (the driver's
   `on_trial_start`) to the beginning of its first training step, its first batch in hand
   (`startup_s` in trials.parquet), with its parts:
-  model loading, data preparation, the rest (process start, imports, Ray). The first trial of a
+  Ray Train's start of the workers (multi-worker trials), model loading, data preparation, the rest
+  (process start, imports, Ray). The first trial of a
   search pays for its process either way: the figure is the median over the others (a warm cluster).
 - busy: trials of about a minute, as many at once as the machine has cores (one core each); the
   fraction of the search's wall time (first trial start to last trial end, times the slots) that the
-  trials spent in their training and evaluation epochs.
+  trials spent in their training and evaluation epochs. Also each trial process's resident memory at
+  the start of each trial it ran and at its peak (`host_memory`): a reused process must not grow
+  from one trial to the next.
 
 `--quick` uses a tiny BERT built from code instead (development; seconds of training per trial).
 - multi-worker: the overhead search again with 2-worker DDP trials (Ray Train starts a controller
-  and a worker group per trial; no process reuse).
+  and a worker group per trial; no process reuse), with Ray's health-check interval and with ours.
 
 Writes benchmarks/results/trial_overhead.json; `trial_overhead_s` and `device_busy_fraction` are the
 figures with reused processes. About 15 minutes on a 2-core machine (2 with --quick).
@@ -42,6 +45,7 @@ from benchmarks._common import ROOT, write_result
 DEMO = ROOT / "search_spaces" / "bbc_news_minilm.yaml"
 # One fixed configuration per search: every trial does the same work, so modes compare like for like.
 FULL = '[{"strategy": "full", "head_lr": 0.003, "backbone_lr": 0.0001, "layer_decay": 0.8}]'
+RAY_HEALTH_CHECK_INTERVAL_S = "2.0"  # ray.train.v2's DEFAULT_HEALTH_CHECK_INTERVAL_S
 
 
 Rows = list[dict[str, Any]]
@@ -59,13 +63,43 @@ def _search(spec: Path, overrides: list[str], storage: str, name: str) -> tuple[
     return outcome.trials, events, max(ends) - min(starts)
 
 
-def _epoch_seconds(run_dir: Path) -> dict[str, float]:
+def _epoch_seconds(run_dir: Path, column: str = "epoch_s") -> dict[str, float]:
+    """Per trial, the sum of an epochs.parquet column over its epochs."""
     import pyarrow.parquet as pq
 
     busy: dict[str, float] = {}
     for row in pq.read_table(run_dir / "epochs.parquet").to_pylist():
-        busy[row["trial_id"]] = busy.get(row["trial_id"], 0.0) + row["epoch_s"]
+        busy[row["trial_id"]] = busy.get(row["trial_id"], 0.0) + row[column]
     return busy
+
+
+def _memory_per_process(run_dir: Path) -> dict[str, Any]:
+    """Resident memory of each trial process across the trials it ran in turn: at each trial's start
+    (what the trials before it left behind) and its highest epoch-end figure. A reused process that
+    grows from trial to trial shows here; its first trial starts before any model or data is kept."""
+    import pyarrow.parquet as pq
+
+    trials: dict[str, dict[str, Any]] = {}
+    for row in pq.read_table(run_dir / "epochs.parquet").to_pylist():
+        trial = trials.setdefault(
+            row["trial_id"],
+            {"pid": row["rank0_pid"], "first_step_at": row["first_step_at"], "peak": 0.0},
+        )
+        trial["start"] = row["host_rss_at_start_gib"]
+        trial["peak"] = max(trial["peak"], row["host_rss_gib"])
+    processes: dict[int, list[dict[str, float]]] = {}
+    for trial in sorted(trials.values(), key=lambda t: t["first_step_at"]):
+        processes.setdefault(trial["pid"], []).append(
+            {"start_gib": trial["start"], "peak_gib": round(trial["peak"], 3)}
+        )
+    runs = list(processes.values())
+    # From each process's second trial (the first one with the model and data kept) to its last.
+    growth = [run[-1]["start_gib"] - run[1]["start_gib"] for run in runs if len(run) > 2]
+    return {
+        "trials_per_process": runs,
+        "start_gib_growth_max": round(max(growth), 3) if growth else None,
+        "peak_gib_max": max(t["peak_gib"] for run in runs for t in run),
+    }
 
 
 def _median(values: list[float]) -> float | None:
@@ -102,6 +136,7 @@ def _overhead_figures(trials: Rows, events: Rows) -> dict[str, Any]:
         "startup_s_all": [round(t["startup_s"], 2) for t in trials if t["startup_s"] is not None],
         "handoff_s_median": _median(_handoffs(trials, events)),
         "handoff_s_all": _handoffs(trials, events),
+        "workers_start_s_median": median_of("workers_start_s"),
         "model_load_s_median": median_of("model_load_s"),
         "data_load_s_median": median_of("data_load_s"),
     }
@@ -147,10 +182,15 @@ def measure(
             started = time.time()
             busy_trials_done, _, busy_wall = _search(spec, [*busy, flag], storage, f"busy-{mode}")
             epoch_s = _epoch_seconds(Path(storage) / f"busy-{mode}")
+            part["host_memory"] = _memory_per_process(Path(storage) / f"busy-{mode}")
             part.update(
                 busy_trials=len(busy_trials_done),
                 busy_trial_wall_s_median=_median([t["wall_s"] for t in busy_trials_done if t["wall_s"]]),
                 busy_epoch_s_median=_median(list(epoch_s.values())),
+                # Between epochs: writing each epoch's checkpoint (the trial's sum).
+                busy_checkpoint_save_s_median=_median(
+                    list(_epoch_seconds(Path(storage) / f"busy-{mode}", "checkpoint_save_s").values())
+                ),
                 busy_search_wall_s=round(busy_wall, 1),
                 busy_search_total_s=round(time.time() - started, 1),
                 device_busy_fraction=round(sum(epoch_s.values()) / (busy_wall * slots), 3),
@@ -169,7 +209,14 @@ def measure_multi_worker(
 ) -> dict[str, Any]:
     """Start-up of multi-worker trials (Ray Train DDP), one at a time: each starts a Train controller
     and a worker group of new processes (a reused trial process cannot keep a worker group: the
-    target's ≤ 2 s is for single-device trials)."""
+    target's ≤ 2 s is for single-device trials). Twice, each on a new local cluster: with Ray's own
+    health-check interval (the controller looks at its workers every 2 s: when it passes reports on
+    and notices the end) and with ours (tlsearch.search.trainable.HEALTH_CHECK_INTERVAL_S)."""
+    import ray
+
+    from tlsearch.search.runner import connect
+    from tlsearch.search.trainable import HEALTH_CHECK_INTERVAL_S
+
     overrides = [
         *base,
         f"search.num_samples={trials}",
@@ -182,9 +229,20 @@ def measure_multi_worker(
         # Below one CPU each: the trial driver's 0.01 CPU must fit beside the workers on 2 cores.
         f"resources.cpus_per_worker={0.9 if (os.cpu_count() or 1) <= workers else 1}",
     ]
-    found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers")
-    part = {"workers_per_trial": workers, **_overhead_figures(found, events)}
-    print(f"{workers} workers per trial", part, flush=True)
+    part: dict[str, Any] = {"workers_per_trial": workers}
+    variable = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+    for label, interval in (("ray_default", RAY_HEALTH_CHECK_INTERVAL_S), ("ours", HEALTH_CHECK_INTERVAL_S)):
+        ray.shutdown()  # a cluster's processes take their environment from the driver at its start
+        os.environ[variable] = interval
+        try:
+            connect(None)
+            found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers-{label}")
+        finally:
+            os.environ.pop(variable)
+        part[label] = {"health_check_interval_s": float(interval), **_overhead_figures(found, events)}
+        print(f"{workers} workers per trial, {label}", part[label], flush=True)
+    ray.shutdown()
+    part.update(part["ours"])  # the headline figures
     return part
 
 

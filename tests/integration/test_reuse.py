@@ -63,6 +63,7 @@ def test_reused_processes_start_at_once_and_train_identically(
     assert len({t["rank0_pid"] for t in fresh}) == len(CONFIGS)
     # Warm trials load nothing: the pretrained model and the tokenized data were kept.
     assert all(t["model_load_s"] < 1.0 and t["data_load_s"] < 0.5 for t in reused[1:])
+    assert all(t["workers_start_s"] < 0.5 for t in reused + fresh)  # no worker group to start
 
     # The same configurations, epoch by epoch, give the same numbers either way.
     def by_config(epochs: list[dict]) -> list[tuple]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import image_spec
+from tests.helpers import image_spec, text_spec
 from tests.train.test_loop import FULL, trial_inputs
-from tlsearch.train.loop import describe_trial, setup_training
-from tlsearch.train.session import TuneSession
+from tlsearch.train.loop import describe_trial, setup_training, train_trial
+from tlsearch.train.session import LocalSession, TuneSession
 
 # A step's worth of host buffers (94 MiB, more than one 64 MiB thread heap), written and freed 20
 # times; the minor page faults per step after two warm-up steps, counted for the stepping thread.
@@ -84,13 +84,13 @@ def test_trials_keep_host_memory_unless_the_spec_says_not(image_data: dict, tmp_
 
 RELEASE_PROBE = r"""
 import ctypes, json, threading
-from tlsearch.train.host_memory import keep_freed_host_memory, release_freed_host_memory
+from tlsearch.train.host_memory import keep_freed_host_memory, release_freed_host_memory, resident_gib
 
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
 
-def rss_mib():
-    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+def rss_mib():  # what trials record, in MiB
+    return resident_gib() * 1024
 
 def trial():  # a trial's thread: 200 MiB in 10 MiB buffers, written, then freed
     buffers = [libc.malloc(10 << 20) for _ in range(20)]
@@ -119,3 +119,14 @@ def test_a_finished_trial_gives_what_it_freed_back() -> None:
     grown = json.loads(done.stdout)
     assert grown["kept_mib"] > 150  # kept in the process while the trial runs (the point of keeping)
     assert grown["released_mib"] < 20  # and handed back once it has ended
+
+
+def test_trials_record_their_resident_memory(tiny_bert: Path, text_data: dict, tmp_path: Path) -> None:
+    spec = text_spec(tiny_bert, text_data, tmp_path / "runs", search={"max_epochs": 2})
+    session = LocalSession()
+    train_trial(trial_inputs(spec, FULL, tmp_path), session)
+    assert len(session.reports) == 2
+    for report in session.reports:
+        # torch alone keeps a few hundred MiB resident
+        assert 0.05 < report["host_rss_at_start_gib"] < 16 and 0.05 < report["host_rss_gib"] < 16
+        assert report["checkpoint_save_s"] > 0  # a checkpoint is written every epoch

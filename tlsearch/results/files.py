@@ -42,12 +42,14 @@ TRIAL_CONSTANTS = (
     "driver_node",
     "workers",
     "param_groups",
+    "workers_start_s",
     "model_load_s",
     "data_load_s",
     "setup_s",
     "first_step_at",
     "feature_cache",  # built | reused | off | none | unsupported (tlsearch.train.features)
     "feature_cache_s",  # seconds spent building (or waiting for) the cached features
+    "host_rss_at_start_gib",  # rank 0's resident memory when the trial began (tlsearch.train.host_memory)
 )
 
 

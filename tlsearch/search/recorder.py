@@ -35,6 +35,8 @@ EPOCH_FIELDS = (
     "wall_s",
     "device_s",
     "lr_head",
+    "host_rss_gib",
+    "checkpoint_save_s",
     "strategy",
     "rank0_pid",
     *TRIAL_CONSTANTS,

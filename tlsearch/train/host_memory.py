@@ -24,6 +24,8 @@ import gc
 import platform
 import sys
 
+import psutil
+
 # mallopt parameters (malloc.h)
 M_TOP_PAD = -2
 M_MMAP_THRESHOLD = -3
@@ -58,6 +60,12 @@ def release_freed_host_memory() -> None:
     gc.collect()
     if _is_glibc():
         _libc().malloc_trim(0)
+
+
+def resident_gib() -> float:
+    """This process's resident memory (RSS), GiB: trials record it so that a reused process's
+    growth from trial to trial shows in the tables (benchmarks/trial_overhead.py reports it)."""
+    return round(psutil.Process().memory_info().rss / 2**30, 3)
 
 
 def _is_glibc() -> bool:

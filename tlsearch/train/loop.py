@@ -32,7 +32,7 @@ from tlsearch.strategies import Prepared, prepare
 from tlsearch.train import warm
 from tlsearch.train.batches import ToDevice
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
-from tlsearch.train.host_memory import keep_freed_host_memory
+from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
@@ -129,12 +129,17 @@ class Training:
     # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
     # with cached features of its frozen prefix, and `model` is that tail.
     feature_cache: FeatureCacheUse
-    # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when the model was
-    # ready, when the data was, and when the first training step began (its first batch in hand:
-    # the step's own compute is training, not overhead).
+    # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when this loop began
+    # (a multi-worker trial's rank 0: after Ray Train started its workers), when the model was ready,
+    # when the data was, and when the first training step began (its first batch in hand: the
+    # step's own compute is training, not overhead).
+    loop_started_at: float = 0.0
     model_ready: float = 0.0
     data_ready: float = 0.0
     first_step_at: float | None = None
+    # The process's resident memory before this trial built anything: in a reused trial process,
+    # what earlier trials left behind (the kept model and data included).
+    rss_at_start_gib: float = 0.0
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision)
@@ -163,7 +168,9 @@ def setup_training(
     """Model, strategy, loaders, optimizer and schedule of one trial, on the session's device.
     `datasets` (train, validation) replaces the trial's data files (benchmarks feed synthetic data)."""
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
+    loop_started_at = time.time()
     seed_everything(spec.seed)
+    rss_at_start_gib = resident_gib()
     # Before the model and the data take their memory.
     host_memory_kept = spec.training.keep_host_memory and keep_freed_host_memory()
     on_gpu = session.device.type == "cuda"
@@ -255,7 +262,9 @@ def setup_training(
         to_device=ToDevice(session.device, loaded.preprocessing, channels_last),
         host_memory_kept=host_memory_kept,
         feature_cache=cache,
+        loop_started_at=loop_started_at,
         model_ready=model_ready,
+        rss_at_start_gib=rss_at_start_gib,
         data_ready=time.time(),
     )
 
@@ -355,6 +364,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         # that); reused: another trial had; off / none / unsupported: it ran the whole model each step.
         "feature_cache": training.feature_cache.status,
         "feature_cache_s": round(training.feature_cache.seconds, 3),
+        "host_rss_at_start_gib": training.rss_at_start_gib,  # rank 0's process
     }
 
     for epoch in range(start_epoch, spec.search.max_epochs):
@@ -381,13 +391,17 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             device_s=wall_s * session.world_size * run.devices_per_worker,
             lr_head=_group_lr(optimizer, "head"),
             # Where a trial's start-up goes (the search's overhead): benchmarks/trial_overhead.py.
-            model_load_s=training.model_ready - inputs.started_at,
+            # Ray Train's part (multi-worker trials): controller, worker group, process group.
+            workers_start_s=training.loop_started_at - inputs.started_at,
+            model_load_s=training.model_ready - training.loop_started_at,
             data_load_s=training.data_ready - training.model_ready,
             setup_s=(training.first_step_at or training.data_ready) - inputs.started_at,
             first_step_at=training.first_step_at,
+            host_rss_gib=resident_gib(),  # rank 0's process at the epoch's end
         )
         with scratch_dir() as directory:
             checkpoint_dir = None
+            save_started = time.time()
             if session.world_rank == 0:
                 checkpoint_dir = directory
                 prepared.save(prepared.model, directory)  # the whole model's names, cached or not
@@ -409,6 +423,9 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                     "metrics": {k: v for k, v in metrics.items() if k != "param_groups"},
                 }
                 (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
+            # Between epochs, not training: part of what keeps the device idle (Ray then copies the
+            # files to the trial's storage inside `report`).
+            metrics["checkpoint_save_s"] = time.time() - save_started
             session.report(metrics, checkpoint_dir, epoch + 1)
 
 
