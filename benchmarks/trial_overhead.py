@@ -20,7 +20,7 @@ data (`search_spaces/bbc_news_minilm.yaml`):
 
 `--quick` uses a tiny BERT built from code instead (development; seconds of training per trial).
 - multi-worker: the overhead search again with 2-worker DDP trials (Ray Train starts a controller
-  and a worker group per trial; no process reuse), with Ray's health-check interval and with ours.
+  and a worker group per trial; no process reuse).
 
 Writes benchmarks/results/trial_overhead.json; `trial_overhead_s` and `device_busy_fraction` are the
 figures with reused processes. About 15 minutes on a 2-core machine (2 with --quick).
@@ -45,7 +45,6 @@ from benchmarks._common import ROOT, write_result
 DEMO = ROOT / "search_spaces" / "bbc_news_minilm.yaml"
 # One fixed configuration per search: every trial does the same work, so modes compare like for like.
 FULL = '[{"strategy": "full", "head_lr": 0.003, "backbone_lr": 0.0001, "layer_decay": 0.8}]'
-RAY_HEALTH_CHECK_INTERVAL_S = "2.0"  # ray.train.v2's DEFAULT_HEALTH_CHECK_INTERVAL_S
 
 
 Rows = list[dict[str, Any]]
@@ -209,14 +208,8 @@ def measure_multi_worker(
 ) -> dict[str, Any]:
     """Start-up of multi-worker trials (Ray Train DDP), one at a time: each starts a Train controller
     and a worker group of new processes (a reused trial process cannot keep a worker group: the
-    target's ≤ 2 s is for single-device trials). Twice, each on a new local cluster: with Ray's own
-    health-check interval (the controller looks at its workers every 2 s: when it passes reports on
-    and notices the end) and with ours (tlsearch.search.trainable.HEALTH_CHECK_INTERVAL_S)."""
-    import ray
-
-    from tlsearch.search.runner import connect
-    from tlsearch.search.trainable import HEALTH_CHECK_INTERVAL_S
-
+    target's ≤ 2 s is for single-device trials). `workers_start_s` is Ray Train's part: from the
+    trial function's start to rank 0's loop (controller, worker processes, process group)."""
     overrides = [
         *base,
         f"search.num_samples={trials}",
@@ -229,20 +222,9 @@ def measure_multi_worker(
         # Below one CPU each: the trial driver's 0.01 CPU must fit beside the workers on 2 cores.
         f"resources.cpus_per_worker={0.9 if (os.cpu_count() or 1) <= workers else 1}",
     ]
-    part: dict[str, Any] = {"workers_per_trial": workers}
-    variable = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
-    for label, interval in (("ray_default", RAY_HEALTH_CHECK_INTERVAL_S), ("ours", HEALTH_CHECK_INTERVAL_S)):
-        ray.shutdown()  # a cluster's processes take their environment from the driver at its start
-        os.environ[variable] = interval
-        try:
-            connect(None)
-            found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers-{label}")
-        finally:
-            os.environ.pop(variable)
-        part[label] = {"health_check_interval_s": float(interval), **_overhead_figures(found, events)}
-        print(f"{workers} workers per trial, {label}", part[label], flush=True)
-    ray.shutdown()
-    part.update(part["ours"])  # the headline figures
+    found, events, _ = _search(spec, overrides, storage, f"overhead-{workers}-workers")
+    part = {"workers_per_trial": workers, **_overhead_figures(found, events)}
+    print(f"{workers} workers per trial", part, flush=True)
     return part
 
 

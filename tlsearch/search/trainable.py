@@ -19,10 +19,6 @@ TRAIN_CONTROLLER_FAILURE_LIMIT = 2
 # busy node (or pull an image) can take longer, and a timed-out start fails the trial. Ray passes the
 # variable on from this process to the Train controller; a value set by the user wins.
 WORKER_GROUP_START_TIMEOUT_S = "300"
-# The Train controller looks at its workers every 2 s by default, and only then passes their reports
-# on to Tune and notices that training ended: a short trial's last epoch reached Tune, and the next
-# trial started, up to 2 s late. Polling takes one small remote call per worker.
-HEALTH_CHECK_INTERVAL_S = "0.25"
 
 
 def run_trial(config: dict[str, Any], run: RunContext) -> None:
@@ -46,7 +42,6 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
 
 def _fit_with_ray_train(inputs: TrialInputs) -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
-    os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", HEALTH_CHECK_INTERVAL_S)
     import ray.train
     from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
