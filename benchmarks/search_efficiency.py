@@ -1,11 +1,11 @@
 """Search efficiency: replay the learning-curve table through the real Tune + Optuna stack and compare
 search policies by the device-seconds they spend.
 
-    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 9 policies × 10 seeds
+    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 12 policies × 10 seeds
     .venv/bin/python benchmarks/search_efficiency.py --quick    # a synthetic table, 2 seeds, about a minute
 
-The full run replays 90 searches of 100 trials (grid search: one pass over the table) on a local
-Ray cluster of --max-concurrent CPUs: about 20 minutes on a busy 2-core machine.
+The full run replays 120 searches of 100 trials (grid search: one pass over the table) on a local
+Ray cluster of --max-concurrent CPUs: about 10 minutes on a quiet 2-core machine.
 
 Every replayed search is built as a real one is (tlsearch.search.runner.search_algorithms: the
 StudySearch searcher, the sampler and seed configs of the spec, ASHA or FIFO), over the demo spec
@@ -15,7 +15,9 @@ Policies: TPE + ASHA (ours: tlsearch's defaults, seed configs first, no configur
 twice), random + ASHA, TPE without early stopping, random search (independent draws, repeats
 included, no seed configs, no early stopping), grid (every configuration, in a random order), and
 for the cost-aware scheduler the ASHA policies with `time_attr: device_s`; ours without seed
-configs and ours with repeats separate what the seed configs and skipping repeats do.
+configs and ours with repeats separate what the seed configs and skipping repeats do; ours with 2
+start-up trials and ours with a 1-epoch grace period show how much two settings of the replayed
+spec (the demo's) matter.
 
 For each policy and seed: the cost (device-seconds of the epochs run, in the order the driver
 received them) until the best value found is within --tolerance points (metric × 100) of the
@@ -75,6 +77,17 @@ POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
         "TPE + ASHA counting device-seconds, without seed configs",
         {"seed_configs": "none", "cost_aware": True},
     ),
+    # Sensitivity to two settings of the spec replayed (not tlsearch's choices: one table cannot
+    # choose them): how many trials TPE samples at random before modelling (seed configs count),
+    # and how many epochs ASHA waits before its first cut.
+    "tpe_asha_startup_2": (
+        "TPE + ASHA with 2 start-up trials (sampler.n_startup_trials: 2; the seed configs count)",
+        {"sampler": {"n_startup_trials": 2}},
+    ),
+    "tpe_asha_grace_1": (
+        "TPE + ASHA cutting after 1 epoch (scheduler.grace_period: 1)",
+        {"grace_period": 1},
+    ),
 }
 OURS, BASELINE = "tpe_asha", "random"
 LOOSER_TARGETS = (1.0, 2.0)  # points: time to target is reported for these too
@@ -108,6 +121,8 @@ def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_sam
         num_samples = len(configs)
     if changes.pop("cost_aware", False):
         changes["scheduler"] = cost_aware_scheduler(curves, search.get("scheduler", {}))
+    if "grace_period" in changes:
+        changes["scheduler"] = {**search.get("scheduler", {}), "grace_period": changes.pop("grace_period")}
     return replay_spec(base, curves, sampler=sampler, num_samples=num_samples, **changes)
 
 
