@@ -391,6 +391,11 @@ def main() -> None:
     parser.add_argument("--max-concurrent", type=int, default=2, help="trials at once (the demo's: 2)")
     parser.add_argument("--tolerance", type=float, default=0.5, help="points (metric × 100) from the best")
     parser.add_argument("--policies", nargs="+", choices=list(POLICIES), default=list(POLICIES))
+    parser.add_argument(
+        "--name",
+        help="the result files' name (default search_efficiency, --quick search_efficiency_quick); "
+        "e.g. for a run with more seeds beside the headline one",
+    )
     args = parser.parse_args()
 
     import ray
@@ -430,7 +435,7 @@ def main() -> None:
         )
     finally:
         ray.shutdown()
-    name = "search_efficiency_quick" if args.quick else "search_efficiency"
+    name = args.name or ("search_efficiency_quick" if args.quick else "search_efficiency")
     figures = {
         "quick": args.quick,
         "table": "synthetic (the demo's grid)" if args.quick else _relative(args.table),
