@@ -10,8 +10,8 @@ data (`search_spaces/bbc_news_minilm.yaml`):
   `on_trial_start`) to the beginning of its first training step, its first batch in hand
   (`startup_s` in trials.parquet), with its parts:
   Ray Train's start of the workers (multi-worker trials), model loading, data preparation, the rest
-  (process start, imports, Ray). The first trial of a
-  search pays for its process either way: the figure is the median over the others (a warm cluster).
+  (process start, imports, Ray). The first trial of a search pays for its process either way: the
+  figure is the median over the others (a warm cluster).
 - busy: trials of about a minute, as many at once as the machine has cores (one core each); the
   fraction of the search's wall time (first trial start to last trial end, times the slots) that the
   trials spent in their training and evaluation epochs. Also each trial process's resident memory at
@@ -62,34 +62,40 @@ def _search(spec: Path, overrides: list[str], storage: str, name: str) -> tuple[
     return outcome.trials, events, max(ends) - min(starts)
 
 
-def _epoch_seconds(run_dir: Path, column: str = "epoch_s") -> dict[str, float]:
-    """Per trial, the sum of an epochs.parquet column over its epochs."""
+def _epoch_rows(run_dir: Path) -> Rows:
     import pyarrow.parquet as pq
 
-    busy: dict[str, float] = {}
-    for row in pq.read_table(run_dir / "epochs.parquet").to_pylist():
-        busy[row["trial_id"]] = busy.get(row["trial_id"], 0.0) + row[column]
-    return busy
+    return pq.read_table(run_dir / "epochs.parquet").to_pylist()
 
 
-def _memory_per_process(run_dir: Path) -> dict[str, Any]:
+def _per_trial_sum(epochs: Rows, column: str) -> dict[str, float]:
+    """Per trial, the sum of an epochs.parquet column over its epochs."""
+    sums: dict[str, float] = {}
+    for row in epochs:
+        sums[row["trial_id"]] = sums.get(row["trial_id"], 0.0) + row[column]
+    return sums
+
+
+def _memory_per_process(epochs: Rows) -> dict[str, Any]:
     """Resident memory of each trial process across the trials it ran in turn: at each trial's start
     (what the trials before it left behind) and its highest epoch-end figure. A reused process that
     grows from trial to trial shows here; its first trial starts before any model or data is kept."""
-    import pyarrow.parquet as pq
-
     trials: dict[str, dict[str, Any]] = {}
-    for row in pq.read_table(run_dir / "epochs.parquet").to_pylist():
+    for row in epochs:
         trial = trials.setdefault(
             row["trial_id"],
-            {"pid": row["rank0_pid"], "first_step_at": row["first_step_at"], "peak": 0.0},
+            {
+                "pid": row["rank0_pid"],
+                "first_step_at": row["first_step_at"],
+                "start_gib": row["host_rss_at_start_gib"],
+                "peak_gib": 0.0,
+            },
         )
-        trial["start"] = row["host_rss_at_start_gib"]
-        trial["peak"] = max(trial["peak"], row["host_rss_gib"])
+        trial["peak_gib"] = max(trial["peak_gib"], row["host_rss_gib"])
     processes: dict[int, list[dict[str, float]]] = {}
     for trial in sorted(trials.values(), key=lambda t: t["first_step_at"]):
         processes.setdefault(trial["pid"], []).append(
-            {"start_gib": trial["start"], "peak_gib": round(trial["peak"], 3)}
+            {"start_gib": trial["start_gib"], "peak_gib": round(trial["peak_gib"], 3)}
         )
     runs = list(processes.values())
     # From each process's second trial (the first one with the model and data kept) to its last.
@@ -180,15 +186,16 @@ def measure(
         if reuse in busy_modes:
             started = time.time()
             busy_trials_done, _, busy_wall = _search(spec, [*busy, flag], storage, f"busy-{mode}")
-            epoch_s = _epoch_seconds(Path(storage) / f"busy-{mode}")
-            part["host_memory"] = _memory_per_process(Path(storage) / f"busy-{mode}")
+            epochs = _epoch_rows(Path(storage) / f"busy-{mode}")
+            epoch_s = _per_trial_sum(epochs, "epoch_s")
+            part["host_memory"] = _memory_per_process(epochs)
             part.update(
                 busy_trials=len(busy_trials_done),
                 busy_trial_wall_s_median=_median([t["wall_s"] for t in busy_trials_done if t["wall_s"]]),
                 busy_epoch_s_median=_median(list(epoch_s.values())),
                 # Between epochs: writing each epoch's checkpoint (the trial's sum).
                 busy_checkpoint_save_s_median=_median(
-                    list(_epoch_seconds(Path(storage) / f"busy-{mode}", "checkpoint_save_s").values())
+                    list(_per_trial_sum(epochs, "checkpoint_save_s").values())
                 ),
                 busy_search_wall_s=round(busy_wall, 1),
                 busy_search_total_s=round(time.time() - started, 1),
