@@ -147,6 +147,53 @@ def _overhead_figures(trials: Rows, events: Rows) -> dict[str, Any]:
     }
 
 
+def _busy_startups(trials: Rows) -> list[dict[str, Any]]:
+    """Each busy-search trial's start-up and its parts, in the order the trials began: the first one
+    of each process pays the cold start (process, imports, device context, model, data)."""
+    keys = ("startup_s", "workers_start_s", "model_load_s", "data_load_s")
+    order = sorted((t for t in trials if t["first_step_at"]), key=lambda t: t["first_step_at"])
+    return [{k: round(t[k], 2) if t[k] is not None else None for k in keys} for t in order]
+
+
+def measure_busy(
+    spec: Path,
+    base: list[str],
+    *,
+    busy_trials: int,
+    busy: list[str],
+    slots: int,
+    storage: str,
+    reuse: bool,
+) -> dict[str, Any]:
+    """The busy search in one mode: trials of about a minute, `slots` at a time."""
+    mode = "reused_processes" if reuse else "new_process_per_trial"
+    overrides = [
+        *base,
+        f"search.num_samples={busy_trials}",
+        f"search.max_concurrent={slots}",
+        f"search.seed_configs={FULL}",
+        "strategies={full: {}}",
+        *busy,
+        f"training.reuse_processes={str(reuse).lower()}",
+    ]
+    started = time.time()
+    done, _, wall = _search(spec, overrides, storage, f"busy-{mode}")
+    epochs = _epoch_rows(Path(storage) / f"busy-{mode}")
+    epoch_s = _per_trial_sum(epochs, "epoch_s")
+    return {
+        "host_memory": _memory_per_process(epochs),
+        "busy_trials": len(done),
+        "busy_trial_wall_s_median": _median([t["wall_s"] for t in done if t["wall_s"]]),
+        "busy_epoch_s_median": _median(list(epoch_s.values())),
+        # Between epochs: writing each epoch's checkpoint (the trial's sum).
+        "busy_checkpoint_save_s_median": _median(list(_per_trial_sum(epochs, "checkpoint_save_s").values())),
+        "busy_startups": _busy_startups(done),
+        "busy_search_wall_s": round(wall, 1),
+        "busy_search_total_s": round(time.time() - started, 1),
+        "device_busy_fraction": round(sum(epoch_s.values()) / (wall * slots), 3),
+    }
+
+
 def measure(
     spec: Path,
     base: list[str],
@@ -169,14 +216,6 @@ def measure(
         "data.max_validation_samples=32",
         "strategies={full: {}, linear_probe: {}}",
     ]
-    busy = [
-        *base,
-        f"search.num_samples={busy_trials}",
-        f"search.max_concurrent={slots}",
-        f"search.seed_configs={FULL}",
-        "strategies={full: {}}",
-        *busy,
-    ]
     figures: dict[str, Any] = {"slots": slots, "modes": {}}
     for reuse in (False, True):
         mode = "reused_processes" if reuse else "new_process_per_trial"
@@ -184,22 +223,10 @@ def measure(
         trials, events, _ = _search(spec, [*overhead, flag], storage, f"overhead-{mode}")
         figures["modes"][mode] = part = _overhead_figures(trials, events)
         if reuse in busy_modes:
-            started = time.time()
-            busy_trials_done, _, busy_wall = _search(spec, [*busy, flag], storage, f"busy-{mode}")
-            epochs = _epoch_rows(Path(storage) / f"busy-{mode}")
-            epoch_s = _per_trial_sum(epochs, "epoch_s")
-            part["host_memory"] = _memory_per_process(epochs)
             part.update(
-                busy_trials=len(busy_trials_done),
-                busy_trial_wall_s_median=_median([t["wall_s"] for t in busy_trials_done if t["wall_s"]]),
-                busy_epoch_s_median=_median(list(epoch_s.values())),
-                # Between epochs: writing each epoch's checkpoint (the trial's sum).
-                busy_checkpoint_save_s_median=_median(
-                    list(_per_trial_sum(epochs, "checkpoint_save_s").values())
-                ),
-                busy_search_wall_s=round(busy_wall, 1),
-                busy_search_total_s=round(time.time() - started, 1),
-                device_busy_fraction=round(sum(epoch_s.values()) / (busy_wall * slots), 3),
+                measure_busy(
+                    spec, base, busy_trials=busy_trials, busy=busy, slots=slots, storage=storage, reuse=reuse
+                )
             )
         print(mode, part, flush=True)
     reused = figures["modes"]["reused_processes"]

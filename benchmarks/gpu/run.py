@@ -251,20 +251,16 @@ def check_loop_vs_plain(ctx: Context) -> dict[str, Any]:
     return {"model": ctx.sizes.model, "batch_size": ctx.sizes.batch_size, "compile": False, **outcome}
 
 
-def check_trial_overhead(ctx: Context) -> dict[str, Any]:
-    """Issue 5, target 1 on the GPU: benchmarks/trial_overhead.py's searches (real Tune + Optuna on a
-    local Ray cluster, trials one at a time on the one GPU). No pretrained weights or demo data can
-    reach the GPU machine: a BERT-base-shaped model (12 layers, 768 wide, random weights, saved and
-    loaded by path like a checkpoint) on synthetic 3-topic texts of 60 words. Overhead: 6 one-epoch
-    trials per mode; busy: 3 trials of 3 epochs on 8,000 texts with reused processes."""
-    import ray
+def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int, int]:
+    """The spec both trial-overhead checks search with: (spec, rows, overhead trials, busy rows). No
+    pretrained weights or demo data can reach the GPU machine: a BERT-base-shaped model (12 layers,
+    768 wide, random weights, saved and loaded by path like a checkpoint) on synthetic 3-topic texts
+    of 60 words. Each check has its own `folder` (a search never overwrites an existing one)."""
     import yaml
 
-    from benchmarks.trial_overhead import measure
     from tests.helpers import make_tiny_bert, text_rows, write_parquet
-    from tlsearch.search.runner import connect
 
-    root = ctx.scratch / "overhead"
+    root = ctx.scratch / folder
     if ctx.dry_run:
         model = make_tiny_bert(root / "bert")
         rows, overhead_trials, busy_rows, words = 256, 3, 128, 12
@@ -300,19 +296,64 @@ def check_trial_overhead(ctx: Context) -> dict[str, Any]:
             }
         )
     )
-    base = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
-    busy = ["search.max_epochs=3", f"data.max_train_samples={busy_rows}", "data.max_validation_samples=512"]
+    return spec, rows, overhead_trials, busy_rows
+
+
+OVERHEAD_BASE = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
+
+
+def _busy_overrides(busy_rows: int) -> list[str]:
+    return ["search.max_epochs=3", f"data.max_train_samples={busy_rows}", "data.max_validation_samples=512"]
+
+
+def check_trial_overhead(ctx: Context) -> dict[str, Any]:
+    """Issue 5, target 1 on the GPU: benchmarks/trial_overhead.py's searches (real Tune + Optuna on a
+    local Ray cluster, trials one at a time on the one GPU) on _overhead_search's model and texts.
+    Overhead: 6 one-epoch trials per mode; busy: 3 trials of 3 epochs on 8,000 texts with reused
+    processes."""
+    import ray
+
+    from benchmarks.trial_overhead import measure
+    from tlsearch.search.runner import connect
+
+    spec, _, overhead_trials, busy_rows = _overhead_search(ctx, "overhead")
     connect(None)
     try:
         figures = measure(
             spec,
-            base,
+            OVERHEAD_BASE,
             overhead_trials=overhead_trials,
             busy_trials=3,
-            busy=busy,
+            busy=_busy_overrides(busy_rows),
             slots=1,
-            storage=str(root / "runs"),
+            storage=str(ctx.scratch / "overhead" / "runs"),
             busy_modes=(True,),
+        )
+    finally:
+        ray.shutdown()
+    return {"model": "BERT-base shapes, random weights" if not ctx.dry_run else "tiny BERT", **figures}
+
+
+def check_device_busy(ctx: Context) -> dict[str, Any]:
+    """Only trial_overhead's busy search (reused processes, 3 trials of 3 epochs), for a run whose
+    device time has no room for the overhead searches: the device-busy fraction, each trial's
+    start-up with its parts (the first pays the cold start), checkpoint saves, host memory."""
+    import ray
+
+    from benchmarks.trial_overhead import measure_busy
+    from tlsearch.search.runner import connect
+
+    spec, _, _, busy_rows = _overhead_search(ctx, "busy")
+    connect(None)
+    try:
+        figures = measure_busy(
+            spec,
+            OVERHEAD_BASE,
+            busy_trials=3,
+            busy=_busy_overrides(busy_rows),
+            slots=1,
+            storage=str(ctx.scratch / "busy" / "runs"),
+            reuse=True,
         )
     finally:
         ray.shutdown()
@@ -347,9 +388,10 @@ def _timed_steps(
 
 def check_model_only(ctx: Context) -> dict[str, Any]:
     """The ceiling without any input pipeline: the same ViT-B/16 step (timm model, bf16 autocast, fused
-    AdamW) on one batch that already sits on the device, eager then compiled. The gap to
-    vit_b16_full / vit_b16_full_compile is what the DataLoader path (decoded float32 images through
-    worker processes, pinned memory, host-to-device copy) costs."""
+    AdamW) on one batch that already sits on the device, eager then compiled, then compiled at twice
+    the batch. The gap to vit_b16_full / vit_b16_full_compile is what the DataLoader path (uint8
+    pixels through worker processes, pinned memory, host-to-device copy, normalising) costs; the
+    doubled batch shows whether larger matrix products would lift the MFU."""
     import timm
 
     s = ctx.sizes
@@ -358,22 +400,30 @@ def check_model_only(ctx: Context) -> dict[str, Any]:
     peak = dense_bf16_peak(ctx.gpu_name) if on_gpu else None
     steps = 20 if not ctx.dry_run else 2
     out: dict[str, Any] = {"model": s.model, "batch_size": s.batch_size, "steps": steps}
-    for compiled in (False, True):
+    for name, compiled, batch in (
+        ("eager", False, s.batch_size),
+        ("compiled", True, s.batch_size),
+        (f"compiled_batch_{2 * s.batch_size}", True, 2 * s.batch_size),
+    ):
         model = timm.create_model(s.model, pretrained=False, num_classes=s.classes, img_size=s.image_size)
         model = model.to(ctx.device).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         if compiled:
             model.compile()
-        x = torch.randn(s.batch_size, 3, s.image_size, s.image_size, device=ctx.device)
-        y = torch.randint(0, s.classes, (s.batch_size,), device=ctx.device)
+        x = torch.randn(batch, 3, s.image_size, s.image_size, device=ctx.device)
+        y = torch.randint(0, s.classes, (batch,), device=ctx.device)
         if flops is None:  # run alone (--only): count them here
             flops = forward_flops_x3(model, x[:2])
+        if on_gpu:
+            torch.cuda.reset_peak_memory_stats()
         img_s, warmup_s = _timed_steps(model, optimizer, x, y, steps)
-        name = "compiled" if compiled else "eager"
         out[f"{name}_img_s"] = round(img_s, 1)
         out[f"{name}_mfu"] = round(img_s * flops / peak, 4) if peak and flops else None
         out[f"{name}_warmup_s"] = round(warmup_s, 1)
-        del model, optimizer
+        if on_gpu:
+            out[f"{name}_max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        print(f"  model only {name}: {out[f'{name}_img_s']} img/s, MFU {out[f'{name}_mfu']}", flush=True)
+        del model, optimizer, x, y
         release()
     return out
 
@@ -384,7 +434,14 @@ CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("vit_b16_full_compile", check_vit_compile),
     ("loop_vs_plain", check_loop_vs_plain),
     ("vit_b16_model_only", check_model_only),
+    ("device_busy", check_device_busy),
 ]
+# Run only when named in --only: device_busy repeats trial_overhead's busy search alone.
+OPT_IN = {"device_busy"}
+
+
+def default_checks() -> list[str]:
+    return [name for name, _ in CHECKS if name not in OPT_IN]
 
 
 def environment(device: torch.device, gpu_name: str) -> dict[str, Any]:
@@ -424,7 +481,9 @@ def headline(parts: dict[str, dict[str, Any]], gpu_name: str) -> dict[str, Any]:
         "train_vs_plain_throughput_gpu": parts.get("loop_vs_plain", {}).get("ratio_median"),
         "trial_overhead_s_gpu": parts.get("trial_overhead", {}).get("trial_overhead_s"),
         "trial_handoff_s_gpu": parts.get("trial_overhead", {}).get("trial_handoff_s"),
-        "device_busy_fraction_gpu": parts.get("trial_overhead", {}).get("device_busy_fraction"),
+        # The busy search alone when a run measured it (a later run than trial_overhead's).
+        "device_busy_fraction_gpu": parts.get("device_busy", {}).get("device_busy_fraction")
+        or parts.get("trial_overhead", {}).get("device_busy_fraction"),
     }
 
 
@@ -489,9 +548,11 @@ def record(paths: list[Path]) -> None:
         raise SystemExit(f"runs on different GPUs do not merge: {sorted({r['gpu_name'] for r in runs})}")
     checks: dict[str, dict[str, Any]] = {}
     for run_results in runs:
+        env = run_results["environment"]
         for name, part in run_results["checks"].items():
             if part.get("status") != "skipped" or name not in checks:
-                checks[name] = {**part, "run": run_results["environment"]["date"]}
+                # A recorded (merged) file's checks keep the run and commit they came from.
+                checks[name] = {"run": env["date"], "git_sha": env["git_sha"], **part}
     checks = {name: checks[name] for name, _ in CHECKS if name in checks}
     first, last = runs[0], runs[-1]
     merged = {
@@ -503,8 +564,10 @@ def record(paths: list[Path]) -> None:
         "dry_run": False,
         "wall_s": round(sum(r["wall_s"] for r in runs), 1),
         "runs": [
-            {"date": r["environment"]["date"], "wall_s": r["wall_s"], "checks": list(r["checks"])}
+            past
             for r in runs
+            for past in r.get("runs")  # a recorded file lists the runs merged into it
+            or [{"date": r["environment"]["date"], "wall_s": r["wall_s"], "checks": list(r["checks"])}]
         ],
         "environment": last["environment"],
         "checks": checks,
@@ -545,7 +608,7 @@ def main() -> None:
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")
-    names = [n for n, _ in CHECKS] if args.only is None else args.only.split(",")
+    names = default_checks() if args.only is None else args.only.split(",")
     unknown = set(names) - {n for n, _ in CHECKS}
     if unknown:
         parser.error(f"unknown checks {sorted(unknown)}; known: {', '.join(n for n, _ in CHECKS)}")

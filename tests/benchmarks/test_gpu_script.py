@@ -10,12 +10,20 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+ALL_CHECKS = (
+    "vit_b16_full",
+    "trial_overhead",
+    "vit_b16_full_compile",
+    "loop_vs_plain",
+    "vit_b16_model_only",
+    "device_busy",
+)
 
 
 def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path)}
     result = subprocess.run(
-        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run"],
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run", "--only", ",".join(ALL_CHECKS)],
         cwd=tmp_path,  # the script finds the repository itself
         env=env,
         capture_output=True,
@@ -26,13 +34,7 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     results = json.loads((tmp_path / "gpu_results.json").read_text())
     assert results["dry_run"] is True and results["gpu_name"] == "cpu (dry run)"
     checks = results["checks"]
-    assert list(checks) == [
-        "vit_b16_full",
-        "trial_overhead",
-        "vit_b16_full_compile",
-        "loop_vs_plain",
-        "vit_b16_model_only",
-    ]
+    assert tuple(checks) == ALL_CHECKS
     for name, part in checks.items():
         assert json.loads((tmp_path / "checks" / f"{name}.json").read_text()) == part
         assert part["status"] == "ok", part
@@ -47,6 +49,7 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     assert ratio["ratio_median"] > 0 and len(ratio["ratios"]) == 1
     ceiling = checks["vit_b16_model_only"]
     assert ceiling["eager_img_s"] > 0 and ceiling["compiled_img_s"] > 0
+    assert ceiling["compiled_batch_16_img_s"] > 0  # twice the dry run's batch of 8
     # Real searches on a local Ray cluster, with and without reused trial processes.
     overhead = checks["trial_overhead"]
     modes = overhead["modes"]
@@ -54,6 +57,13 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     assert modes["reused_processes"]["busy_trials"] == 3
     assert overhead["trial_overhead_s"] is not None and 0 < overhead["device_busy_fraction"] <= 1
     assert results["trial_overhead_s_gpu"] == overhead["trial_overhead_s"]
+    # The busy search alone: each trial's start-up with its parts, the first one cold.
+    busy = checks["device_busy"]
+    assert busy["busy_trials"] == 3 and len(busy["busy_startups"]) == 3
+    assert all(s["startup_s"] > 0 and s["model_load_s"] is not None for s in busy["busy_startups"])
+    assert busy["busy_startups"][0]["model_load_s"] > busy["busy_startups"][1]["model_load_s"]
+    assert 0 < busy["device_busy_fraction"] <= 1
+    assert results["device_busy_fraction_gpu"] == busy["device_busy_fraction"]
     assert "[gpu] wrote" in result.stdout
 
 
@@ -106,3 +116,48 @@ def test_record_merges_runs_check_by_check(tmp_path: Path, monkeypatch) -> None:
     assert merged["checks"]["vit_b16_full_compile"]["status"] == "ok"
     assert merged["vit_b16_full_img_s"] == 2200.0 and merged["vit_b16_full_compile"] is True
     assert merged["wall_s"] == 20.0 and len(merged["runs"]) == 2
+
+
+def test_default_run_leaves_out_the_opt_in_checks() -> None:
+    from benchmarks.gpu import run
+
+    assert run.default_checks() == [name for name in ALL_CHECKS if name != "device_busy"]
+
+
+def test_record_adds_a_run_to_a_recorded_file(tmp_path: Path, monkeypatch) -> None:
+    """A later session's run merges into the recorded file: its checks replace theirs, the others
+    keep the run and commit they came from, and the list of runs grows."""
+    from benchmarks.gpu import run
+
+    monkeypatch.setattr("benchmarks._common.RESULTS", tmp_path)
+    monkeypatch.setattr("benchmarks.summary.refresh", lambda: None)
+    earlier = {
+        "gpu_name": "NVIDIA H200",
+        "dry_run": False,
+        "wall_s": 30.0,
+        "runs": [
+            {"date": "d1", "wall_s": 10.0, "checks": ["a"]},
+            {"date": "d2", "wall_s": 20.0, "checks": ["b"]},
+        ],
+        "environment": {"date": "d2", "git_sha": "old"},
+        "checks": {
+            "trial_overhead": {"status": "ok", "run": "d1", "git_sha": "old", "device_busy_fraction": 0.88},
+            "vit_b16_full": {"status": "ok", "run": "d2", "git_sha": "old", "img_s": 2000.0, "mfu": 0.2},
+        },
+    }
+    later = {
+        "gpu_name": "NVIDIA H200",
+        "dry_run": False,
+        "wall_s": 5.0,
+        "environment": {"date": "d3", "git_sha": "new"},
+        "checks": {"vit_b16_full": {"status": "ok", "img_s": 2500.0, "mfu": 0.25, "compile": False}},
+    }
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    (tmp_path / "later.json").write_text(json.dumps(later))
+    run.record([tmp_path / "earlier.json", tmp_path / "later.json"])
+    merged = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert [r["date"] for r in merged["runs"]] == ["d1", "d2", "d3"]
+    assert merged["checks"]["vit_b16_full"]["git_sha"] == "new" and merged["vit_b16_full_img_s"] == 2500.0
+    assert merged["checks"]["trial_overhead"]["git_sha"] == "old"
+    assert merged["checks"]["trial_overhead"]["run"] == "d1"
+    assert merged["device_busy_fraction_gpu"] == 0.88
