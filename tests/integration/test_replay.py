@@ -59,6 +59,9 @@ def test_two_policies_replay_through_tune_and_optuna(ray_connected: LocalCluster
     assert figures["configs"] == 6 and figures["table_best"] == curves.best("val_f1_macro")
     assert "time_to_target_vs_random" in figures and set(figures["policies"]) == {"tpe_asha", "random"}
     assert set(figures["looser_targets"]) == {"1", "2"}
+    # The demo's seed configurations (one per strategy in the table) and the cheapest way to the target.
+    assert [s["config_id"].split("-")[0] for s in figures["seed_configs"]] == ["linear_probe", "full"]
+    assert 0 < figures["oracle_cost_s"] <= max(curves.full_cost())
     ours, random = figures["policies"]["tpe_asha"], figures["policies"]["random"]
     assert [r["errors"] for r in ours["runs"] + random["runs"]] == [0, 0, 0, 0]
     assert all(r["trials"] == 4 for r in ours["runs"] + random["runs"])
