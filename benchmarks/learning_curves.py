@@ -3,6 +3,9 @@ version of the demo's space, with every epoch's metrics and cost.
 
     .venv/bin/python benchmarks/learning_curves.py            # 28 configurations, about 17 min (2-core CPU)
     .venv/bin/python benchmarks/learning_curves.py --quick    # 4 configurations of a tiny model, about 1 min
+    .venv/bin/python benchmarks/learning_curves.py --spec search_spaces/mnist_efficientnet_lite0.yaml \
+        --name learning_curves_vision --out benchmarks/data/learning_curves_vision.parquet
+                                                              # the vision example: 22 configurations
 
 It is one `tlsearch run` of the demo spec (search_spaces/bbc_news_minilm.yaml) whose knobs take the
 grid's values (the varied ones below; every other knob fixed at its seed-config value), with
@@ -13,7 +16,10 @@ epoch's own time (`epoch_s`), what it added to the trial's wall and device secon
 `epoch_device_s`; the first epoch includes the trial's set-up) and the cumulative `wall_s` /
 `device_s`. benchmarks/search_efficiency.py replays it; benchmarks/results/learning_curves.json says
 how long the recording took and what it found. `--quick` records a tiny grid on a tiny BERT built
-from code (tests/helpers.py) instead, for development and the tests.
+from code (tests/helpers.py) instead, for development and the tests. `--spec` records the vision
+example's grid instead (VISION_GRID): a second table for search_efficiency.py (`--spec`, `--table`).
+`--validation-samples all` scores every epoch on the whole validation split: the demo's 128
+articles score in steps of 0.8 points, coarser than the replay's 0.5-point target.
 """
 
 from __future__ import annotations
@@ -63,6 +69,24 @@ GRID: dict[str, dict[str, Any]] = {
 DEMO_TRIAL_S = {"linear_probe": 30.0, "partial": 90.0, "full": 140.0, "lora": 115.0}
 RAY_START_S = 60.0
 
+# The vision example's grid (search_spaces/mnist_efficientnet_lite0.yaml, no LoRA: 22 configurations,
+# about 15 min): a second table, another model, data set and metric, for the same replay.
+VISION_SPEC = ROOT / "search_spaces" / "mnist_efficientnet_lite0.yaml"
+VISION_GRID: dict[str, dict[str, Any]] = {
+    "linear_probe": {"head_lr": [1e-3, 3e-3, 1e-2, 3e-2]},
+    "partial": {
+        "head_lr": [1e-3, 1e-2],
+        "backbone_lr": [5e-5, 5e-4],
+        "layer_decay": 0.75,
+        "unfreeze_depth": [2, 4, 8],
+    },
+    "full": {"head_lr": [1e-3, 1e-2], "backbone_lr": [5e-5, 2e-4, 1e-3], "layer_decay": 0.75},
+    "common": {"weight_decay": 0.01, "warmup_fraction": 0.1, "batch_size": 32},
+}
+GRIDS = {DEMO_SPEC.name: GRID, VISION_SPEC.name: VISION_GRID}
+# Device-seconds per 4-epoch trial of the vision example (benchmarks/results/vision_search.json).
+VISION_TRIAL_S = {"linear_probe": 36.0, "partial": 57.0, "full": 110.0}
+
 QUICK_GRID: dict[str, dict[str, Any]] = {
     "linear_probe": {"head_lr": [1e-2, 1e-1]},
     "full": {"head_lr": 1e-2, "backbone_lr": [1e-4, 1e-3], "layer_decay": 0.75},
@@ -82,8 +106,13 @@ def grid_configs(grid: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return configs
 
 
-def expected_seconds(grid: dict[str, dict[str, Any]], max_epochs: int, concurrent: int) -> float:
-    trial_s = sum(DEMO_TRIAL_S[c["strategy"]] * max_epochs / 4 for c in grid_configs(grid))
+def expected_seconds(
+    grid: dict[str, dict[str, Any]],
+    max_epochs: int,
+    concurrent: int,
+    per_trial: dict[str, float] = DEMO_TRIAL_S,
+) -> float:
+    trial_s = sum(per_trial[c["strategy"]] * max_epochs / 4 for c in grid_configs(grid))
     return RAY_START_S + trial_s / concurrent
 
 
@@ -233,6 +262,12 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, help=f"the table (default {TABLE.relative_to(ROOT)}; --quick: a temp dir)"
     )
+    parser.add_argument(
+        "--spec",
+        type=Path,
+        default=DEMO_SPEC,
+        help="the spec to record (its grid: " + ", ".join(GRIDS) + "; default the demo's)",
+    )
     parser.add_argument("--keep-run", action="store_true", help="keep the recording search's run directory")
     parser.add_argument(
         "--validation-samples",
@@ -249,8 +284,10 @@ def main() -> None:
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="tlsearch-curves-quick-")) if args.quick else None
-    grid = QUICK_GRID if args.quick else GRID
-    base = quick_base(workdir) if workdir else yaml.safe_load(DEMO_SPEC.read_text())
+    if not args.quick and args.spec.name not in GRIDS:
+        parser.error(f"no grid for {args.spec.name}; known: {', '.join(GRIDS)}")
+    grid = QUICK_GRID if args.quick else GRIDS[args.spec.name]
+    base = quick_base(workdir) if workdir else yaml.safe_load(args.spec.read_text())
     if args.validation_samples is not None:
         count = None if args.validation_samples == "all" else int(args.validation_samples)
         base["data"] = {**base["data"], "max_validation_samples": count}
@@ -258,9 +295,10 @@ def main() -> None:
     configs = grid_configs(grid)
     max_epochs = base["search"]["max_epochs"]
     concurrent = 2  # the demo's cpus_per_worker: 1 on a 2-core machine
+    per_trial = VISION_TRIAL_S if grid is VISION_GRID else DEMO_TRIAL_S
     print(
         f"[learning_curves] {len(configs)} configurations × {max_epochs} epochs; expected about "
-        f"{expected_seconds(grid, max_epochs, concurrent) / 60:.0f} min on a 2-core CPU"
+        f"{expected_seconds(grid, max_epochs, concurrent, per_trial) / 60:.0f} min on a 2-core CPU"
         + (" (the demo's trial times; the quick grid takes about a minute)" if args.quick else ""),
         flush=True,
     )
@@ -274,6 +312,7 @@ def main() -> None:
         "quick": args.quick,
         "table": str(out.resolve().relative_to(ROOT)) if out.resolve().is_relative_to(ROOT) else str(out),
         "wall_s": round(seconds, 1),
+        "spec": None if args.quick else str(args.spec.resolve().relative_to(ROOT)),
         "grid": grid,
         "max_validation_samples": base["data"].get("max_validation_samples"),
         **summary(curves, metric),
