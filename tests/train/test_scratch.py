@@ -102,3 +102,10 @@ def test_what_a_killed_trial_process_left_goes_with_the_next_process(root: Path)
     assert [p.name for p in root.iterdir()] == [
         f"{PREFIX}{os.getpid()}-{int(psutil.Process().create_time())}"
     ]
+
+
+def test_a_process_that_ends_normally_takes_its_folder_along(root: Path) -> None:
+    code = "from tlsearch.train.scratch import scratch_dir\nwith scratch_dir() as d:\n    print(d.parent)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert Path(done.stdout.strip()).parent == root and list(root.iterdir()) == []

@@ -9,12 +9,13 @@ found as checkpoints left in /tmp by the test suite's interrupted searches.
 So each process keeps its checkpoints under one folder named after itself (pid and start time,
 since pids are reused), empties it before writing the next one (whatever is there was persisted
 already or belongs to a trial that is over), and removes the folders of processes that no longer
-run when it makes its first checkpoint. What a killed process left is removed by the next trial
-process on that node. `TLSEARCH_TMPDIR` moves the folders off the default temporary directory.
+run when it makes its first checkpoint. A process that ends normally removes its folder; what a
+killed one left is removed by the next trial process on that node. `TLSEARCH_TMPDIR` moves the folders off the default temporary directory.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -64,6 +65,7 @@ def _process_folder() -> Path:
         folder = root / f"{PREFIX}{pid}-{_started(pid)}"
         folder.mkdir(parents=True, exist_ok=True)
         _process_folders[pid] = folder
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)  # a process that ends normally
     return _process_folders[pid]
 
 
