@@ -35,7 +35,8 @@ from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
-from tlsearch.train.session import Session, node_id, node_ip, scratch_dir
+from tlsearch.train.scratch import scratch_dir
+from tlsearch.train.session import Session, node_id, node_ip
 
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -132,9 +130,3 @@ class TrainSession:
         # Every rank reports (it is a barrier); only rank 0 carries the checkpoint.
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
-
-
-@contextlib.contextmanager
-def scratch_dir() -> Iterator[Path]:
-    with tempfile.TemporaryDirectory(prefix="tlsearch-ckpt-", dir=os.environ.get("TLSEARCH_TMPDIR")) as d:
-        yield Path(d)
