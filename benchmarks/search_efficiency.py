@@ -45,7 +45,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, ROOT, write_result
+from benchmarks._common import RESULTS, ROOT, environment, write_result
 from benchmarks.learning_curves import DEMO_SPEC, GRID, TABLE, synthetic_curves
 
 # name -> (description, search-section changes). Every policy gets `sampler.seed` = the seed.
@@ -467,6 +467,7 @@ def main() -> None:
     # lets it get there in most seeds (88%) and time to target is measured rather than censored.
     num_samples = 12 if args.quick and args.num_samples == 100 else args.num_samples
 
+    measured_on = environment()  # the tree as the replays began (editing it meanwhile changes nothing)
     started = time.time()
     ray.init(
         address="local",
@@ -498,7 +499,7 @@ def main() -> None:
     png = plot(figures, RESULTS / f"{name}.png")
     figures["plot"] = str(png.relative_to(ROOT))
     command = "python benchmarks/search_efficiency.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(write_result(name, figures, command.strip()))
+    print(write_result(name, figures, command.strip(), measured_on))
     for policy, data in figures["policies"].items():
         print(f"  {policy:<18} time to target {data['time_to_target_s']}  reached {data['reached']}")
     print(f"time_to_target_vs_random: {figures['time_to_target_vs_random']}  ({figures['wall_s']} s)")
