@@ -251,8 +251,8 @@ def check_loop_vs_plain(ctx: Context) -> dict[str, Any]:
     return {"model": ctx.sizes.model, "batch_size": ctx.sizes.batch_size, "compile": False, **outcome}
 
 
-def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int, int]:
-    """The spec both trial-overhead checks search with: (spec, rows, overhead trials, busy rows). No
+def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int]:
+    """The spec both trial-overhead checks search with: (spec, overhead trials, busy rows). No
     pretrained weights or demo data can reach the GPU machine: a BERT-base-shaped model (12 layers,
     768 wide, random weights, saved and loaded by path like a checkpoint) on synthetic 3-topic texts
     of 60 words. Each check has its own `folder` (a search never overwrites an existing one)."""
@@ -296,7 +296,7 @@ def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int, int]:
             }
         )
     )
-    return spec, rows, overhead_trials, busy_rows
+    return spec, overhead_trials, busy_rows
 
 
 OVERHEAD_BASE = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
@@ -316,7 +316,7 @@ def check_trial_overhead(ctx: Context) -> dict[str, Any]:
     from benchmarks.trial_overhead import measure
     from tlsearch.search.runner import connect
 
-    spec, _, overhead_trials, busy_rows = _overhead_search(ctx, "overhead")
+    spec, overhead_trials, busy_rows = _overhead_search(ctx, "overhead")
     connect(None)
     try:
         figures = measure(
@@ -343,7 +343,7 @@ def check_device_busy(ctx: Context) -> dict[str, Any]:
     from benchmarks.trial_overhead import measure_busy
     from tlsearch.search.runner import connect
 
-    spec, _, _, busy_rows = _overhead_search(ctx, "busy")
+    spec, _, busy_rows = _overhead_search(ctx, "busy")
     connect(None)
     try:
         figures = measure_busy(
