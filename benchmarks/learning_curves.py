@@ -254,6 +254,15 @@ def summary(curves: Any, metric: str) -> dict[str, Any]:
     }
 
 
+def validation_samples(text: str) -> int | str:
+    """`--validation-samples`: a count of at least 2 (what the spec allows) or `all`."""
+    if text == "all":
+        return text
+    if not text.isdigit() or int(text) < 2:
+        raise argparse.ArgumentTypeError(f"must be a whole number ≥ 2 or `all`, but got {text!r}")
+    return int(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -271,6 +280,7 @@ def main() -> None:
     parser.add_argument("--keep-run", action="store_true", help="keep the recording search's run directory")
     parser.add_argument(
         "--validation-samples",
+        type=validation_samples,
         default=None,
         help="validation articles to score each epoch on: a number or `all` (default: the demo's 128). "
         "128 articles score in steps of 0.8 points, coarser than search_efficiency's 0.5-point target",
@@ -289,7 +299,7 @@ def main() -> None:
     grid = QUICK_GRID if args.quick else GRIDS[args.spec.name]
     base = quick_base(workdir) if workdir else yaml.safe_load(args.spec.read_text())
     if args.validation_samples is not None:
-        count = None if args.validation_samples == "all" else int(args.validation_samples)
+        count = None if args.validation_samples == "all" else args.validation_samples
         base["data"] = {**base["data"], "max_validation_samples": count}
     out = args.out or (workdir / "learning_curves.parquet" if workdir else TABLE)
     configs = grid_configs(grid)

@@ -31,6 +31,7 @@ compiled training.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import importlib.metadata
 import json
@@ -42,7 +43,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -306,19 +307,34 @@ def _busy_overrides(busy_rows: int) -> list[str]:
     return ["search.max_epochs=3", f"data.max_train_samples={busy_rows}", "data.max_validation_samples=512"]
 
 
+@contextlib.contextmanager
+def _overhead_cluster(ctx: Context, folder: str) -> Iterator[tuple[Path, int, int, str]]:
+    """_overhead_search's spec, overhead trials, busy rows and run storage, with this process the
+    driver of a new local Ray cluster (shut down afterwards)."""
+    import ray
+
+    from tlsearch.search.runner import connect
+
+    spec, overhead_trials, busy_rows = _overhead_search(ctx, folder)
+    connect(None)
+    try:
+        yield spec, overhead_trials, busy_rows, str(ctx.scratch / folder / "runs")
+    finally:
+        ray.shutdown()
+
+
+def _overhead_model(ctx: Context) -> str:
+    return "tiny BERT" if ctx.dry_run else "BERT-base shapes, random weights"
+
+
 def check_trial_overhead(ctx: Context) -> dict[str, Any]:
     """Issue 5, target 1 on the GPU: benchmarks/trial_overhead.py's searches (real Tune + Optuna on a
     local Ray cluster, trials one at a time on the one GPU) on _overhead_search's model and texts.
     Overhead: 6 one-epoch trials per mode; busy: 3 trials of 3 epochs on 8,000 texts with reused
     processes."""
-    import ray
-
     from benchmarks.trial_overhead import measure
-    from tlsearch.search.runner import connect
 
-    spec, overhead_trials, busy_rows = _overhead_search(ctx, "overhead")
-    connect(None)
-    try:
+    with _overhead_cluster(ctx, "overhead") as (spec, overhead_trials, busy_rows, storage):
         figures = measure(
             spec,
             OVERHEAD_BASE,
@@ -326,38 +342,29 @@ def check_trial_overhead(ctx: Context) -> dict[str, Any]:
             busy_trials=3,
             busy=_busy_overrides(busy_rows),
             slots=1,
-            storage=str(ctx.scratch / "overhead" / "runs"),
+            storage=storage,
             busy_modes=(True,),
         )
-    finally:
-        ray.shutdown()
-    return {"model": "BERT-base shapes, random weights" if not ctx.dry_run else "tiny BERT", **figures}
+    return {"model": _overhead_model(ctx), **figures}
 
 
 def check_device_busy(ctx: Context) -> dict[str, Any]:
     """Only trial_overhead's busy search (reused processes, 3 trials of 3 epochs), for a run whose
     device time has no room for the overhead searches: the device-busy fraction, each trial's
     start-up with its parts (the first pays the cold start), checkpoint saves, host memory."""
-    import ray
-
     from benchmarks.trial_overhead import measure_busy
-    from tlsearch.search.runner import connect
 
-    spec, _, busy_rows = _overhead_search(ctx, "busy")
-    connect(None)
-    try:
+    with _overhead_cluster(ctx, "busy") as (spec, _, busy_rows, storage):
         figures = measure_busy(
             spec,
             OVERHEAD_BASE,
             busy_trials=3,
             busy=_busy_overrides(busy_rows),
             slots=1,
-            storage=str(ctx.scratch / "busy" / "runs"),
+            storage=storage,
             reuse=True,
         )
-    finally:
-        ray.shutdown()
-    return {"model": "BERT-base shapes, random weights" if not ctx.dry_run else "tiny BERT", **figures}
+    return {"model": _overhead_model(ctx), **figures}
 
 
 def _timed_steps(
