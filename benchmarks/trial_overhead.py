@@ -180,14 +180,27 @@ def measure_busy(
     done, _, wall = _search(spec, overrides, storage, f"busy-{mode}")
     epochs = _epoch_rows(Path(storage) / f"busy-{mode}")
     epoch_s = _per_trial_sum(epochs, "epoch_s")
+    saves_s = _per_trial_sum(epochs, "checkpoint_save_s")
+    startups = _busy_startups(done)
+    idle_s = wall * slots - sum(epoch_s.values())
+    startups_s = sum(t["startup_s"] or 0.0 for t in startups)
     return {
         "host_memory": _memory_per_process(epochs),
         "busy_trials": len(done),
         "busy_trial_wall_s_median": _median([t["wall_s"] for t in done if t["wall_s"]]),
         "busy_epoch_s_median": _median(list(epoch_s.values())),
         # Between epochs: writing each epoch's checkpoint (the trial's sum).
-        "busy_checkpoint_save_s_median": _median(list(_per_trial_sum(epochs, "checkpoint_save_s").values())),
-        "busy_startups": _busy_startups(done),
+        "busy_checkpoint_save_s_median": _median(list(saves_s.values())),
+        "busy_startups": startups,
+        # Where the device's idle seconds went (summed over slots): the trials' start-ups (the first
+        # of each process is cold), writing checkpoints, and the rest (Tune starting the search,
+        # Ray copying each checkpoint into the run's storage inside `report`, hand-offs).
+        "busy_idle_s": {
+            "total": round(idle_s, 2),
+            "startups": round(startups_s, 2),
+            "checkpoint_saves": round(sum(saves_s.values()), 2),
+            "other": round(idle_s - startups_s - sum(saves_s.values()), 2),
+        },
         "busy_search_wall_s": round(wall, 1),
         "busy_search_total_s": round(time.time() - started, 1),
         "device_busy_fraction": round(sum(epoch_s.values()) / (wall * slots), 3),

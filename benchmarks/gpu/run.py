@@ -37,6 +37,7 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -118,6 +119,7 @@ class Context:
     scratch: Path
     shared: dict[str, Any] = field(default_factory=dict)  # what one check leaves for another
     budget_s: float | None = None  # no check starts after this many seconds (the device time is short)
+    busy_trials: int = 3  # device_busy's search (trial_overhead's busy search keeps 3)
 
 
 class SyntheticImages(Dataset):
@@ -349,16 +351,18 @@ def check_trial_overhead(ctx: Context) -> dict[str, Any]:
 
 
 def check_device_busy(ctx: Context) -> dict[str, Any]:
-    """Only trial_overhead's busy search (reused processes, 3 trials of 3 epochs), for a run whose
-    device time has no room for the overhead searches: the device-busy fraction, each trial's
-    start-up with its parts (the first pays the cold start), checkpoint saves, host memory."""
+    """Only trial_overhead's busy search (reused processes, `--busy-trials` trials of 3 epochs, 3 by
+    default), for a run whose device time has no room for the overhead searches: the device-busy
+    fraction, where the idle seconds went, each trial's start-up with its parts (the first pays the
+    cold start), checkpoint saves, host memory. More trials spread the one cold start as a longer
+    search does (the CPU figure's search has 6)."""
     from benchmarks.trial_overhead import measure_busy
 
     with _overhead_cluster(ctx, "busy") as (spec, _, busy_rows, storage):
         figures = measure_busy(
             spec,
             OVERHEAD_BASE,
-            busy_trials=3,
+            busy_trials=ctx.busy_trials,
             busy=_busy_overrides(busy_rows),
             slots=1,
             storage=storage,
@@ -540,7 +544,10 @@ def run(ctx: Context, names: list[str]) -> dict[str, Any]:
 def record(paths: list[Path]) -> None:
     """File GPU runs under benchmarks/results/gpu_results.json and refresh summary.json. Several runs
     (e.g. one that ran out of its time budget, then `--only` the skipped checks) merge: each check is
-    taken from the last run that ran it, and the headline is recomputed from the merged checks."""
+    taken from the last run that ran it, and the headline is recomputed from the merged checks. Runs
+    of another chip than the recorded file's become the new gpu_results.json (summary.json's GPU
+    figures) and the earlier chip's file is kept as gpu_results_<chip>.json; recording that chip
+    again takes that file among the paths (it merges back into gpu_results.json)."""
     from benchmarks._common import RESULTS
     from benchmarks.summary import refresh
 
@@ -552,7 +559,10 @@ def record(paths: list[Path]) -> None:
             raise SystemExit(f"{source} is a dry run: only GPU runs are recorded")
         runs.append(results)
     if len({r["gpu_name"] for r in runs}) > 1:
-        raise SystemExit(f"runs on different GPUs do not merge: {sorted({r['gpu_name'] for r in runs})}")
+        raise SystemExit(
+            f"runs on different GPUs do not merge: {sorted({r['gpu_name'] for r in runs})}; record a new"
+            " chip's runs alone (the recorded file of another chip is kept as gpu_results_<chip>.json)"
+        )
     checks: dict[str, dict[str, Any]] = {}
     for run_results in runs:
         env = run_results["environment"]
@@ -580,9 +590,28 @@ def record(paths: list[Path]) -> None:
         "checks": checks,
     }
     target = RESULTS / "gpu_results.json"
+    own = RESULTS / f"gpu_results_{gpu_slug(first['gpu_name'])}.json"  # this chip's figures, if kept
+    given = {path.resolve() for path in paths}
+    if own.exists() and own.resolve() not in given:
+        raise SystemExit(f"{own} holds earlier {first['gpu_name']} runs: record them too (--record {own} …)")
+    if target.exists():
+        previous = json.loads(target.read_text())
+        if previous["gpu_name"] != first["gpu_name"]:
+            # The latest GPU's figures head the summary; another chip's stay on file, never lost.
+            kept = RESULTS / f"gpu_results_{gpu_slug(previous['gpu_name'])}.json"
+            if kept.exists():
+                raise SystemExit(f"{kept} exists: merge {target} into it first (--record {kept} {target})")
+            target.rename(kept)
+            print(f"{previous['gpu_name']}'s figures: {kept}")
     target.write_text(json.dumps(merged, indent=2, default=str) + "\n")
+    own.unlink(missing_ok=True)  # merged into the target
     refresh()
     print(target)
+
+
+def gpu_slug(gpu_name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia_h100_80gb_hbm3' (a file-name part)."""
+    return re.sub(r"[^a-z0-9]+", "_", gpu_name.lower()).strip("_")
 
 
 def main() -> None:
@@ -603,6 +632,12 @@ def main() -> None:
         "--budget-s", type=float, default=None, help="start no check after this many seconds (skipped)"
     )
     parser.add_argument(
+        "--busy-trials",
+        type=int,
+        default=3,
+        help="trials in device_busy's search (default 3; about a minute each on an H100)",
+    )
+    parser.add_argument(
         "--record",
         type=Path,
         nargs="+",
@@ -619,6 +654,8 @@ def main() -> None:
     unknown = set(names) - {n for n, _ in CHECKS}
     if unknown:
         parser.error(f"unknown checks {sorted(unknown)}; known: {', '.join(n for n, _ in CHECKS)}")
+    if args.busy_trials < 1:
+        parser.error(f"--busy-trials must be at least 1, but got {args.busy_trials}")
     if args.dry_run:
         device, gpu_name = torch.device("cpu"), "cpu (dry run)"
         _compile_without_codegen()
@@ -631,7 +668,16 @@ def main() -> None:
         sizes = DRY if args.dry_run else FULL
         if args.batch_size is not None:
             sizes = replace(sizes, batch_size=args.batch_size)
-        ctx = Context(args.dry_run, out, device, gpu_name, sizes, Path(scratch), budget_s=args.budget_s)
+        ctx = Context(
+            args.dry_run,
+            out,
+            device,
+            gpu_name,
+            sizes,
+            Path(scratch),
+            budget_s=args.budget_s,
+            busy_trials=args.busy_trials,
+        )
         results = run(ctx, names)
     print(f"[gpu] wrote {out / 'gpu_results.json'} in {results['wall_s']} s")
     failed = [n for n, p in results["checks"].items() if p["status"] == "error"]

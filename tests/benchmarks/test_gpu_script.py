@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 ALL_CHECKS = (
     "vit_b16_full",
@@ -63,6 +65,9 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     assert all(s["startup_s"] > 0 and s["model_load_s"] is not None for s in busy["busy_startups"])
     assert busy["busy_startups"][0]["model_load_s"] > busy["busy_startups"][1]["model_load_s"]
     assert 0 < busy["device_busy_fraction"] <= 1
+    idle = busy["busy_idle_s"]  # the idle seconds, split into their parts
+    assert idle["total"] > 0 and idle["startups"] > 0 and idle["checkpoint_saves"] >= 0
+    assert abs(idle["startups"] + idle["checkpoint_saves"] + idle["other"] - idle["total"]) < 0.05
     assert results["device_busy_fraction_gpu"] == busy["device_busy_fraction"]
     assert "[gpu] wrote" in result.stdout
 
@@ -161,3 +166,49 @@ def test_record_adds_a_run_to_a_recorded_file(tmp_path: Path, monkeypatch) -> No
     assert merged["checks"]["trial_overhead"]["git_sha"] == "old"
     assert merged["checks"]["trial_overhead"]["run"] == "d1"
     assert merged["device_busy_fraction_gpu"] == 0.88
+
+
+def test_record_of_another_chip_keeps_the_earlier_chips_file(tmp_path: Path, monkeypatch) -> None:
+    """An H100 run after H200 runs heads the summary; the H200 figures stay on file under their chip's
+    name, and recording the H200 again merges that file back (nothing is lost either way)."""
+    from benchmarks.gpu import run
+
+    monkeypatch.setattr("benchmarks._common.RESULTS", tmp_path)
+    monkeypatch.setattr("benchmarks.summary.refresh", lambda: None)
+
+    def write(name: str, gpu: str, img_s: float, date: str) -> Path:
+        path = tmp_path / "runs" / name
+        path.parent.mkdir(exist_ok=True)
+        checks = {"vit_b16_full": {"status": "ok", "img_s": img_s, "mfu": img_s / 1e4, "compile": False}}
+        results = {"gpu_name": gpu, "dry_run": False, "wall_s": 1.0, "checks": checks}
+        path.write_text(json.dumps({**results, "environment": {"date": date, "git_sha": "s"}}))
+        return path
+
+    run.record([write("h200.json", "NVIDIA H200", 2000.0, "d1")])
+    run.record([write("h100.json", "NVIDIA H100 80GB HBM3", 2900.0, "d2")])
+    latest = json.loads((tmp_path / "gpu_results.json").read_text())
+    kept = tmp_path / "gpu_results_nvidia_h200.json"
+    assert latest["gpu_name"] == "NVIDIA H100 80GB HBM3" and latest["vit_b16_full_img_s"] == 2900.0
+    assert json.loads(kept.read_text())["vit_b16_full_img_s"] == 2000.0
+
+    again = write("h200-again.json", "NVIDIA H200", 2100.0, "d3")
+    with pytest.raises(SystemExit, match="record them too"):  # the kept H200 runs must come along
+        run.record([again])
+    with pytest.raises(SystemExit, match="do not merge"):
+        run.record([tmp_path / "gpu_results.json", again])
+    run.record([kept, again])
+    latest = json.loads((tmp_path / "gpu_results.json").read_text())
+    assert latest["gpu_name"] == "NVIDIA H200" and [r["date"] for r in latest["runs"]] == ["d1", "d3"]
+    h100 = json.loads((tmp_path / "gpu_results_nvidia_h100_80gb_hbm3.json").read_text())
+    assert h100["runs"][0]["date"] == "d2"
+    assert not kept.exists()
+
+
+def test_busy_trials_below_one_is_a_usage_error() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "run.py"), "--dry-run", "--busy-trials", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "--busy-trials must be at least 1, but got 0" in result.stderr
