@@ -38,6 +38,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -277,8 +278,9 @@ def table_facts(
 ) -> dict[str, Any]:
     """What the table says about the target before any policy runs: the cheapest way to reach it
     (an oracle training only the cheapest configuration that gets within `tolerance`, up to the
-    epoch where it does) and what the spec's seed configurations (one default per strategy, run
-    first) cost trained to the end, with the best value each reaches."""
+    epoch where it does); what the spec's seed configurations (one default per strategy, run
+    first) cost trained to the end, with the best value each reaches; and what a search that
+    learns nothing from its results costs at best (`random_order_perfect_stopping_s`)."""
     from tlsearch.space import build_space
     from tlsearch.space.space import STRATEGY_PARAM, seed_points
 
@@ -306,9 +308,29 @@ def table_facts(
     return {
         "oracle_cost_s": round(oracle[0], 1),
         "oracle_config_id": oracle[1],
+        "random_order_perfect_stopping_s": round(random_order_perfect_stopping(curves, reached), 1),
         "seed_configs": seeds,
         "seed_configs_cost_s": round(sum(s["cost_s"] for s in seeds), 1),
     }
+
+
+def random_order_perfect_stopping(curves: Any, reached: Callable[[dict[str, Any]], bool]) -> float:
+    """Expected device-seconds to reach the target when the grid's configurations are tried in a
+    uniformly random order, each at most once, and an oracle stops every configuration that never
+    reaches the target after its first epoch (the least a trial reports) and trains the first one
+    that does until it does. Of the n - k configurations that never reach it, each comes before all
+    k that do with probability 1/(k + 1), and the first of those k is any of them alike:
+    E = sum(their first epochs' cost) / (k + 1) + mean(cost of the k up to reaching it).
+    A search that orders configurations no better than at random, however well it stops them,
+    costs this much on average; doing better takes learning from the results or a good prior."""
+    to_reach, first_epochs = [], []
+    for curve in curves.curves.values():
+        hit = next((r for r in curve if reached(r)), None)
+        if hit is None:
+            first_epochs.append(curve[0]["device_s"])
+        else:
+            to_reach.append(hit["device_s"])
+    return sum(first_epochs) / (len(to_reach) + 1) + sum(to_reach) / len(to_reach)
 
 
 def _knobs(point: dict[str, Any]) -> dict[str, Any]:

@@ -38,3 +38,42 @@ def test_oracle_and_seed_configurations_of_the_demo_grid() -> None:
     ]
     assert facts["oracle_cost_s"] == round(min(reaching), 1)
     assert by_id[facts["oracle_config_id"]]
+
+
+def test_random_order_with_perfect_stopping_is_the_mean_over_every_order() -> None:
+    """The closed form against every order of four configurations: two never reach the target
+    (stopped after their first epoch), two reach it at different epochs."""
+    import itertools
+    from types import SimpleNamespace
+
+    from benchmarks.search_efficiency import random_order_perfect_stopping
+
+    def curve(values: list[float], epoch_cost: float) -> list[dict[str, float]]:
+        return [{"v": v, "device_s": epoch_cost * (i + 1)} for i, v in enumerate(values)]
+
+    curves = SimpleNamespace(
+        curves={
+            "a": curve([0.5, 0.6, 0.7], 10.0),  # never: 10 s to see its first epoch
+            "b": curve([0.2, 0.3, 0.4], 4.0),  # never: 4 s
+            "c": curve([0.8, 0.95, 0.99], 6.0),  # reaches it at epoch 2: 12 s
+            "d": curve([0.97, 0.98, 0.99], 20.0),  # at epoch 1: 20 s
+        }
+    )
+
+    def reached(row: dict[str, float]) -> bool:
+        return row["v"] >= 0.95
+
+    def cost(order: tuple[str, ...]) -> float:
+        spent = 0.0
+        for name in order:
+            rows = curves.curves[name]
+            hit = next((r for r in rows if reached(r)), None)
+            if hit is not None:
+                return spent + hit["device_s"]
+            spent += rows[0]["device_s"]
+        raise AssertionError("no configuration reaches the target")
+
+    orders = list(itertools.permutations(curves.curves))
+    expected = sum(cost(order) for order in orders) / len(orders)
+    assert abs(random_order_perfect_stopping(curves, reached) - expected) < 1e-9
+    assert abs(expected - ((10 + 4) / 3 + (12 + 20) / 2)) < 1e-9
