@@ -646,7 +646,12 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.record is not None:
-        record(args.record)
+        try:
+            record(args.record)
+        except SystemExit as refused:  # bad input: one message and exit code 2, nothing written
+            if isinstance(refused.code, str):
+                parser.error(refused.code)
+            raise
         return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("WANDB_MODE", "disabled")

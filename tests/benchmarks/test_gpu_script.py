@@ -212,3 +212,15 @@ def test_busy_trials_below_one_is_a_usage_error() -> None:
         timeout=120,
     )
     assert result.returncode == 2 and "--busy-trials must be at least 1, but got 0" in result.stderr
+
+
+def test_record_of_a_dry_run_is_a_usage_error(tmp_path: Path) -> None:
+    dry = tmp_path / "gpu_results.json"
+    dry.write_text(json.dumps({"gpu_name": "cpu (dry run)", "dry_run": True}))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "gpu" / "run.py"), "--record", str(dry)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "is a dry run: only GPU runs are recorded" in result.stderr
