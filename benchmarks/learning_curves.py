@@ -6,6 +6,9 @@ version of the demo's space, with every epoch's metrics and cost.
     .venv/bin/python benchmarks/learning_curves.py --spec search_spaces/mnist_efficientnet_lite0.yaml \
         --name learning_curves_vision --out benchmarks/data/learning_curves_vision.parquet
                                                               # the vision example: 22 configurations
+    .venv/bin/python benchmarks/learning_curves.py --grid wide --validation-samples all \
+        --name learning_curves_wide --out benchmarks/data/learning_curves_wide.parquet
+                                                              # the demo's whole space: 61 configurations
 
 It is one `tlsearch run` of the demo spec (search_spaces/bbc_news_minilm.yaml) whose knobs take the
 grid's values (the varied ones below; every other knob fixed at its seed-config value), with
@@ -61,6 +64,29 @@ GRID: dict[str, dict[str, Any]] = {
         "alpha": 16.0,
         "dropout": 0.05,
         "targets": "attention",
+    },
+    "common": {"weight_decay": 0.01, "warmup_fraction": 0.1, "batch_size": 16},
+}
+# The demo's space spanned (`--grid wide`): every learning rate at three or four values across the
+# whole range the demo spec searches (tlsearch.spec.model's ranges, the preferred defaults among
+# them), LoRA's targets varied as the spec varies them: 61 configurations, about 45 min. GRID keeps
+# each knob near its default, a narrower space than the one the demo actually searches.
+WIDE_GRID: dict[str, dict[str, Any]] = {
+    "linear_probe": {"head_lr": [3e-3, 1e-2, 3e-2, 1e-1]},
+    "partial": {
+        "head_lr": [1e-4, 1e-3, 1e-2],
+        "backbone_lr": [1e-5, 5e-5, 2e-4, 1e-3],
+        "layer_decay": 0.75,
+        "unfreeze_depth": [1, 2, 3],
+    },
+    "full": {"head_lr": [1e-4, 1e-3, 1e-2], "backbone_lr": [5e-6, 5e-5, 5e-4], "layer_decay": 0.75},
+    "lora": {
+        "head_lr": 1e-3,
+        "lr": [1e-4, 1e-3, 5e-3],
+        "rank": [4, 8],
+        "alpha": 16.0,
+        "dropout": 0.05,
+        "targets": ["attention", "attention_mlp"],
     },
     "common": {"weight_decay": 0.01, "warmup_fraction": 0.1, "batch_size": 16},
 }
@@ -277,6 +303,13 @@ def main() -> None:
         default=DEMO_SPEC,
         help="the spec to record (its grid: " + ", ".join(GRIDS) + "; default the demo's)",
     )
+    parser.add_argument(
+        "--grid",
+        choices=["default", "wide"],
+        default="default",
+        help="the demo spec's grid: `default` (28 configurations near the defaults) or `wide` "
+        "(61 spanning the demo's whole space); other specs have one grid",
+    )
     parser.add_argument("--keep-run", action="store_true", help="keep the recording search's run directory")
     parser.add_argument(
         "--validation-samples",
@@ -296,7 +329,9 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="tlsearch-curves-quick-")) if args.quick else None
     if not args.quick and args.spec.name not in GRIDS:
         parser.error(f"no grid for {args.spec.name}; known: {', '.join(GRIDS)}")
-    grid = QUICK_GRID if args.quick else GRIDS[args.spec.name]
+    if args.grid == "wide" and (args.quick or args.spec.name != DEMO_SPEC.name):
+        parser.error(f"--grid wide spans the demo spec's space ({DEMO_SPEC.name}) and is not --quick")
+    grid = QUICK_GRID if args.quick else WIDE_GRID if args.grid == "wide" else GRIDS[args.spec.name]
     base = quick_base(workdir) if workdir else yaml.safe_load(args.spec.read_text())
     if args.validation_samples is not None:
         count = None if args.validation_samples == "all" else args.validation_samples
