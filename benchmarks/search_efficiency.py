@@ -249,7 +249,14 @@ def evaluate(
         "target_budget_s": _round(0.2 * random_median)
         if (random_median := _median_of(out_policies))
         else None,
-        **table_facts(curves, base, metric, mode, target, tolerance),
+        **(facts := table_facts(curves, base, metric, mode, target, tolerance, num_samples)),
+        # Ours against the simulated baseline's median (100,000 searches rather than --seeds).
+        "time_to_target_vs_random_simulated": _round3(
+            out_policies[OURS]["time_to_target_s"]["median"],
+            facts["random_search_simulated"]["time_to_target_s"]["median"],
+        )
+        if OURS in out_policies
+        else None,
         # The same for looser targets: the top of a small grid is flat, and 0.5 points of macro-F1
         # on a small validation set is about one example.
         "looser_targets": {
@@ -274,13 +281,21 @@ def evaluate(
 
 
 def table_facts(
-    curves: Any, base: dict[str, Any], metric: str, mode: str, target: float, tolerance: float
+    curves: Any,
+    base: dict[str, Any],
+    metric: str,
+    mode: str,
+    target: float,
+    tolerance: float,
+    num_samples: int = 100,
 ) -> dict[str, Any]:
     """What the table says about the target before any policy runs: the cheapest way to reach it
     (an oracle training only the cheapest configuration that gets within `tolerance`, up to the
     epoch where it does); what the spec's seed configurations (one default per strategy, run
-    first) cost trained to the end, with the best value each reaches; and what a search that
-    learns nothing from its results costs at best (`random_order_perfect_stopping_s`)."""
+    first) cost trained to the end, with the best value each reaches; what a search that learns
+    nothing from its results costs at best (`random_order_perfect_stopping_s`); and random search
+    of `num_samples` trials simulated 100,000 times (`random_search_simulated`: the replayed
+    baseline's distribution, which a few seeds only sample)."""
     from tlsearch.space import build_space
     from tlsearch.space.space import STRATEGY_PARAM, seed_points
 
@@ -309,6 +324,7 @@ def table_facts(
         "oracle_cost_s": round(oracle[0], 1),
         "oracle_config_id": oracle[1],
         "random_order_perfect_stopping_s": round(random_order_perfect_stopping(curves, reached), 1),
+        "random_search_simulated": random_search_simulated(curves, reached, num_samples),
         "seed_configs": seeds,
         "seed_configs_cost_s": round(sum(s["cost_s"] for s in seeds), 1),
     }
@@ -331,6 +347,75 @@ def random_order_perfect_stopping(curves: Any, reached: Callable[[dict[str, Any]
         else:
             to_reach.append(hit["device_s"])
     return sum(first_epochs) / (len(to_reach) + 1) + sum(to_reach) / len(to_reach)
+
+
+def draw_probabilities(curves: Any) -> dict[str, float]:
+    """Each configuration's chance to be a random search's draw: the sampler picks the strategy
+    uniformly, then each of its knobs uniformly among the table's values (the replayed space's
+    choices); the table is a full grid, so these add up to 1."""
+    strategies = curves.strategies()
+    chances = {}
+    for key, curve in curves.curves.items():
+        choices = math.prod(len(v) for v in curves.values(curve[0]["strategy"]).values())
+        chances[key] = 1.0 / (len(strategies) * choices)
+    return chances
+
+
+def random_search_simulated(
+    curves: Any,
+    reached: Callable[[dict[str, Any]], bool],
+    num_samples: int,
+    searches: int = 100_000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Random search (independent draws, repeats included, every trial trained to the end) of
+    `num_samples` trials, simulated `searches` times from the table: the cost until the first trial
+    that reaches the target reaches it, or infinite if none of the `num_samples` does. Trials run
+    one after another here; the replay runs --max-concurrent at once and counts the epochs in the
+    order they arrive, so a replayed hit also pays for what the other running trials did meanwhile.
+    `mean_without_cap_s` is the closed form with no cap on trials: (Σ over the configurations that
+    never reach it of chance × full cost + Σ over the others of chance × cost to reach) / p, where p
+    is the chance that one trial reaches it."""
+    import numpy as np
+
+    chances = draw_probabilities(curves)
+    hits, misses = [], []
+    for key, curve in curves.curves.items():
+        hit = next((r for r in curve if reached(r)), None)
+        if hit is None:
+            misses.append((chances[key], curve[-1]["device_s"]))
+        else:
+            hits.append((chances[key], hit["device_s"]))
+    p = sum(c for c, _ in hits)
+    rng = np.random.default_rng(seed)
+    # Trials before the first hit: geometric, by inverse CDF (numpy's geometric needs p < 1).
+    before = (
+        np.floor(np.log1p(-rng.random(searches)) / math.log1p(-p)).astype(np.int64)
+        if p < 1
+        else (np.zeros(searches, dtype=np.int64))
+    )
+    found = before < num_samples
+    cost = np.full(searches, math.inf)
+    if found.any():
+        counts = before[found]
+        hit_costs = rng.choice([c for _, c in hits], size=counts.size, p=[w / p for w, _ in hits])
+        spent = np.zeros(counts.size)
+        if misses and counts.sum():
+            weights = np.array([w for w, _ in misses]) / (1 - p)
+            draws = rng.choice([c for _, c in misses], size=int(counts.sum()), p=weights)
+            ends = np.cumsum(counts)
+            totals = np.concatenate([[0.0], np.cumsum(draws)])
+            spent = totals[ends] - totals[ends - counts]
+        cost[found] = spent + hit_costs
+    mean = (sum(w * c for w, c in misses) + sum(w * c for w, c in hits)) / p
+    return {
+        "searches": searches,
+        "num_samples": num_samples,
+        "hit_chance_per_trial": round(p, 5),
+        "reached_fraction": round(float(found.mean()), 4),
+        "time_to_target_s": {k: _round(v) for k, v in quantiles(cost.tolist()).items()},
+        "mean_without_cap_s": round(mean, 1),
+    }
 
 
 def _knobs(point: dict[str, Any]) -> dict[str, Any]:
@@ -371,6 +456,10 @@ def _ratio(policies: dict[str, Any], numerator: str, denominator: str) -> float 
 def _relative(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def _round3(numerator: float | None, denominator: float | None) -> float | None:
+    return None if numerator is None or not denominator else round(numerator / denominator, 3)
 
 
 def _round(value: float | None) -> float | None:

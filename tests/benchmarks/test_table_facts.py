@@ -3,6 +3,9 @@ cheapest way to reach it and what the spec's seed configurations cost."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import yaml
 
 from benchmarks.learning_curves import DEMO_SPEC, GRID, synthetic_curves
@@ -77,3 +80,79 @@ def test_random_order_with_perfect_stopping_is_the_mean_over_every_order() -> No
     expected = sum(cost(order) for order in orders) / len(orders)
     assert abs(random_order_perfect_stopping(curves, reached) - expected) < 1e-9
     assert abs(expected - ((10 + 4) / 3 + (12 + 20) / 2)) < 1e-9
+
+
+def test_random_search_simulated_matches_explicit_draws_and_the_closed_form() -> None:
+    """The vectorised simulation against trial-by-trial random search on a small full grid whose
+    strategies have different numbers of configurations (so draws are not uniform over them)."""
+    from benchmarks.search_efficiency import draw_probabilities, random_search_simulated
+    from tlsearch.search.replay import LearningCurves
+
+    rows = []
+    grid = {"linear_probe": ("linear_probe/head_lr", [0.01, 0.03, 0.1]), "full": ("full/head_lr", [0.001])}
+    scores = {
+        ("linear_probe", 0.01): [0.5, 0.6],
+        ("linear_probe", 0.03): [0.55, 0.65],
+        ("linear_probe", 0.1): [0.7, 0.9],
+        ("full", 0.001): [0.85, 0.95],
+    }
+    epoch_cost = {"linear_probe": 1.0, "full": 10.0}
+    for strategy, (name, values) in grid.items():
+        for value in values:
+            for epoch, score in enumerate(scores[(strategy, value)], start=1):
+                rows.append(
+                    {
+                        "config_id": f"{strategy}-{value}",
+                        "strategy": strategy,
+                        "epoch": epoch,
+                        name: value,
+                        "val_f1_macro": score,
+                        "device_s": epoch_cost[strategy] * epoch,
+                    }
+                )
+    curves = LearningCurves(tuple(rows))
+    chances = draw_probabilities(curves)
+    assert sorted(round(c, 9) for c in chances.values()) == [round(1 / 6, 9)] * 3 + [0.5]
+
+    def reached(row: dict[str, Any]) -> bool:
+        return row["val_f1_macro"] >= 0.9
+
+    # One trial reaches it with chance 1/6 (linear_probe at 0.1, after 2 s) + 1/2 (full, after 20 s);
+    # misses cost 2 s each: E = (3 * 1/6 * 2 + 1/2 * 20) / (2/3) = 16.5 s. (Chances that are not
+    # powers of 1/2 keep the quartiles off the jumps of this discrete distribution.)
+    facts = random_search_simulated(curves, reached, num_samples=3, searches=200_000, seed=1)
+    assert facts["hit_chance_per_trial"] == round(2 / 3, 5)
+    assert abs(facts["mean_without_cap_s"] - 16.5) < 0.05
+    assert abs(facts["reached_fraction"] - (1 - (1 / 3) ** 3)) < 0.005
+
+    explicit = searches_by_explicit_draws(curves, chances, reached, num_samples=3, searches=50_000)
+    simulated = facts["time_to_target_s"]
+    for q in ("q25", "median", "q75"):
+        assert abs(simulated[q] - explicit[q]) <= 0.5, (q, simulated, explicit)
+
+
+def searches_by_explicit_draws(
+    curves: Any,
+    chances: dict[str, float],
+    reached: Callable[[dict[str, Any]], bool],
+    num_samples: int,
+    searches: int,
+) -> dict[str, float]:
+    import random
+    import statistics
+
+    rng = random.Random(7)
+    keys = list(chances)
+    costs = []
+    for _ in range(searches):
+        spent, found = 0.0, False
+        for key in rng.choices(keys, weights=[chances[k] for k in keys], k=num_samples):
+            hit = next((r for r in curves.curves[key] if reached(r)), None)
+            if hit is not None:
+                spent += hit["device_s"]
+                found = True
+                break
+            spent += curves.curves[key][-1]["device_s"]
+        costs.append(spent if found else float("inf"))
+    q25, median, q75 = statistics.quantiles(costs, n=4, method="inclusive")
+    return {"q25": q25, "median": median, "q75": q75}
