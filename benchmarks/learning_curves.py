@@ -8,7 +8,7 @@ version of the demo's space, with every epoch's metrics and cost.
                                                               # the vision example: 22 configurations
     .venv/bin/python benchmarks/learning_curves.py --grid wide --validation-samples all \
         --name learning_curves_wide --out benchmarks/data/learning_curves_wide.parquet
-                                                              # the demo's whole space: 61 configurations
+                                                              # the demo's whole space: 61 configs, 1 hour
 
 It is one `tlsearch run` of the demo spec (search_spaces/bbc_news_minilm.yaml) whose knobs take the
 grid's values (the varied ones below; every other knob fixed at its seed-config value), with
@@ -69,7 +69,7 @@ GRID: dict[str, dict[str, Any]] = {
 }
 # The demo's space spanned (`--grid wide`): every learning rate at three or four values across the
 # whole range the demo spec searches (tlsearch.spec.model's ranges, the preferred defaults among
-# them), LoRA's targets varied as the spec varies them: 61 configurations, about 45 min. GRID keeps
+# them), LoRA's targets varied as the spec varies them: 61 configurations, about an hour. GRID keeps
 # each knob near its default, a narrower space than the one the demo actually searches.
 WIDE_GRID: dict[str, dict[str, Any]] = {
     "linear_probe": {"head_lr": [3e-3, 1e-2, 3e-2, 1e-1]},

@@ -63,6 +63,9 @@ def test_two_policies_replay_through_tune_and_optuna(ray_connected: LocalCluster
     assert [s["config_id"].split("-")[0] for s in figures["seed_configs"]] == ["linear_probe", "full"]
     assert 0 < figures["oracle_cost_s"] <= max(curves.full_cost())
     assert figures["random_order_perfect_stopping_s"] >= figures["oracle_cost_s"]
+    simulated = figures["random_search_simulated"]
+    assert simulated["num_samples"] == 4 and 0 < simulated["hit_chance_per_trial"] <= 1
+    assert "time_to_target_vs_random_simulated" in figures
     ours, random = figures["policies"]["tpe_asha"], figures["policies"]["random"]
     assert [r["errors"] for r in ours["runs"] + random["runs"]] == [0, 0, 0, 0]
     assert all(r["trials"] == 4 for r in ours["runs"] + random["runs"])
