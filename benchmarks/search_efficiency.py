@@ -7,7 +7,8 @@ search policies by the device-seconds they spend.
         --name search_efficiency_wide --num-samples 500       # the demo's whole space: the headline
 
 The full run replays 120 searches of 100 trials (grid search: one pass over the table) on a local
-Ray cluster of --max-concurrent CPUs: about 10 minutes on a quiet 2-core machine.
+Ray cluster of --max-concurrent CPUs: about 13 minutes on a quiet 2-core machine (the wide
+table at 500 trials per search: 29).
 
 Every replayed search is built as a real one is (tlsearch.search.runner.search_algorithms: the
 StudySearch searcher, the sampler and seed configs of the spec, ASHA or FIFO), over the demo spec
