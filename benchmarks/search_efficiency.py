@@ -254,7 +254,7 @@ def evaluate(
         else None,
         **(facts := table_facts(curves, base, metric, mode, target, tolerance, num_samples)),
         # Ours against the simulated baseline's median (100,000 searches rather than --seeds).
-        "time_to_target_vs_random_simulated": _round3(
+        "time_to_target_vs_random_simulated": _ratio_of(
             out_policies[OURS]["time_to_target_s"]["median"],
             facts["random_search_simulated"]["time_to_target_s"]["median"],
         )
@@ -395,7 +395,7 @@ def random_search_simulated(
     before = (
         np.floor(np.log1p(-rng.random(searches)) / math.log1p(-p)).astype(np.int64)
         if p < 1
-        else (np.zeros(searches, dtype=np.int64))
+        else np.zeros(searches, dtype=np.int64)
     )
     found = before < num_samples
     cost = np.full(searches, math.inf)
@@ -461,7 +461,7 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
 
 
-def _round3(numerator: float | None, denominator: float | None) -> float | None:
+def _ratio_of(numerator: float | None, denominator: float | None) -> float | None:
     return None if numerator is None or not denominator else round(numerator / denominator, 3)
 
 
