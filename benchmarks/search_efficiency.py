@@ -199,6 +199,7 @@ def evaluate(
                     "epochs": trace.epochs,
                     "cost_s": round(trace.total_cost, 1),
                     "time_to_target_s": _round(trace.cost_to_reach(target, mode, tolerance)),
+                    "target_at_trial": trial_reaching(result.events, target, mode, tolerance),
                     "final_regret": round(trace.regret(target, mode)[-1], 3) if trace.epochs else None,
                     "replay_wall_s": round(result.wall_s, 2),
                     "suggest_s": round(sum(result.suggest_s), 3),
@@ -222,6 +223,11 @@ def evaluate(
             "settings": settings[name],
             "time_to_target_s": {k: _round(v) for k, v in quantiles(reach).items()},
             "reached": f"{sum(not math.isinf(r) for r in reach)}/{len(reach)}",
+            # Which trial got there (1 = the first to report), where the seeds did: how early a
+            # policy tries the configuration that reaches the target, apart from what it costs.
+            "target_at_trial": quantiles(
+                [math.inf if r["target_at_trial"] is None else r["target_at_trial"] for r in runs[name]]
+            ),
             "cost_s": quantiles([t.total_cost for t in traces[name]]),
             "epochs_run": quantiles([float(t.epochs) for t in traces[name]]),
             "final_regret": quantiles([r[-1] for r in regrets]),
@@ -281,6 +287,18 @@ def evaluate(
         "policies": out_policies,
     }
     return figures
+
+
+def trial_reaching(events: Any, target: float, mode: str, tolerance: float) -> int | None:
+    """The position (1 = first), in the order trials first reported, of the trial whose epoch first
+    came within `tolerance` points of `target`; None if none did."""
+    order: dict[str, int] = {}
+    for event in events:
+        order.setdefault(event.trial_id, len(order) + 1)
+        gap = target - event.value if mode == "max" else event.value - target
+        if 100 * gap <= tolerance + 1e-9:
+            return order[event.trial_id]
+    return None
 
 
 def table_facts(

@@ -156,3 +156,20 @@ def searches_by_explicit_draws(
         costs.append(spent if found else float("inf"))
     q25, median, q75 = statistics.quantiles(costs, n=4, method="inclusive")
     return {"q25": q25, "median": median, "q75": q75}
+
+
+def test_trial_reaching_counts_trials_in_the_order_they_first_reported() -> None:
+    from types import SimpleNamespace
+
+    from benchmarks.search_efficiency import trial_reaching
+
+    def event(trial: str, value: float) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=trial, value=value)
+
+    # Trials a and b report side by side; c starts after a ended; b's third epoch gets there.
+    events = [event("a", 0.5), event("b", 0.6), event("a", 0.7), event("c", 0.8), event("b", 0.9)]
+    assert trial_reaching(events, 0.9, "max", 0.5) == 2
+    assert trial_reaching(events, 0.8, "max", 0.5) == 3
+    assert trial_reaching(events, 0.95, "max", 0.5) is None
+    # A loss: lower is better.
+    assert trial_reaching([event("a", 0.3), event("b", 0.1)], 0.1, "min", 0.5) == 2

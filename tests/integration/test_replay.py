@@ -66,6 +66,8 @@ def test_two_policies_replay_through_tune_and_optuna(ray_connected: LocalCluster
     simulated = figures["random_search_simulated"]
     assert simulated["num_samples"] == 4 and 0 < simulated["hit_chance_per_trial"] <= 1
     assert "time_to_target_vs_random_simulated" in figures
+    for run in figures["policies"]["tpe_asha"]["runs"] + figures["policies"]["random"]["runs"]:
+        assert run["target_at_trial"] is None or 1 <= run["target_at_trial"] <= run["trials"]
     ours, random = figures["policies"]["tpe_asha"], figures["policies"]["random"]
     assert [r["errors"] for r in ours["runs"] + random["runs"]] == [0, 0, 0, 0]
     assert all(r["trials"] == 4 for r in ours["runs"] + random["runs"])
