@@ -248,7 +248,7 @@ def evaluate(
         "tolerance_points": tolerance,
         "table_best": target,
         "configs": len(curves.curves),
-        "configs_within_tolerance": _within(curves, metric, mode, target, tolerance),
+        "configs_within_tolerance": _configs_within(curves, metric, mode, target, tolerance),
         "grid_cost_s": round(sum(curves.full_cost()), 1),
         "seeds": seeds,
         "num_samples": num_samples,
@@ -270,7 +270,7 @@ def evaluate(
         # on a small validation set is about one example.
         "looser_targets": {
             f"{points:g}": {
-                "configs_within": _within(curves, metric, mode, target, points),
+                "configs_within": _configs_within(curves, metric, mode, target, points),
                 "median_time_to_target_s": {
                     p: _round(quantiles([t.cost_to_reach(target, mode, points) for t in traces[p]])["median"])
                     for p in policies
@@ -289,14 +289,18 @@ def evaluate(
     return figures
 
 
+def within(value: float, target: float, mode: str, points: float) -> bool:
+    """`value` is at most `points` (metric × 100) worse than `target`."""
+    return 100 * (target - value if mode == "max" else value - target) <= points + 1e-9
+
+
 def trial_reaching(events: Any, target: float, mode: str, tolerance: float) -> int | None:
     """The position (1 = first), in the order trials first reported, of the trial whose epoch first
     came within `tolerance` points of `target`; None if none did."""
     order: dict[str, int] = {}
     for event in events:
         order.setdefault(event.trial_id, len(order) + 1)
-        gap = target - event.value if mode == "max" else event.value - target
-        if 100 * gap <= tolerance + 1e-9:
+        if within(event.value, target, mode, tolerance):
             return order[event.trial_id]
     return None
 
@@ -321,7 +325,7 @@ def table_facts(
     from tlsearch.space.space import STRATEGY_PARAM, seed_points
 
     def reached(row: dict[str, Any]) -> bool:
-        return 100 * (target - row[metric] if mode == "max" else row[metric] - target) <= tolerance + 1e-9
+        return within(row[metric], target, mode, tolerance)
 
     oracle = min(
         (next(r for r in curve if reached(r))["device_s"], curve[0]["config_id"])
@@ -375,11 +379,10 @@ def draw_probabilities(curves: Any) -> dict[str, float]:
     uniformly, then each of its knobs uniformly among the table's values (the replayed space's
     choices); the table is a full grid, so these add up to 1."""
     strategies = curves.strategies()
-    chances = {}
-    for key, curve in curves.curves.items():
-        choices = math.prod(len(v) for v in curves.values(curve[0]["strategy"]).values())
-        chances[key] = 1.0 / (len(strategies) * choices)
-    return chances
+    configs = {s: math.prod(len(v) for v in curves.values(s).values()) for s in strategies}
+    return {
+        key: 1.0 / (len(strategies) * configs[curve[0]["strategy"]]) for key, curve in curves.curves.items()
+    }
 
 
 def random_search_simulated(
@@ -409,12 +412,7 @@ def random_search_simulated(
             hits.append((chances[key], hit["device_s"]))
     p = sum(c for c, _ in hits)
     rng = np.random.default_rng(seed)
-    # Trials before the first hit: geometric, by inverse CDF (numpy's geometric needs p < 1).
-    before = (
-        np.floor(np.log1p(-rng.random(searches)) / math.log1p(-p)).astype(np.int64)
-        if p < 1
-        else np.zeros(searches, dtype=np.int64)
-    )
+    before = rng.geometric(p, searches) - 1  # trials before the first that reaches the target
     found = before < num_samples
     cost = np.full(searches, math.inf)
     if found.any():
@@ -447,11 +445,8 @@ def _median_of(policies: dict[str, Any], name: str = BASELINE) -> float | None:
     return policies[name]["time_to_target_s"]["median"] if name in policies else None
 
 
-def _within(curves: Any, metric: str, mode: str, target: float, points: float) -> int:
-    pick = min if mode == "min" else max
-    return sum(
-        100 * abs(target - pick(r[metric] for r in c)) <= points + 1e-9 for c in curves.curves.values()
-    )
+def _configs_within(curves: Any, metric: str, mode: str, target: float, points: float) -> int:
+    return sum(any(within(r[metric], target, mode, points) for r in c) for c in curves.curves.values())
 
 
 def _median_ratio(
@@ -463,15 +458,15 @@ def _median_ratio(
         quantiles([t.cost_to_reach(target, mode, points) for t in traces[name]])["median"]
         for name in (numerator, denominator)
     )
-    return round(a / b, 3) if a is not None and b else None
+    return _ratio_of(a, b)
 
 
 def _ratio(policies: dict[str, Any], numerator: str, denominator: str) -> float | None:
     if numerator not in policies or denominator not in policies:
         return None
-    a = policies[numerator]["time_to_target_s"]["median"]
-    b = policies[denominator]["time_to_target_s"]["median"]
-    return round(a / b, 3) if a is not None and b else None
+    return _ratio_of(
+        policies[numerator]["time_to_target_s"]["median"], policies[denominator]["time_to_target_s"]["median"]
+    )
 
 
 def _relative(path: Path) -> str:
@@ -581,6 +576,11 @@ def main() -> None:
         "e.g. for a run with more seeds beside the headline one",
     )
     args = parser.parse_args()
+    for option, value in (("--seeds", args.seeds), ("--num-samples", args.num_samples)):
+        if value is not None and value < 1:
+            parser.error(f"{option} must be at least 1, but got {value}")
+    if not args.quick and not args.table.exists():
+        parser.error(f"{args.table} is missing: record it with `python benchmarks/learning_curves.py`")
 
     import ray
 
@@ -589,8 +589,6 @@ def main() -> None:
     base = yaml.safe_load(args.spec.read_text())
     if args.quick:
         curves = synthetic_curves(GRID, base["search"]["max_epochs"])
-    elif not args.table.exists():
-        raise SystemExit(f"{args.table} is missing: record it with `python benchmarks/learning_curves.py`")
     else:
         curves = LearningCurves.read(args.table)
     seeds = args.seeds or (2 if args.quick else 10)

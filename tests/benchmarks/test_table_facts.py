@@ -3,7 +3,10 @@ cheapest way to reach it and what the spec's seed configurations cost."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -173,3 +176,18 @@ def test_trial_reaching_counts_trials_in_the_order_they_first_reported() -> None
     assert trial_reaching(events, 0.95, "max", 0.5) is None
     # A loss: lower is better.
     assert trial_reaching([event("a", 0.3), event("b", 0.1)], 0.1, "min", 0.5) == 2
+
+
+def test_search_efficiency_refuses_bad_input_with_exit_code_2(tmp_path: Path) -> None:
+    """Before Ray starts: what is wrong and how to fix it, and nothing written."""
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "search_efficiency.py"
+    cases = [
+        (["--quick", "--num-samples", "0"], "--num-samples must be at least 1, but got 0"),
+        (["--quick", "--seeds", "-1"], "--seeds must be at least 1, but got -1"),
+        (["--table", str(tmp_path / "none.parquet")], "none.parquet is missing: record it with"),
+    ]
+    for args, message in cases:
+        result = subprocess.run(
+            [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
