@@ -92,6 +92,10 @@ POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
         "TPE + ASHA cutting after 1 epoch (scheduler.grace_period: 1)",
         {"grace_period": 1},
     ),
+    "tpe_asha_default_scheduler": (
+        "TPE + ASHA with tlsearch's default scheduler settings (grace_period: 1, reduction_factor: 3)",
+        {"grace_period": 1, "reduction_factor": 3.0},
+    ),
 }
 OURS, BASELINE = "tpe_asha", "random"
 LOOSER_TARGETS = (1.0, 2.0)  # points: time to target is reported for these too
@@ -125,8 +129,9 @@ def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_sam
         num_samples = len(configs)
     if changes.pop("cost_aware", False):
         changes["scheduler"] = cost_aware_scheduler(curves, search.get("scheduler", {}))
-    if "grace_period" in changes:
-        changes["scheduler"] = {**search.get("scheduler", {}), "grace_period": changes.pop("grace_period")}
+    asha = {k: changes.pop(k) for k in ("grace_period", "reduction_factor") if k in changes}
+    if asha:
+        changes["scheduler"] = {**search.get("scheduler", {}), **asha}
     return replay_spec(base, curves, sampler=sampler, num_samples=num_samples, **changes)
 
 
@@ -170,10 +175,12 @@ def evaluate(
     num_samples: int,
     max_concurrent: int,
     tolerance: float,
+    engine: str = "tune",
     log: Any = print,
 ) -> dict[str, Any]:
-    """Replay every policy with every seed on the connected Ray cluster; the figures as a dict."""
-    from tlsearch.search.replay import Trace, run_replay
+    """Replay every policy with every seed, through Tune on the connected Ray cluster (`engine`
+    "tune") or by simulate_replay's event clock ("events": no cluster); the figures as a dict."""
+    from tlsearch.search.replay import Trace, run_replay, simulate_replay
 
     metric = base["search"]["metric"]
     from tlsearch.spec import vocab
@@ -188,7 +195,10 @@ def evaluate(
         for name in policies:
             spec = policy_spec(name, base, curves, seed, num_samples)
             settings.setdefault(name, _describe(spec))
-            result = run_replay(spec, curves, max_concurrent=max_concurrent, storage_path=storage)
+            if engine == "events":
+                result = simulate_replay(spec, curves, max_concurrent=max_concurrent)
+            else:
+                result = run_replay(spec, curves, max_concurrent=max_concurrent, storage_path=storage)
             trace = Trace.of(result.events, mode)
             traces[name].append(trace)
             runs[name].append(
@@ -250,6 +260,7 @@ def evaluate(
         "configs": len(curves.curves),
         "configs_within_tolerance": _configs_within(curves, metric, mode, target, tolerance),
         "grid_cost_s": round(sum(curves.full_cost()), 1),
+        "engine": engine,
         "seeds": seeds,
         "num_samples": num_samples,
         "max_concurrent": max_concurrent,
@@ -563,7 +574,16 @@ def main() -> None:
     parser.add_argument(
         "--spec", type=Path, default=DEMO_SPEC, help="the spec whose search settings are replayed"
     )
-    parser.add_argument("--seeds", type=int, help="seeds per policy (default 10; --quick 2)")
+    parser.add_argument(
+        "--engine",
+        choices=["tune", "events"],
+        default="tune",
+        help="tune: replay through Ray Tune on a local cluster (the default); events: the same "
+        "searcher and scheduler on simulated device clocks, no cluster (seconds per search)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, help="seeds per policy (default 10, --engine events 200; --quick 2)"
+    )
     parser.add_argument(
         "--num-samples", type=int, default=100, help="trials per search, grid search excepted (default 100)"
     )
@@ -591,7 +611,7 @@ def main() -> None:
         curves = synthetic_curves(GRID, base["search"]["max_epochs"])
     else:
         curves = LearningCurves.read(args.table)
-    seeds = args.seeds or (2 if args.quick else 10)
+    seeds = args.seeds or (2 if args.quick else 200 if args.engine == "events" else 10)
     # Random search draws a strategy first, then its knobs: on the demo's grid the best of 28
     # configurations (a partial one, 1 of 12) comes up once in 48 trials, so a budget of 100 trials
     # lets it get there in most seeds (88%) and time to target is measured rather than censored. On
@@ -600,13 +620,18 @@ def main() -> None:
 
     measured_on = environment()  # the tree as the replays began (editing it meanwhile changes nothing)
     started = time.time()
-    ray.init(
-        address="local",
-        num_cpus=args.max_concurrent,
-        include_dashboard=False,  # replayed trials start no Ray Train workers
-        log_to_driver=False,
-        _node_ip_address="127.0.0.1",
-    )
+    if args.engine == "tune":
+        ray.init(
+            address="local",
+            num_cpus=args.max_concurrent,
+            include_dashboard=False,  # replayed trials start no Ray Train workers
+            log_to_driver=False,
+            _node_ip_address="127.0.0.1",
+        )
+    else:
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # a study per search, thousands
     try:
         figures = evaluate(
             curves,
@@ -616,9 +641,12 @@ def main() -> None:
             num_samples=num_samples,
             max_concurrent=args.max_concurrent,
             tolerance=args.tolerance,
+            engine=args.engine,
+            log=print if args.engine == "tune" else lambda _: None,
         )
     finally:
-        ray.shutdown()
+        if ray.is_initialized():
+            ray.shutdown()
     name = args.name or ("search_efficiency_quick" if args.quick else "search_efficiency")
     figures = {
         "quick": args.quick,

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmarks.learning_curves import DEMO_SPEC, QUICK_GRID, quick_base, record, synthetic_curves
+from benchmarks.learning_curves import DEMO_SPEC, GRID, QUICK_GRID, quick_base, record, synthetic_curves
 from benchmarks.search_efficiency import evaluate
 from tests.integration.conftest import LocalCluster
 from tlsearch.search.replay import grid_seed_configs, replay_spec, run_replay
@@ -77,3 +77,23 @@ def test_two_policies_replay_through_tune_and_optuna(ray_connected: LocalCluster
         assert set(policy["time_to_target_s"]) == {"median", "q25", "q75"}
         assert len(policy["regret_curve"]["median"]) == len(figures["cost_grid_s"])
         assert set(policy["cost_share_by_strategy"]) == {"linear_probe", "full"}
+
+
+def test_the_simulated_replay_is_tunes_with_one_trial_at_a_time(
+    ray_connected: LocalCluster, tmp_path: Path
+) -> None:
+    """Without Tune's controller, the same searcher and scheduler called in Tune's order: with one
+    slot, the same trials and epochs in the same order as the replay through Tune."""
+    from tlsearch.search.replay import simulate_replay
+
+    base = yaml.safe_load(DEMO_SPEC.read_text())
+    curves = synthetic_curves(GRID, max_epochs=4, seed=5)  # 28 configurations
+    for policy_changes in ({}, {"sampler": {"type": "random", "seed": 1}}):
+        spec = replay_spec(base, curves, num_samples=12, **policy_changes)
+        assert spec.search.scheduler.type == "asha"
+        through_tune = run_replay(spec, curves, max_concurrent=1, storage_path=str(tmp_path / "replay"))
+        simulated = simulate_replay(spec, curves, max_concurrent=1)
+        assert through_tune.errors == 0 and simulated.trials == through_tune.trials == 12
+        sequence = [(e.config_id, e.epoch, e.value) for e in through_tune.events]
+        assert [(e.config_id, e.epoch, e.value) for e in simulated.events] == sequence
+        assert len({e.epoch for e in simulated.events}) > 1 and len(sequence) < 12 * 4  # ASHA cut some

@@ -172,3 +172,48 @@ def test_a_finished_grid_search_becomes_a_table(tmp_path: Path) -> None:
     write_tables(tmp_path, "val_f1_macro", "max", 2)
     with pytest.raises(UserInputError, match="did not run every epoch"):
         curves_from_run(tmp_path)
+
+
+def test_the_simulated_replay_runs_each_trial_on_its_own_device_clock(curves: LearningCurves) -> None:
+    from tlsearch.search.replay import simulate_replay
+
+    # Every configuration once, no early stopping: every recorded epoch arrives, on two slots.
+    spec = replay_spec(
+        BASE,
+        curves,
+        num_samples=len(curves.curves),
+        seed_configs=grid_seed_configs(curves),
+        scheduler={"type": "fifo"},
+    )
+    result = simulate_replay(spec, curves, max_concurrent=2)
+    assert result.trials == len(curves.curves) and result.errors == 0
+    replayed = {(e.config_id, e.epoch): e.value for e in result.events}
+    assert replayed == {(r["config_id"], r["epoch"]): r["val_f1_macro"] for r in curves.rows}
+    times = [e.time for e in result.events]
+    assert times == sorted(times)  # results arrive when their epoch's device-seconds have passed
+    # Two slots, each busy from its first trial's start to its last trial's end: the search ends
+    # after at least half of all the device-seconds, and a freed slot starts its next trial at once.
+    total = sum(curves.full_cost())
+    assert total / 2 <= times[-1] < total
+    ends = {}
+    for e in result.events:
+        ends[e.trial_id] = e.time
+    starts = sorted(result.trial_starts.values())
+    assert starts[:2] == [0.0, 0.0] and all(s in set(ends.values()) for s in starts[2:])
+
+
+def test_the_simulated_replay_stops_trials_where_asha_does(curves: LearningCurves) -> None:
+    from tlsearch.search.replay import simulate_replay
+
+    spec = replay_spec(
+        BASE, curves, num_samples=8, scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}
+    )
+    result = simulate_replay(spec, curves, max_concurrent=2)
+    epochs_by_trial: dict[str, list[int]] = {}
+    for e in result.events:
+        epochs_by_trial.setdefault(e.trial_id, []).append(e.epoch)
+    assert result.trials == 8 == len(epochs_by_trial)
+    assert all(epochs == list(range(1, len(epochs) + 1)) for epochs in epochs_by_trial.values())
+    assert any(len(epochs) < curves.max_epochs for epochs in epochs_by_trial.values())  # some were cut
+    assert any(len(epochs) == curves.max_epochs for epochs in epochs_by_trial.values())
+    assert len(set(e.config_id for e in result.events)) == 8  # no configuration trained twice

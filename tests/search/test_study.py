@@ -35,11 +35,16 @@ def searcher(run_dir: Path, spec: Spec = SPEC, study_name: str = "s-1", **option
     )
 
 
-def run(search: StudySearch, trial_id: str, values: list[float], error: bool = False) -> None:
+def run(
+    search: StudySearch, trial_id: str, values: list[float], error: bool = False, stopped: bool = False
+) -> None:
+    """A trial as Tune drives the searcher; `stopped`: the scheduler stopped it on its last result,
+    which Tune then passes to on_trial_complete only."""
     assert search.suggest(trial_id)["strategy"]
     for epoch, value in enumerate(values, start=1):
         result = {"val_accuracy": value, "epoch": epoch, "training_iteration": epoch}
-        search.on_trial_result(trial_id, result)
+        if not (stopped and epoch == len(values)):
+            search.on_trial_result(trial_id, result)
     search.on_trial_complete(trial_id, None if error else result, error=error)
 
 
@@ -122,3 +127,11 @@ def test_duplicates_run_when_asked(tmp_path: Path) -> None:
     configs = [search.suggest(f"t{i}") for i in range(12)]
     keys = [(c["linear_probe"]["head_lr"], c["common"]["batch_size"]) for c in configs]
     assert len(set(keys)) < len(keys) and search.duplicates_skipped == 0
+
+
+def test_a_stopped_trial_keeps_the_value_it_was_stopped_on(tmp_path: Path) -> None:
+    search = searcher(tmp_path)
+    run(search, "cut", [0.5, 0.45], stopped=True)  # ASHA judged epoch 2 and stopped it there
+    (pruned,) = optuna.load_study(study_name="s-1", storage=make_storage(None, tmp_path)).trials
+    assert pruned.state == TrialState.PRUNED
+    assert pruned.intermediate_values == {1: 0.5, 2: 0.45} and pruned.last_step == 2

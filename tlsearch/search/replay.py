@@ -394,6 +394,100 @@ def run_replay(
     )
 
 
+@dataclass
+class _SimulatedTrial:
+    trial_id: str  # what the scheduler keys its bookkeeping on
+    rows: tuple[dict[str, Any], ...]
+    epochs_done: int = 0
+
+
+def simulate_replay(spec: Any, curves: LearningCurves, *, max_concurrent: int) -> ReplayResult:
+    """The replayed search without Tune's controller: the same searcher, sampler, seed configs and
+    scheduler as `run_replay` (built by `search_algorithms`), called in the order Tune calls them,
+    with each running trial on its own device clock.
+
+    Each of the `max_concurrent` slots runs one trial; an epoch's result arrives when its recorded
+    device-seconds have passed on that slot, the earliest first, and a freed slot starts the next
+    trial at that moment. So a cheap trial's epochs arrive before an expensive one's, as in a real
+    search. (`run_replay` reports epochs as fast as Ray delivers them: two concurrent trials
+    interleave by Ray's timing, not by what their epochs cost.) With one slot both give the same
+    sequence of trials and epochs (tests/integration/test_replay.py). Hundreds of seeds take
+    seconds rather than a Ray cluster's minutes: for medians that a few seeds only sample."""
+    import heapq
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from tlsearch.search.runner import search_algorithms
+    from tlsearch.space import build_space
+
+    started = time.perf_counter()
+    searcher, scheduler = search_algorithms(spec, build_space(spec), f"{spec.name}-simulated", storage=None)
+    limiter = TimedLimiter(searcher, max_concurrent=max_concurrent)
+    metric = spec.search.metric
+    events: list[ReplayEvent] = []
+    starts: dict[str, float] = {}
+    pending: list[tuple[float, int, str]] = []  # (device clock at the epoch's end, start order, trial)
+    running: dict[str, _SimulatedTrial] = {}
+    suggest_more = True
+
+    def start(now: float) -> None:
+        nonlocal suggest_more
+        if not suggest_more or len(starts) >= spec.search.num_samples:
+            return
+        trial_id = f"simulated_{len(starts):05d}"
+        config = limiter.suggest(trial_id)
+        if not isinstance(config, dict):  # FINISHED (a listed space tried in full) or nothing more
+            suggest_more = False
+            return
+        trial = _SimulatedTrial(trial_id, curves.curve(config))
+        running[trial_id] = trial
+        starts[trial_id] = now
+        scheduler.on_trial_add(None, trial)
+        heapq.heappush(pending, (now + trial.rows[0]["epoch_device_s"], len(starts), trial_id))
+
+    for _ in range(max_concurrent):
+        start(0.0)
+    while pending:
+        now, order, trial_id = heapq.heappop(pending)
+        trial = running[trial_id]
+        row = trial.rows[trial.epochs_done]
+        trial.epochs_done += 1
+        result = {k: _plain(row[k]) for k in REPORTED} | {"training_iteration": trial.epochs_done}
+        events.append(
+            ReplayEvent(
+                trial_id,
+                row[CONFIG_ID],
+                row[STRATEGY],
+                int(row["epoch"]),
+                float(row[metric]),
+                float(row["epoch_device_s"]),
+                now,
+            )
+        )
+        # Tune's order (TuneController._process_trial_result, stop_trial): the scheduler decides
+        # first; the searcher hears the result only if the trial goes on, and its end either way.
+        decision = scheduler.on_trial_result(None, trial, result)
+        if decision != TrialScheduler.STOP:
+            limiter.on_trial_result(trial_id, result)
+        if decision == TrialScheduler.STOP or trial.epochs_done == len(trial.rows):
+            scheduler.on_trial_complete(None, trial, result)
+            limiter.on_trial_complete(trial_id, result=result)
+            del running[trial_id]
+            start(now)
+        else:
+            next_row = trial.rows[trial.epochs_done]
+            heapq.heappush(pending, (now + next_row["epoch_device_s"], order, trial_id))
+    return ReplayResult(
+        events=events,
+        suggest_s=limiter.suggest_s,
+        wall_s=time.perf_counter() - started,
+        trials=len(starts),
+        trial_starts=starts,
+        trial_pids={},
+        started_at=0.0,
+    )
+
+
 # --- scoring a replayed search -----------------------------------------------------------------
 
 

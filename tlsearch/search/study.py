@@ -2,10 +2,11 @@
 and told how ASHA ended each trial.
 
 Trials stopped early by the scheduler are recorded as PRUNED at the epoch they were stopped, with
-every epoch's value as an intermediate value. Ray's OptunaSearch would record them COMPLETE with
-their last value, as if a network trained for one epoch had been trained to the end. PRUNED is what
-ASHA decided: Optuna's TPE ranks every completed trial above every pruned one, and among pruned
-trials the ones that got further above the ones stopped earlier.
+every epoch's value as an intermediate value, the epoch the scheduler stopped them at included
+(Tune passes that result to the scheduler, not to `on_trial_result`). Ray's OptunaSearch would
+record them COMPLETE with their last value, as if a network trained for one epoch had been trained
+to the end. PRUNED is what ASHA decided: Optuna's TPE ranks every completed trial above every
+pruned one, and among pruned trials the ones that got further above the ones stopped earlier.
 
 A configuration is never trained twice (`search.skip_duplicates`, on by default): in a space of
 choices and integers the sampler draws configurations it has already run (TPE ever more often as it
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+import warnings
 from typing import Any
 
 import optuna
@@ -142,8 +144,15 @@ class StudySearch(OptunaSearch):
         if not stopped_early or trial_id not in self._ot_trials or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
+        ot_trial = self._ot_trials[trial_id]
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
-            self._ot_study.tell(self._ot_trials[trial_id], state=optuna.trial.TrialState.PRUNED)
+            if self.metric in result:
+                # Tune does not pass the result the scheduler stopped a trial on to
+                # on_trial_result: the value ASHA judged, at the epoch it judged it, is recorded here.
+                with warnings.catch_warnings():  # a retried trial may report its epoch again
+                    warnings.simplefilter("ignore")
+                    ot_trial.report(result[self.metric], int(epoch))
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
 
 
