@@ -1,14 +1,21 @@
 """Search efficiency: replay the learning-curve table through the real Tune + Optuna stack and compare
 search policies by the device-seconds they spend.
 
-    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 12 policies × 10 seeds
+    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 13 policies × 10 seeds
     .venv/bin/python benchmarks/search_efficiency.py --quick    # a synthetic table, 2 seeds, about a minute
     .venv/bin/python benchmarks/search_efficiency.py --table benchmarks/data/learning_curves_wide.parquet \
-        --name search_efficiency_wide --num-samples 500       # the demo's whole space: the headline
+        --name search_efficiency_wide --num-samples 500       # the demo's whole space
+    .venv/bin/python benchmarks/search_efficiency.py --engine events ...   # 200 seeds, no cluster
 
 The full run replays 120 searches of 100 trials (grid search: one pass over the table) on a local
 Ray cluster of --max-concurrent CPUs: about 13 minutes on a quiet 2-core machine (the wide
 table at 500 trials per search: 29).
+
+`--engine events` runs the same searches without Tune's controller (tlsearch.search.replay.
+simulate_replay: the same searcher and scheduler, called in Tune's order, each trial on its own
+simulated device clock; with one trial at a time it gives the Tune replay's sequence exactly):
+about a second per search, so 200 seeds per policy, where ten sample a long-tailed cost only
+roughly. The headline (summary.json) is the whole-space table's `--engine events` run.
 
 Every replayed search is built as a real one is (tlsearch.search.runner.search_algorithms: the
 StudySearch searcher, the sampler and seed configs of the spec, ASHA or FIFO), over the demo spec
@@ -19,8 +26,8 @@ twice), random + ASHA, TPE without early stopping, random search (independent dr
 included, no seed configs, no early stopping), grid (every configuration, in a random order), and
 for the cost-aware scheduler the ASHA policies with `time_attr: device_s`; ours without seed
 configs and ours with repeats separate what the seed configs and skipping repeats do; ours with 2
-start-up trials and ours with a 1-epoch grace period show how much two settings of the replayed
-spec (the demo's) matter.
+start-up trials, and with ASHA waiting 2 epochs (keeping a third, or half: the demo spec's former
+settings), show how much these settings of the replayed spec matter.
 
 For each policy and seed: the cost (device-seconds of the epochs run, in the order the driver
 received them) until the best value found is within --tolerance points (metric × 100) of the
@@ -81,20 +88,21 @@ POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
         "TPE + ASHA counting device-seconds, without seed configs",
         {"seed_configs": "none", "cost_aware": True},
     ),
-    # Sensitivity to two settings of the spec replayed (not tlsearch's choices: one table cannot
-    # choose them): how many trials TPE samples at random before modelling (seed configs count),
-    # and how many epochs ASHA waits before its first cut.
+    # Sensitivity to settings of the spec replayed: how many trials TPE samples at random before
+    # modelling (seed configs count), how many epochs ASHA waits before its first cut and how
+    # many trials it keeps at a rung.
     "tpe_asha_startup_2": (
         "TPE + ASHA with 2 start-up trials (sampler.n_startup_trials: 2; the seed configs count)",
         {"sampler": {"n_startup_trials": 2}},
     ),
-    "tpe_asha_grace_1": (
-        "TPE + ASHA cutting after 1 epoch (scheduler.grace_period: 1)",
-        {"grace_period": 1},
+    "tpe_asha_grace_2": (
+        "TPE + ASHA cutting after 2 epochs (scheduler.grace_period: 2)",
+        {"grace_period": 2},
     ),
-    "tpe_asha_default_scheduler": (
-        "TPE + ASHA with tlsearch's default scheduler settings (grace_period: 1, reduction_factor: 3)",
-        {"grace_period": 1, "reduction_factor": 3.0},
+    "tpe_asha_grace_2_rf_2": (
+        "TPE + ASHA cutting after 2 epochs and keeping half (grace_period: 2, reduction_factor: 2: "
+        "the demo spec's settings until 2026-11-29)",
+        {"grace_period": 2, "reduction_factor": 2.0},
     ),
 }
 OURS, BASELINE = "tpe_asha", "random"
