@@ -191,3 +191,20 @@ def test_search_efficiency_refuses_bad_input_with_exit_code_2(tmp_path: Path) ->
             [sys.executable, str(script), *args], capture_output=True, text=True, timeout=120
         )
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr[-500:])
+
+
+def test_the_ratio_interval_brackets_the_ratio_and_narrows_with_seeds() -> None:
+    import numpy as np
+
+    from benchmarks.search_efficiency import bootstrap_ratio
+
+    rng = np.random.default_rng(7)
+    few = bootstrap_ratio(list(rng.exponential(100, 10)), list(rng.exponential(400, 10)))
+    many = bootstrap_ratio(list(rng.exponential(100, 400)), list(rng.exponential(400, 400)))
+    assert few["q05"] < few["q95"] and many["q05"] < 0.25 < many["q95"]  # the true ratio of medians
+    assert many["q95"] - many["q05"] < few["q95"] - few["q05"]
+    # Searches that never got there are infinitely expensive; a ratio that is mostly undefined has
+    # no interval.
+    assert bootstrap_ratio([float("inf")] * 9 + [1.0], [1.0] * 10) == {"q05": None, "q95": None}
+    partly = bootstrap_ratio([float("inf")] * 3 + [1.0] * 17, [2.0] * 20)
+    assert partly == {"q05": 0.5, "q95": 0.5}
