@@ -7,7 +7,7 @@ search policies by the device-seconds they spend.
         --name search_efficiency_wide --num-samples 500       # the demo's whole space
     .venv/bin/python benchmarks/search_efficiency.py --engine events ...   # 200 seeds, no cluster
 
-The full run replays 120 searches of 100 trials (grid search: one pass over the table) on a local
+The full run replays 130 searches of 100 trials (grid search: one pass over the table) on a local
 Ray cluster of --max-concurrent CPUs: about 13 minutes on a quiet 2-core machine (the wide
 table at 500 trials per search: 29).
 
