@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tlsearch.results.study import make_storage, open_storage, storage_description
-from tlsearch.search.study import MAX_REDRAWS, StudySearch, close_orphans
+from tlsearch.search.study import MAX_REDRAWS, StudySearch, close_orphans, tpe_acquisition
 from tlsearch.space import build_space, make_sampler
 from tlsearch.spec import Spec, validate_spec
 
@@ -135,3 +135,33 @@ def test_a_stopped_trial_keeps_the_value_it_was_stopped_on(tmp_path: Path) -> No
     (pruned,) = optuna.load_study(study_name="s-1", storage=make_storage(None, tmp_path)).trials
     assert pruned.state == TrialState.PRUNED
     assert pruned.intermediate_values == {1: 0.5, 2: 0.45} and pruned.last_step == 2
+
+
+def test_tpe_runs_the_untried_configuration_its_model_ranks_highest(tmp_path: Path) -> None:
+    """Ten configurations; after five, TPE's next one is the untried configuration with the largest
+    l(x)/g(x): the best one's head LR with the other batch size. (TPE's own draw would repeat the
+    best configuration, which the searcher would replace with an untried one at random.)"""
+    search = discrete_searcher(tmp_path, head_lr=(0.0001, 0.001, 0.01, 0.1, 1.0))
+    history = {(0.1, 16): 0.9, (0.0001, 16): 0.1, (0.001, 16): 0.2, (0.01, 32): 0.3, (1.0, 16): 0.25}
+    for i, ((head_lr, batch_size), accuracy) in enumerate(history.items()):
+        search._ot_study.enqueue_trial({"linear_probe/head_lr": head_lr, "common/batch_size": batch_size})
+        run(search, f"h{i}", [accuracy])
+    untried = search._untried()
+    assert untried is not None and len(untried) == 5
+    scores = tpe_acquisition(search._ot_study, search._ot_study.sampler, untried)
+    assert scores is not None
+    ranked = sorted(zip(scores, untried, strict=True), key=lambda pair: pair[0], reverse=True)
+    assert ranked[0][1] == {"linear_probe/head_lr": 0.1, "common/batch_size": 32}
+
+    config = search.suggest("next")
+    assert (config["linear_probe"]["head_lr"], config["common"]["batch_size"]) == (0.1, 32)
+    assert search.duplicates_skipped == 0
+
+
+def test_no_ranking_without_a_tpe_model(tmp_path: Path) -> None:
+    """Before TPE's start-up trials are done, or with the random sampler, untried picks are random."""
+    search = discrete_searcher(tmp_path)
+    points = search._untried()
+    assert points is not None
+    assert tpe_acquisition(search._ot_study, search._ot_study.sampler, points) is None  # no trials yet
+    assert tpe_acquisition(search._ot_study, optuna.samplers.RandomSampler(seed=0), points) is None
