@@ -210,7 +210,7 @@ class SearchSpec(Strict):
     seed_configs: Literal["default", "none"] | list[SeedConfig] = "default"
     # Tune retries a failed trial this many times, resuming from its last checkpoint.
     max_failures: int = Field(1, ge=0)
-    # Never train a configuration twice (the sampler draws again): spaces of choices and integers
+    # Never train a configuration twice (an untried one runs instead): spaces of choices and integers
     # repeat draws, and a repeat of a deterministic trial costs device time and teaches nothing.
     skip_duplicates: bool = True
 
