@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
@@ -165,3 +166,21 @@ def test_no_ranking_without_a_tpe_model(tmp_path: Path) -> None:
     assert points is not None
     assert tpe_acquisition(search._ot_study, search._ot_study.sampler, points) is None  # no trials yet
     assert tpe_acquisition(search._ot_study, optuna.samplers.RandomSampler(seed=0), points) is None
+
+
+def test_ranking_falls_back_when_tpe_internals_differ(tmp_path: Path, monkeypatch: Any) -> None:
+    """The ranking reads TPESampler's internals: where they are not what it expects, it says so once
+    and returns None (the searcher then lets TPE draw as usual)."""
+    import tlsearch.search.study as study_module
+
+    monkeypatch.setattr(study_module, "_warned_tpe_internals", False)
+    search = discrete_searcher(tmp_path)
+    for i in range(3):
+        run(search, f"t{i}", [0.1 * i])
+    points = search._untried()
+    assert points and tpe_acquisition(search._ot_study, search._ot_study.sampler, points) is not None
+    sampler = search._ot_study.sampler
+    monkeypatch.setattr(sampler, "_build_parzen_estimator", None)  # an Optuna without this method
+    with pytest.warns(UserWarning, match="cannot rank untried configurations"):
+        assert tpe_acquisition(search._ot_study, sampler, points) is None
+    assert tpe_acquisition(search._ot_study, sampler, points) is None  # warned once

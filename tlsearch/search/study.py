@@ -60,7 +60,8 @@ class StudySearch(OptunaSearch):
         self.duplicates_skipped = 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
-        if getattr(self, "_skip_duplicates", False) and self._ot_study is not None and not self._queued():
+        listed = getattr(self, "_skip_duplicates", False) and getattr(self, "_ot_study", None) is not None
+        if listed and not self._queued():
             # A listed space: TPE's choice is the untried configuration its model ranks highest.
             untried = self._untried()
             if untried and (scores := tpe_acquisition(self._ot_study, self._ot_study.sampler, untried)):
