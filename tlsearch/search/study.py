@@ -221,22 +221,22 @@ def _tpe_acquisition(
 ) -> list[float] | None:
     from optuna.samplers._tpe.sampler import _split_trials, default_gamma
 
-    finished = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    if len(finished) < sampler._n_startup_trials:
-        return None
     # As TPESampler._sample: with the constant liar, running trials count among the worse ones.
     states = (TrialState.COMPLETE, TrialState.PRUNED)
     if sampler._constant_liar:
         states += (TrialState.RUNNING,)
     trials = study.get_trials(deepcopy=False, states=states)
-    below, above = _split_trials(study, trials, (sampler._gamma or default_gamma)(len(finished)))
+    finished = sum(t.state != TrialState.RUNNING for t in trials)
+    if finished < sampler._n_startup_trials:
+        return None
+    below, above = _split_trials(study, trials, (sampler._gamma or default_gamma)(finished))
     if sampler._group:
         subspaces = sampler._group_decomposed_search_space.calculate(study).search_spaces
     elif sampler._multivariate:
         subspaces = [sampler._search_space.calculate(study)]
-    else:
-        subspaces = [{name: dist} for t in finished for name, dist in t.distributions.items()]
-        subspaces = list({next(iter(s)): s for s in subspaces}.values())  # one per parameter
+    else:  # independent TPE: one parameter at a time
+        distributions = {name: dist for t in trials for name, dist in t.distributions.items()}
+        subspaces = [{name: dist} for name, dist in distributions.items()]
     scores = [0.0] * len(points)
     for subspace in subspaces:
         space = {name: dist for name, dist in sorted(subspace.items()) if not dist.single()}
