@@ -1,13 +1,13 @@
 """Search efficiency: replay the learning-curve table through the real Tune + Optuna stack and compare
 search policies by the device-seconds they spend.
 
-    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 13 policies × 10 seeds
+    .venv/bin/python benchmarks/search_efficiency.py            # the recorded table, 14 policies × 10 seeds
     .venv/bin/python benchmarks/search_efficiency.py --quick    # a synthetic table, 2 seeds, about a minute
     .venv/bin/python benchmarks/search_efficiency.py --table benchmarks/data/learning_curves_wide.parquet \
         --name search_efficiency_wide --num-samples 500       # the demo's whole space
     .venv/bin/python benchmarks/search_efficiency.py --engine events ...   # 200 seeds, no cluster
 
-The full run replays 130 searches of 100 trials (grid search: one pass over the table) on a local
+The full run replays 140 searches of 100 trials (grid search: one pass over the table) on a local
 Ray cluster of --max-concurrent CPUs: about 13 minutes on a quiet 2-core machine (the wide
 table at 500 trials per search: 29).
 
@@ -25,7 +25,8 @@ Policies: TPE + ASHA (ours: tlsearch's defaults, seed configs first, no configur
 twice), random + ASHA, TPE without early stopping, random search (independent draws, repeats
 included, no seed configs, no early stopping), grid (every configuration, in a random order), and
 for the cost-aware scheduler the ASHA policies with `time_attr: device_s`; ours without seed
-configs and ours with repeats separate what the seed configs and skipping repeats do; ours with 2
+configs, ours with repeats and ours without ASHA's promotion (the search ends once the listed
+space has been tried in full) separate what the seed configs, skipping repeats and promoting do; ours with 2
 start-up trials, and with ASHA waiting 2 epochs (keeping a third, or half: the demo spec's former
 settings), show how much these settings of the replayed spec matter.
 
@@ -75,6 +76,10 @@ POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "grid": ("grid search: every configuration once, in a random order", {"grid": True}),
     "tpe_asha_no_seeds": ("TPE + ASHA without seed configs", {"seed_configs": "none"}),
+    "tpe_asha_no_promotion": (
+        "TPE + ASHA ending when the listed space has been tried in full (scheduler.promote: false)",
+        {"promote": False},
+    ),
     "tpe_asha_repeats": (
         "TPE + ASHA training repeated configurations again (skip_duplicates: false)",
         {"skip_duplicates": False},
@@ -137,7 +142,7 @@ def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_sam
         num_samples = len(configs)
     if changes.pop("cost_aware", False):
         changes["scheduler"] = cost_aware_scheduler(curves, search.get("scheduler", {}))
-    asha = {k: changes.pop(k) for k in ("grace_period", "reduction_factor") if k in changes}
+    asha = {k: changes.pop(k) for k in ("grace_period", "reduction_factor", "promote") if k in changes}
     if asha:
         changes["scheduler"] = {**search.get("scheduler", {}), **asha}
     return replay_spec(base, curves, sampler=sampler, num_samples=num_samples, **changes)

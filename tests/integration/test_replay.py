@@ -97,3 +97,29 @@ def test_the_simulated_replay_is_tunes_with_one_trial_at_a_time(
         sequence = [(e.config_id, e.epoch, e.value) for e in through_tune.events]
         assert [(e.config_id, e.epoch, e.value) for e in simulated.events] == sequence
         assert len({e.epoch for e in simulated.events}) > 1 and len(sequence) < 12 * 4  # ASHA cut some
+
+
+def test_promotion_through_tune_once_the_space_is_tried_in_full(
+    ray_connected: LocalCluster, tmp_path: Path
+) -> None:
+    """More trials than the 28 configurations: once every one has run, what ASHA stopped and would
+    keep now runs again. Through Tune the same as the simulated replay with one slot; with two,
+    Tune waits while the searcher has nothing yet (a running trial may make one promotable), and
+    the search ends by itself before num_samples."""
+    from tlsearch.search.replay import simulate_replay
+
+    base = yaml.safe_load(DEMO_SPEC.read_text())
+    curves = synthetic_curves(GRID, max_epochs=4, seed=1)  # two promotions with one slot
+    spec = replay_spec(base, curves, num_samples=40)
+    through_tune = run_replay(spec, curves, max_concurrent=1, storage_path=str(tmp_path / "one"))
+    simulated = simulate_replay(spec, curves, max_concurrent=1)
+    assert through_tune.errors == 0 and through_tune.trials == simulated.trials == 30
+    sequence = [(e.config_id, e.epoch, e.value) for e in through_tune.events]
+    assert [(e.config_id, e.epoch, e.value) for e in simulated.events] == sequence
+    # The two promoted configurations were stopped before, and start again from their first epoch.
+    first_epochs = [config_id for config_id, epoch, _ in sequence if epoch == 1]
+    assert len(set(first_epochs)) == 28 and len(first_epochs) == 30
+
+    two_slots = run_replay(spec, curves, max_concurrent=2, storage_path=str(tmp_path / "two"))
+    assert two_slots.errors == 0 and 28 <= two_slots.trials < 40
+    assert len({e.config_id for e in two_slots.events}) == 28

@@ -184,3 +184,151 @@ def test_ranking_falls_back_when_tpe_internals_differ(tmp_path: Path, monkeypatc
     with pytest.warns(UserWarning, match="cannot rank untried configurations"):
         assert tpe_acquisition(search._ot_study, sampler, points) is None
     assert tpe_acquisition(search._ot_study, sampler, points) is None  # warned once
+
+
+# --- ASHA's promotion once a listed space has been tried in full -------------------------------
+
+
+def test_asha_rungs_mirror_rays_bracket() -> None:
+    """The searcher's copy of ASHA's rungs records what Ray's AsyncHyperBandScheduler records, on
+    the same results in the same order (epochs and device-seconds; max and min)."""
+    import random
+
+    from ray.tune.schedulers import ASHAScheduler
+
+    from tlsearch.search.study import AshaRungs
+
+    for time_attr, grace, top, rf, mode in [
+        ("epoch", 1, 4, 3.0, "max"),
+        ("epoch", 1, 8, 2.0, "min"),
+        ("device_s", 12.5, 300.0, 2.5, "max"),
+    ]:
+        scheduler = ASHAScheduler(
+            time_attr=time_attr, metric="m", mode=mode, max_t=top, grace_period=grace,
+            reduction_factor=rf, stop_last_trials=False,
+        )  # fmt: skip
+        rungs = AshaRungs(time_attr, "m", mode, grace, top, rf)
+        bracket = scheduler._brackets[0]  # Ray's internals: what the mirror must agree with
+        assert rungs.milestones == [milestone for milestone, _ in bracket._rungs]
+        rng = random.Random(0)
+        clocks = {f"t{i}": 0.0 for i in range(12)}
+        for trial_id in clocks:
+            scheduler.on_trial_add(None, _FakeTrial(trial_id))
+        stopped = set()
+        for _ in range(200):
+            trial_id = rng.choice([t for t in clocks if t not in stopped] or ["none"])
+            if trial_id == "none":
+                break
+            clocks[trial_id] += 1 if time_attr == "epoch" else rng.uniform(5, 60)
+            result = {time_attr: clocks[trial_id], "m": rng.random()}
+            trial = _FakeTrial(trial_id)
+            if scheduler.on_trial_result(None, trial, result) == "STOP":
+                stopped.add(trial_id)
+            rungs.record(trial_id, result)
+        # Both signed so that larger is better.
+        assert {m: rec for m, rec in rungs.recorded.items() if rec} == {
+            m: rec for m, rec in bracket._rungs if rec
+        }
+        assert stopped and len(rungs.recorded) > 1  # the test exercised cuts and several rungs
+
+
+class _FakeTrial:
+    """What ASHA reads of a Tune trial: its id."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id = trial_id
+
+
+def six_configs_in_order(run_dir: Path, order: list[tuple[float, int]], promote: bool = True) -> Any:
+    """The six-configuration space with every configuration a seed config, in `order`, under
+    ASHA that cuts after epoch 1 of 2 and keeps half."""
+    from tlsearch.search.runner import search_algorithms
+
+    spec = validate_spec(
+        {
+            **SPEC.model_dump(mode="json", include={"name", "model", "data"}),
+            "strategies": {
+                "linear_probe": {"head_lr": [0.001, 0.01, 0.1]},
+                "common": {"weight_decay": [0.0], "batch_size": [16, 32]},
+            },
+            "search": {
+                "max_epochs": 2,
+                "metric": "val_accuracy",
+                "num_samples": 20,
+                "scheduler": {"grace_period": 1, "reduction_factor": 2, "promote": promote},
+                "seed_configs": [
+                    {"strategy": "linear_probe", "head_lr": lr, "batch_size": bs, "weight_decay": 0.0}
+                    for lr, bs in order
+                ],
+            },
+        }
+    )
+    return search_algorithms(spec, build_space(spec, num_blocks=6), "p-1", make_storage(None, run_dir))
+
+
+def drive(
+    search: StudySearch, scheduler: Any, curves: dict[tuple[float, int], list[float]], trials: int = 30
+) -> list:
+    """Trials one at a time as Tune drives them: the scheduler decides on each result first, the
+    searcher hears it if the trial goes on and its end either way. Returns (config, epochs run)."""
+    from ray.tune.schedulers import TrialScheduler
+
+    ran = []
+    for i in range(trials):
+        config = search.suggest(f"t{i}")
+        if config == Searcher.FINISHED:
+            return ran
+        key = (config["linear_probe"]["head_lr"], config["common"]["batch_size"])
+        trial = _FakeTrial(f"t{i}")
+        scheduler.on_trial_add(None, trial)
+        for epoch, value in enumerate(curves[key], start=1):
+            result = {"val_accuracy": value, "epoch": epoch, "training_iteration": epoch}
+            decision = scheduler.on_trial_result(None, trial, result)
+            if decision != TrialScheduler.STOP:
+                search.on_trial_result(f"t{i}", result)
+            if decision == TrialScheduler.STOP or epoch == len(curves[key]):
+                scheduler.on_trial_complete(None, trial, result)
+                search.on_trial_complete(f"t{i}", result)
+                break
+        ran.append((key, epoch))
+    assert trials < 30, "the search never finished"
+    return ran
+
+
+# Epoch-1 values 0.9 > 0.8 > 0.7 > 0.3 > 0.2 > 0.1; C = (0.01, 16) ends best (0.99) but starts third.
+A, B, C, D, E, F = (0.1, 32), (0.1, 16), (0.01, 16), (0.01, 32), (0.001, 16), (0.001, 32)
+CURVES = {A: [0.9, 0.91], B: [0.8, 0.85], C: [0.7, 0.99], D: [0.3, 0.4], E: [0.2, 0.3], F: [0.1, 0.2]}
+
+
+def test_a_stopped_configuration_asha_would_keep_now_runs_again(tmp_path: Path) -> None:
+    """In the order A..F ASHA keeps only A: B and C are below the bar of what came before them. With
+    all six in, B and C are in the top half of rung 1: they run again (B first, the better value
+    there), ASHA keeps them now, and C reaches the best value of the space. D, E, F are not."""
+    search, scheduler = six_configs_in_order(tmp_path, [A, B, C, D, E, F])
+    ran = drive(search, scheduler, CURVES)
+    assert ran == [(A, 2), (B, 1), (C, 1), (D, 1), (E, 1), (F, 1), (B, 2), (C, 2)]
+    assert search.promotions == 2
+    study = optuna.load_study(study_name="p-1", storage=make_storage(None, tmp_path))
+    promoted = [t for t in study.trials if "promoted_from" in t.user_attrs]
+    assert [(t.user_attrs["promoted_from"], t.user_attrs["promoted_at"]) for t in promoted] == [
+        (1, 1.0),
+        (2, 1.0),
+    ]
+    assert [t.state for t in promoted] == [TrialState.COMPLETE] * 2 and promoted[1].value == 0.99
+
+
+def test_no_promotion_when_switched_off(tmp_path: Path) -> None:
+    search, scheduler = six_configs_in_order(tmp_path, [A, B, C, D, E, F], promote=False)
+    assert drive(search, scheduler, CURVES) == [(A, 2), (B, 1), (C, 1), (D, 1), (E, 1), (F, 1)]
+
+
+def test_the_searcher_waits_while_a_running_trial_may_change_the_rungs(tmp_path: Path) -> None:
+    """Every configuration taken, one still running, none promotable (in rising order ASHA kept
+    every trial): nothing now (Tune asks again) rather than the end of the search, which comes when
+    the last trial has ended and still none is promotable."""
+    search, scheduler = six_configs_in_order(tmp_path, [F, E, D, C, B, A])
+    assert drive(search, scheduler, CURVES, trials=5) == [(F, 2), (E, 2), (D, 2), (C, 2), (B, 2)]
+    assert search.suggest("t5") is not None  # A starts and runs
+    assert search.suggest("t6") is None
+    search.on_trial_complete("t5", {"val_accuracy": 0.91, "epoch": 2})
+    assert search.suggest("t7") == Searcher.FINISHED and search.promotions == 0

@@ -416,6 +416,7 @@ def simulate_replay(spec: Any, curves: LearningCurves, *, max_concurrent: int) -
     import heapq
 
     from ray.tune.schedulers import TrialScheduler
+    from ray.tune.search import Searcher
 
     from tlsearch.search.runner import search_algorithms
     from tlsearch.space import build_space
@@ -431,22 +432,25 @@ def simulate_replay(spec: Any, curves: LearningCurves, *, max_concurrent: int) -
     suggest_more = True
 
     def start(now: float) -> None:
+        """Fill the free slots, as Tune asks the searcher whenever it could start a trial."""
         nonlocal suggest_more
-        if not suggest_more or len(starts) >= spec.search.num_samples:
-            return
-        trial_id = f"simulated_{len(starts):05d}"
-        config = limiter.suggest(trial_id)
-        if not isinstance(config, dict):  # FINISHED (a listed space tried in full) or nothing more
-            suggest_more = False
-            return
+        while suggest_more and len(running) < max_concurrent and len(starts) < spec.search.num_samples:
+            trial_id = f"simulated_{len(starts):05d}"
+            config = limiter.suggest(trial_id)
+            if config == Searcher.FINISHED:  # a listed space tried in full, nothing to promote
+                suggest_more = False
+            if not isinstance(config, dict):  # or None: nothing now, ask again when a trial ends
+                return
+            launch(trial_id, config, now)
+
+    def launch(trial_id: str, config: dict, now: float) -> None:
         trial = _SimulatedTrial(trial_id, curves.curve(config))
         running[trial_id] = trial
         starts[trial_id] = now
         scheduler.on_trial_add(None, trial)
         heapq.heappush(pending, (now + trial.rows[0]["epoch_device_s"], len(starts), trial_id))
 
-    for _ in range(max_concurrent):
-        start(0.0)
+    start(0.0)
     while pending:
         now, order, trial_id = heapq.heappop(pending)
         trial = running[trial_id]

@@ -17,7 +17,7 @@ from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
-from tlsearch.search.study import StudySearch, close_orphans
+from tlsearch.search.study import AshaRungs, StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
@@ -181,6 +181,19 @@ def search_algorithms(
         if asha.type == "asha"
         else FIFOScheduler()
     )
+    promote = asha.type == "asha" and asha.promote and s.skip_duplicates
+    rungs = (
+        AshaRungs(
+            time_attr=asha.time_attr,
+            metric=metric,
+            mode=mode,
+            grace_period=asha.grace_period_s if seconds else asha.grace_period,
+            max_t=asha.max_t_s if seconds else s.max_epochs,
+            reduction_factor=asha.reduction_factor,
+        )
+        if promote
+        else None
+    )
     searcher = StudySearch(
         space=space,
         metric=metric,
@@ -191,6 +204,7 @@ def search_algorithms(
         storage=storage,
         max_epochs=s.max_epochs,
         skip_duplicates=s.skip_duplicates,
+        rungs=rungs,
     )
     return searcher, scheduler
 

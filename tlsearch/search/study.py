@@ -19,17 +19,28 @@ the sampler draws, and a repeated draw is recorded in the study as FAIL with the
 `duplicate_of` (the earlier trial's number; the samplers ignore FAIL, and the earlier trial already
 informs them); in a listed space an untried configuration picked at random runs instead, elsewhere
 the searcher draws again at random (TPE would draw the same point again: its choice is the best
-candidate under a model that the skipped draw does not change), up to MAX_REDRAWS times. When a
-listed space has no untried configuration left, the search starts no more trials (it is complete
-before `num_samples`); when no draw finds an untried one, repeats run from then on (said once)
-rather than each suggestion spending draws.
+candidate under a model that the skipped draw does not change), up to MAX_REDRAWS times. When no
+draw finds an untried one, repeats run from then on (said once) rather than each suggestion spending
+draws.
+
+When a listed space has no untried configuration left, ASHA's promotion takes over
+(`search.scheduler.promote`, on by default): Ray's ASHA stops a trial for good when it falls below
+the bar of a rung, judged against what has reached that rung *so far*, and with the promising
+configurations tried first that bar is high early on. Once every configuration has run, a
+configuration ASHA stopped that its rungs would keep now (ASHA's promotion rule: within the top
+1/reduction_factor of every rung it reached) runs again, the highest rung and best value first,
+each (configuration, rung) once; it trains from its start, so ASHA sees the same values again and
+now keeps it. The searcher mirrors ASHA's rungs (`AshaRungs`) from the results Tune passes it. When
+none can be promoted, the search starts no more trials (it is complete before `num_samples`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,17 +64,29 @@ class StudySearch(OptunaSearch):
     first, terminal record of such a trial.
     """
 
-    def __init__(self, *args: Any, max_epochs: int, skip_duplicates: bool = True, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        max_epochs: int,
+        skip_duplicates: bool = True,
+        rungs: AshaRungs | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(*args, **kwargs)
         self._max_epochs = max_epochs
         self._skip_duplicates = skip_duplicates
+        self._rungs = rungs  # ASHA's rungs, mirrored for promotion; None: no promotion
+        self._promoted: set[tuple[tuple[tuple[str, Any], ...], float]] = set()
         self.duplicates_skipped = 0
+        self.promotions = 0
 
     def suggest(self, trial_id: str) -> dict | str | None:
         listed = getattr(self, "_skip_duplicates", False) and getattr(self, "_ot_study", None) is not None
         if listed and not self._queued():
-            # A listed space: TPE's choice is the untried configuration its model ranks highest.
             untried = self._untried()
+            if untried == []:  # a listed space tried in full: promote, or the search is complete
+                return self._promote(trial_id)
+            # A listed space: TPE's choice is the untried configuration its model ranks highest.
             if untried and (scores := tpe_acquisition(self._ot_study, self._ot_study.sampler, untried)):
                 self._ot_study.enqueue_trial(self._pick(untried, scores))
         config = super().suggest(trial_id)
@@ -78,13 +101,7 @@ class StudySearch(OptunaSearch):
             if untried:
                 self._ot_study.enqueue_trial(self._pick(untried))
                 return super().suggest(trial_id)
-            # Every configuration has been tried (or runs): the search is complete before num_samples.
-            print(
-                f"[tlsearch] all {len(self._all_points)} configurations of the search space have been "
-                "tried: no more trials start",
-                flush=True,
-            )
-            return Searcher.FINISHED
+            return self._promote(trial_id)  # a trial ran the space's last configuration meanwhile
         sampler = self._ot_study.sampler
         try:
             for redraw in range(MAX_REDRAWS):
@@ -100,6 +117,58 @@ class StudySearch(OptunaSearch):
         finally:
             self._ot_study.sampler = sampler
         return self._exhausted(trial_id, f"no untried configuration in {MAX_REDRAWS} random draws")
+
+    def _promote(self, trial_id: str) -> dict | str | None:
+        """Every configuration has been tried (or runs): run again the best one ASHA stopped and would
+        keep now; else wait for the running trials (they may make one promotable), else finish."""
+        promotion = self._promotion()
+        if promotion is None:
+            if getattr(self, "_rungs", None) is not None and self._live():
+                return None  # Tune asks again later
+            print(
+                f"[tlsearch] all {len(self._all_points)} configurations of the search space have been "
+                f"tried ({self.promotions} promoted): no more trials start",
+                flush=True,
+            )
+            return Searcher.FINISHED
+        origin, milestone = promotion
+        params = self._ot_trials[origin].params
+        self._promoted.add((_key(params), milestone))
+        self.promotions += 1
+        number = self._ot_trials[origin].number
+        self._ot_study.enqueue_trial(params, user_attrs={"promoted_from": number, "promoted_at": milestone})
+        print(
+            f"[tlsearch] every configuration has been tried: trial {number}, stopped at "
+            f"{self._rungs.time_attr} {milestone:g}, is within its rungs' top 1/"
+            f"{self._rungs.reduction_factor:g} now and runs again (ASHA's promotion)",
+            flush=True,
+        )
+        return super().suggest(trial_id)
+
+    def _promotion(self) -> tuple[str, float] | None:
+        """ASHA's promotion rule over the trials it stopped: the trial (and the rung it was stopped
+        at) whose configuration is in the top 1/reduction_factor of every rung it reached, not yet
+        promoted at that rung and with no trial of it running or complete; the highest rung first,
+        then the best value there."""
+        rungs = getattr(self, "_rungs", None)
+        if rungs is None:
+            return None
+        states = (TrialState.RUNNING, TrialState.COMPLETE)
+        busy = {_key(t.params) for t in self._ot_study.get_trials(deepcopy=False, states=states)}
+        candidates = []
+        for trial_id, milestone in rungs.stopped.items():
+            key = _key(self._ot_trials[trial_id].params)
+            if key in busy or (key, milestone) in self._promoted or not rungs.would_keep(trial_id):
+                continue
+            candidates.append((milestone, rungs.recorded[milestone][trial_id], trial_id))
+        if not candidates:
+            return None
+        milestone, _, trial_id = max(candidates, key=lambda c: (c[0], c[1]))
+        return trial_id, milestone
+
+    def _live(self) -> bool:
+        """Whether a trial this searcher suggested has not ended yet."""
+        return any(t not in self._completed_trials for t in self._ot_trials)
 
     def _pick(self, untried: list[dict[str, Any]], scores: list[float] | None = None) -> dict[str, Any]:
         """The highest-scoring untried configuration, or any without scores; ties at random, seeded
@@ -153,6 +222,8 @@ class StudySearch(OptunaSearch):
         return self._taken(but=ot_trial.number).get(_key(ot_trial.params))
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if (rungs := getattr(self, "_rungs", None)) is not None:
+            rungs.record(trial_id, result)
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or self.metric not in result:
             return
         try:
@@ -164,6 +235,11 @@ class StudySearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         epoch = (result or {}).get("epoch", self._max_epochs)
         stopped_early = not error and result is not None and epoch < self._max_epochs
+        if (rungs := getattr(self, "_rungs", None)) is not None and result is not None and not error:
+            # Tune passes the result ASHA stopped a trial on here only.
+            milestone = rungs.record(trial_id, result)
+            if stopped_early and milestone is not None and trial_id in self._ot_trials:
+                rungs.stopped[trial_id] = milestone
         if not stopped_early or trial_id not in self._ot_trials or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
@@ -177,6 +253,55 @@ class StudySearch(OptunaSearch):
                     ot_trial.report(result[self.metric], int(epoch))
             self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
         self._completed_trials.add(trial_id)
+
+
+@dataclass
+class AshaRungs:
+    """The rungs of Ray's ASHA (AsyncHyperBandScheduler with one bracket and stop_last_trials=False,
+    as `search_algorithms` builds it), mirrored from the results Tune passes the searcher: at each
+    milestone, the value of every trial that reached it, signed so that larger is better. ASHA keeps
+    a trial at a milestone when its value is at least the (1 - 1/reduction_factor) percentile of
+    the values recorded there (`cutoff`)."""
+
+    time_attr: str
+    metric: str
+    mode: str
+    grace_period: float
+    max_t: float
+    reduction_factor: float
+    recorded: dict[float, dict[str, float]] = field(default_factory=dict)
+    stopped: dict[str, float] = field(default_factory=dict)  # trial -> the milestone ASHA stopped it at
+
+    @property
+    def milestones(self) -> list[float]:
+        """Descending, as _Bracket builds them: grace_period × reduction_factor^k up to max_t."""
+        count = int(math.log(self.max_t / self.grace_period) / math.log(self.reduction_factor) + 1)
+        return [self.grace_period * self.reduction_factor**k for k in reversed(range(count))]
+
+    def record(self, trial_id: str, result: dict) -> float | None:
+        """Record a result as _Bracket.on_result does: at the highest milestone it has reached and
+        the trial has no value at yet, unless it has one at a higher milestone. Returns the milestone."""
+        time, value = result.get(self.time_attr), result.get(self.metric)
+        if time is None or value is None:
+            return None
+        for milestone in self.milestones:
+            recorded = self.recorded.setdefault(milestone, {})
+            if time >= milestone and trial_id in recorded:
+                return milestone  # judged here already: ASHA records nothing further
+            if time >= milestone:
+                recorded[trial_id] = float(value) if self.mode == "max" else -float(value)
+                return milestone
+        return None
+
+    def cutoff(self, milestone: float) -> float | None:
+        values = list(self.recorded.get(milestone, {}).values())
+        return float(np.nanpercentile(values, (1 - 1 / self.reduction_factor) * 100)) if values else None
+
+    def would_keep(self, trial_id: str) -> bool:
+        """Whether ASHA would keep this trial's values at every milestone it reached, with what the
+        rungs hold now (a rerun of a deterministic trial reports the same values)."""
+        reached = [m for m, recorded in self.recorded.items() if trial_id in recorded]
+        return bool(reached) and all(self.recorded[m][trial_id] >= self.cutoff(m) for m in reached)
 
 
 def tpe_acquisition(
