@@ -267,14 +267,18 @@ def six_configs_in_order(run_dir: Path, order: list[tuple[float, int]], promote:
 
 
 def drive(
-    search: StudySearch, scheduler: Any, curves: dict[tuple[float, int], list[float]], trials: int = 30
+    search: StudySearch,
+    scheduler: Any,
+    curves: dict[tuple[float, int], list[float]],
+    trials: int = 30,
+    first: int = 0,
 ) -> list:
     """Trials one at a time as Tune drives them: the scheduler decides on each result first, the
     searcher hears it if the trial goes on and its end either way. Returns (config, epochs run)."""
     from ray.tune.schedulers import TrialScheduler
 
     ran = []
-    for i in range(trials):
+    for i in range(first, first + trials):
         config = search.suggest(f"t{i}")
         if config == Searcher.FINISHED:
             return ran
@@ -315,6 +319,19 @@ def test_a_stopped_configuration_asha_would_keep_now_runs_again(tmp_path: Path) 
         (2, 1.0),
     ]
     assert [t.state for t in promoted] == [TrialState.COMPLETE] * 2 and promoted[1].value == 0.99
+
+
+def test_promotion_after_a_restore(tmp_path: Path) -> None:
+    """The mirrored rungs travel with the searcher's state (Tuner.restore), as ASHA's with Tune's."""
+    import pickle
+
+    search, scheduler = six_configs_in_order(tmp_path, [A, B, C, D, E, F])
+    assert len(drive(search, scheduler, CURVES, trials=6)) == 6
+    search.save(str(tmp_path / "searcher.pkl"))
+    restored = StudySearch.__new__(StudySearch)  # Tune unpickles the searcher, then restores its state
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    ran = drive(restored, pickle.loads(pickle.dumps(scheduler)), CURVES, first=6)
+    assert ran == [(B, 2), (C, 2)] and restored.promotions == 2
 
 
 def test_no_promotion_when_switched_off(tmp_path: Path) -> None:

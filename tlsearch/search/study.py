@@ -127,7 +127,7 @@ class StudySearch(OptunaSearch):
                 return None  # Tune asks again later
             print(
                 f"[tlsearch] all {len(self._all_points)} configurations of the search space have been "
-                f"tried ({self.promotions} promoted): no more trials start",
+                f"tried ({getattr(self, 'promotions', 0)} promoted): no more trials start",
                 flush=True,
             )
             return Searcher.FINISHED
