@@ -270,15 +270,16 @@ def drive(
     search: StudySearch,
     scheduler: Any,
     curves: dict[tuple[float, int], list[float]],
-    trials: int = 30,
+    trials: int | None = None,
     first: int = 0,
 ) -> list:
     """Trials one at a time as Tune drives them: the scheduler decides on each result first, the
-    searcher hears it if the trial goes on and its end either way. Returns (config, epochs run)."""
+    searcher hears it if the trial goes on and its end either way; `trials` of them, or (None) until
+    the searcher finishes the search. Returns (config, epochs run) of each."""
     from ray.tune.schedulers import TrialScheduler
 
     ran = []
-    for i in range(first, first + trials):
+    for i in range(first, first + (trials or 30)):
         config = search.suggest(f"t{i}")
         if config == Searcher.FINISHED:
             return ran
@@ -295,7 +296,7 @@ def drive(
                 search.on_trial_complete(f"t{i}", result)
                 break
         ran.append((key, epoch))
-    assert trials < 30, "the search never finished"
+    assert trials is not None, "the search never finished"
     return ran
 
 
