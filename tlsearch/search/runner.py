@@ -168,32 +168,21 @@ def search_algorithms(
     metric, mode = s.metric, s.resolved_mode
     asha = s.scheduler
     seconds = asha.time_attr == "device_s"
+    # One set of settings for Ray's ASHA and the searcher's mirror of its rungs (promotion).
+    rung_settings = {
+        "time_attr": asha.time_attr,
+        "metric": metric,
+        "mode": mode,
+        "max_t": asha.max_t_s if seconds else s.max_epochs,
+        "grace_period": asha.grace_period_s if seconds else asha.grace_period,
+        "reduction_factor": asha.reduction_factor,
+    }
     scheduler = (
-        ASHAScheduler(
-            time_attr=asha.time_attr,
-            metric=metric,
-            mode=mode,
-            max_t=asha.max_t_s if seconds else s.max_epochs,
-            grace_period=asha.grace_period_s if seconds else asha.grace_period,
-            reduction_factor=asha.reduction_factor,
-            stop_last_trials=False,  # trials that reach max_epochs end normally (DESIGN.md §2)
-        )
-        if asha.type == "asha"
-        else FIFOScheduler()
+        # stop_last_trials=False: trials that reach max_epochs end normally (DESIGN.md §2)
+        ASHAScheduler(**rung_settings, stop_last_trials=False) if asha.type == "asha" else FIFOScheduler()
     )
     promote = asha.type == "asha" and asha.promote and s.skip_duplicates
-    rungs = (
-        AshaRungs(
-            time_attr=asha.time_attr,
-            metric=metric,
-            mode=mode,
-            grace_period=asha.grace_period_s if seconds else asha.grace_period,
-            max_t=asha.max_t_s if seconds else s.max_epochs,
-            reduction_factor=asha.reduction_factor,
-        )
-        if promote
-        else None
-    )
+    rungs = AshaRungs(**rung_settings) if promote else None
     searcher = StudySearch(
         space=space,
         metric=metric,

@@ -76,9 +76,14 @@ class StudySearch(OptunaSearch):
         self._max_epochs = max_epochs
         self._skip_duplicates = skip_duplicates
         self._rungs = rungs  # ASHA's rungs, mirrored for promotion; None: no promotion
+        # (configuration, rung) pairs promoted: each is promoted once.
         self._promoted: set[tuple[tuple[tuple[str, Any], ...], float]] = set()
         self.duplicates_skipped = 0
-        self.promotions = 0
+
+    @property
+    def promotions(self) -> int:
+        """Configurations run again by ASHA's promotion so far."""
+        return len(getattr(self, "_promoted", ()))
 
     def suggest(self, trial_id: str) -> dict | str | None:
         listed = getattr(self, "_skip_duplicates", False) and getattr(self, "_ot_study", None) is not None
@@ -127,14 +132,13 @@ class StudySearch(OptunaSearch):
                 return None  # Tune asks again later
             print(
                 f"[tlsearch] all {len(self._all_points)} configurations of the search space have been "
-                f"tried ({getattr(self, 'promotions', 0)} promoted): no more trials start",
+                f"tried ({self.promotions} promoted): no more trials start",
                 flush=True,
             )
             return Searcher.FINISHED
         origin, milestone = promotion
         params = self._ot_trials[origin].params
         self._promoted.add((_key(params), milestone))
-        self.promotions += 1
         number = self._ot_trials[origin].number
         self._ot_study.enqueue_trial(params, user_attrs={"promoted_from": number, "promoted_at": milestone})
         print(
