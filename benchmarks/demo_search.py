@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -27,12 +28,28 @@ def main() -> None:
     parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "bbc_news_minilm.yaml"))
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE")
     parser.add_argument("--name", default="demo_search", help="result file name under benchmarks/results/")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the search's directory (a temporary one, about 1.6 GB; removed by default)",
+    )
     args = parser.parse_args()
 
+    storage = tempfile.mkdtemp(prefix="tlsearch-bench-")
+    try:
+        figures = measure(args, storage)
+    finally:
+        if not args.keep:
+            shutil.rmtree(storage, ignore_errors=True)
+    command = "python benchmarks/demo_search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    print(write_result(args.name, figures, command.strip()))
+    print(figures)
+
+
+def measure(args: argparse.Namespace, storage: str) -> dict:
     from tlsearch.search.runner import run_search
     from tlsearch.spec import load_spec
 
-    storage = tempfile.mkdtemp(prefix="tlsearch-bench-")
     spec = load_spec(args.spec, [*args.overrides, f"storage={storage}"])
     start = time.time()
     outcome = run_search(spec)
@@ -74,11 +91,10 @@ def main() -> None:
         "wandb_offline_runs": len(latest_offline_runs(outcome.run_dir)),
         "optuna_trials": optuna_states,
         "report_files": sorted(p.name for p in outcome.run_dir.glob("report.*")),
-        "run_dir": str(outcome.run_dir),
+        # Kept only with --keep; the scratch directory is removed otherwise.
+        "run_dir": str(outcome.run_dir) if args.keep else None,
     }
-    command = "python benchmarks/demo_search.py " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    print(write_result(args.name, figures, command.strip()))
-    print(figures)
+    return figures
 
 
 if __name__ == "__main__":
