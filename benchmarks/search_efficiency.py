@@ -81,6 +81,11 @@ POLICIES: dict[str, tuple[str, dict[str, Any]]] = {
         "TPE + ASHA ending when the listed space has been tried in full (scheduler.promote: false)",
         {"promote": False},
     ),
+    "tpe_asha_promotion_restart": (
+        "TPE + ASHA whose promoted trials train from their first epoch instead of continuing from the "
+        "stopped trial's checkpoint (tlsearch until 2026-11-29)",
+        {"restart_promoted": True},
+    ),
     "tpe_asha_repeats": (
         "TPE + ASHA training repeated configurations again (skip_duplicates: false)",
         {"skip_duplicates": False},
@@ -133,6 +138,7 @@ def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_sam
     from tlsearch.search.replay import grid_seed_configs, replay_spec
 
     changes = dict(POLICIES[name][1])
+    changes.pop("restart_promoted", None)  # the replay's, not the spec's (continues_promoted)
     search = dict(base.get("search", {}))
     sampler = {**search.get("sampler", {}), **changes.pop("sampler", {}), "seed": seed}
     if changes.pop("grid", False):
@@ -147,6 +153,11 @@ def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_sam
     if asha:
         changes["scheduler"] = {**search.get("scheduler", {}), **asha}
     return replay_spec(base, curves, sampler=sampler, num_samples=num_samples, **changes)
+
+
+def continues_promoted(name: str) -> bool:
+    """Whether a promoted trial of this policy continues from the stopped trial's checkpoint."""
+    return not POLICIES[name][1].get("restart_promoted", False)
 
 
 def quantiles(values: list[float]) -> dict[str, float | None]:
@@ -212,9 +223,20 @@ def evaluate(
                 spec = policy_spec(name, base, curves, seed, num_samples)
                 settings.setdefault(name, _describe(spec))
                 if engine == "events":
-                    result = simulate_replay(spec, curves, max_concurrent=max_concurrent)
+                    result = simulate_replay(
+                        spec,
+                        curves,
+                        max_concurrent=max_concurrent,
+                        continue_promoted=continues_promoted(name),
+                    )
                 else:
-                    result = run_replay(spec, curves, max_concurrent=max_concurrent, storage_path=storage)
+                    result = run_replay(
+                        spec,
+                        curves,
+                        max_concurrent=max_concurrent,
+                        storage_path=storage,
+                        continue_promoted=continues_promoted(name),
+                    )
                 trace = Trace.of(result.events, mode)
                 traces[name].append(trace)
                 runs[name].append(

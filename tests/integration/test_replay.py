@@ -116,9 +116,18 @@ def test_promotion_through_tune_once_the_space_is_tried_in_full(
     assert through_tune.errors == 0 and through_tune.trials == simulated.trials == 30
     sequence = [(e.config_id, e.epoch, e.value) for e in through_tune.events]
     assert [(e.config_id, e.epoch, e.value) for e in simulated.events] == sequence
-    # The two promoted configurations were stopped before, and start again from their first epoch.
-    first_epochs = [config_id for config_id, epoch, _ in sequence if epoch == 1]
-    assert len(set(first_epochs)) == 28 and len(first_epochs) == 30
+    # The two promoted trials continue configurations ASHA stopped: first the epoch it stopped them
+    # at, reported again at no cost, then the epochs after it.
+    trials: dict[str, list] = {}
+    for event in through_tune.events:
+        trials.setdefault(event.trial_id, []).append(event)
+    promoted = [events for events in trials.values() if events[0].epoch_device_s == 0]
+    assert len(trials) == 30 and len({events[0].config_id for events in trials.values()}) == 28
+    assert len(promoted) == 2
+    for events in promoted:
+        stopped = [e for e in through_tune.events if e.config_id == events[0].config_id][0 : events[0].epoch]
+        assert (events[0].epoch, events[0].value) == (stopped[-1].epoch, stopped[-1].value)
+        assert [e.epoch for e in events] == list(range(events[0].epoch, events[0].epoch + len(events)))
 
     two_slots = run_replay(spec, curves, max_concurrent=2, storage_path=str(tmp_path / "two"))
     assert two_slots.errors == 0 and 28 <= two_slots.trials < 40

@@ -12,7 +12,7 @@ from ray.tune.search import Searcher
 
 from tlsearch.results.study import make_storage, open_storage, storage_description
 from tlsearch.search.study import MAX_REDRAWS, StudySearch, close_orphans, tpe_acquisition
-from tlsearch.space import build_space, make_sampler
+from tlsearch.space import Continuation, build_space, make_sampler
 from tlsearch.spec import Spec, validate_spec
 
 SPEC = validate_spec(
@@ -272,21 +272,28 @@ def drive(
     curves: dict[tuple[float, int], list[float]],
     trials: int | None = None,
     first: int = 0,
+    suggested: list | None = None,
 ) -> list:
     """Trials one at a time as Tune drives them: the scheduler decides on each result first, the
     searcher hears it if the trial goes on and its end either way; `trials` of them, or (None) until
-    the searcher finishes the search. Returns (config, epochs run) of each."""
+    the searcher finishes the search. Returns (config, epochs run) of each; `suggested` gets every
+    config. A trial that continues a stopped one reports the epoch it continues from again first,
+    as the training loop does."""
     from ray.tune.schedulers import TrialScheduler
 
     ran = []
     for i in range(first, first + (trials or 30)):
         config = search.suggest(f"t{i}")
+        if suggested is not None:
+            suggested.append(config)
         if config == Searcher.FINISHED:
             return ran
+        _, continuation = Continuation.split(config)
+        start = continuation.epoch if continuation else 1
         key = (config["linear_probe"]["head_lr"], config["common"]["batch_size"])
         trial = _FakeTrial(f"t{i}")
         scheduler.on_trial_add(None, trial)
-        for epoch, value in enumerate(curves[key], start=1):
+        for epoch, value in enumerate(curves[key][start - 1 :], start=start):
             result = {"val_accuracy": value, "epoch": epoch, "training_iteration": epoch}
             decision = scheduler.on_trial_result(None, trial, result)
             if decision != TrialScheduler.STOP:
@@ -308,11 +315,15 @@ CURVES = {A: [0.9, 0.91], B: [0.8, 0.85], C: [0.7, 0.99], D: [0.3, 0.4], E: [0.2
 def test_a_stopped_configuration_asha_would_keep_now_runs_again(tmp_path: Path) -> None:
     """In the order A..F ASHA keeps only A: B and C are below the bar of what came before them. With
     all six in, B and C are in the top half of rung 1: they run again (B first, the better value
-    there), ASHA keeps them now, and C reaches the best value of the space. D, E, F are not."""
+    there), ASHA keeps them now, and C reaches the best value of the space. D, E, F are not. Each
+    promoted trial continues the stopped one from the epoch it was stopped at."""
     search, scheduler = six_configs_in_order(tmp_path, [A, B, C, D, E, F])
-    ran = drive(search, scheduler, CURVES)
+    suggested: list = []
+    ran = drive(search, scheduler, CURVES, suggested=suggested)
     assert ran == [(A, 2), (B, 1), (C, 1), (D, 1), (E, 1), (F, 1), (B, 2), (C, 2)]
     assert search.promotions == 2
+    continued = [Continuation.split(c)[1] for c in suggested if isinstance(c, dict)]
+    assert continued == [None] * 6 + [Continuation("t1", 1), Continuation("t2", 1)]
     study = optuna.load_study(study_name="p-1", storage=make_storage(None, tmp_path))
     promoted = [t for t in study.trials if "promoted_from" in t.user_attrs]
     assert [(t.user_attrs["promoted_from"], t.user_attrs["promoted_at"]) for t in promoted] == [
@@ -331,8 +342,10 @@ def test_promotion_after_a_restore(tmp_path: Path) -> None:
     search.save(str(tmp_path / "searcher.pkl"))
     restored = StudySearch.__new__(StudySearch)  # Tune unpickles the searcher, then restores its state
     restored.restore(str(tmp_path / "searcher.pkl"))
-    ran = drive(restored, pickle.loads(pickle.dumps(scheduler)), CURVES, first=6)
+    suggested: list = []
+    ran = drive(restored, pickle.loads(pickle.dumps(scheduler)), CURVES, first=6, suggested=suggested)
     assert ran == [(B, 2), (C, 2)] and restored.promotions == 2
+    assert [Continuation.split(c)[1] for c in suggested[:2]] == [Continuation("t1", 1), Continuation("t2", 1)]
 
 
 def test_no_promotion_when_switched_off(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,15 @@ from tlsearch.search.resolve import resolve_data
 from tlsearch.space.trial_config import TrialConfig
 from tlsearch.spec import validate_spec
 from tlsearch.train.inputs import RunContext, TrialInputs
-from tlsearch.train.loop import Training, describe_trial, evaluate, setup_training, train_epoch
-from tlsearch.train.session import TuneSession
+from tlsearch.train.loop import (
+    Training,
+    describe_trial,
+    evaluate,
+    setup_training,
+    train_epoch,
+    train_trial,
+)
+from tlsearch.train.session import LocalSession, TuneSession
 
 FULL = TrialConfig(
     "full",
@@ -139,3 +147,29 @@ def test_compiled_lora_trains_like_eager_and_checkpoints_the_same_adapter(
     assert adapter.keys() == eager_adapter.keys()  # no `_orig_mod.` in the names
     for name, tensor in adapter.items():
         torch.testing.assert_close(tensor, eager_adapter[name], rtol=1e-3, atol=1e-5)
+
+
+def test_a_trial_continues_another_from_its_checkpoint(
+    tiny_bert: Path, text_data: dict, tmp_path: Path
+) -> None:
+    """ASHA's promotion: trial b starts from trial a's epoch-1 checkpoint, reports a's epoch 1 again
+    (ASHA judges it where a was stopped), then trains epochs 2 and 3 as a did: the same weights,
+    optimizer, schedule, data order and random state. Its device-seconds go on from a's."""
+    spec = text_spec(tiny_bert, text_data, tmp_path / "runs", search={"max_epochs": 3})
+    a_inputs = trial_inputs(spec, FULL, tmp_path)
+    a = LocalSession(checkpoints_to=tmp_path / "a")
+    train_trial(a_inputs, a)
+    b = LocalSession()
+    warm_start = str(tmp_path / "a" / "epoch_0001")
+    train_trial(replace(a_inputs, trial_id="b", started_at=time.time(), warm_start=warm_start), b)
+
+    assert [r["epoch"] for r in b.reports] == [1, 2, 3]
+    for mine, theirs in zip(b.reports, a.reports, strict=True):
+        for name in ("train_loss", "val_loss", "val_accuracy", "val_f1_macro"):
+            assert mine[name] == pytest.approx(theirs[name], abs=1e-5), name
+    # b's epoch 1 is a's report (its timings to the bit), not one b trained.
+    assert b.reports[0]["epoch_s"] == a.reports[0]["epoch_s"]
+    inherited = a.reports[0]["device_s"]
+    assert b.reports[0]["device_s"] == inherited and b.reports[2]["device_s"] > inherited
+    assert {r["inherited_device_s"] for r in b.reports} == {inherited}
+    assert {r["inherited_device_s"] for r in a.reports} == {0.0}

@@ -50,7 +50,15 @@ TRIAL_CONSTANTS = (
     "feature_cache",  # built | reused | off | none | unsupported (tlsearch.train.features)
     "feature_cache_s",  # seconds spent building (or waiting for) the cached features
     "host_rss_at_start_gib",  # rank 0's resident memory when the trial began (tlsearch.train.host_memory)
+    # A trial that continues another (ASHA's promotion) counts on from that one's wall and device
+    # seconds; this is the part it inherited (0 otherwise): spent_device_s.
+    "inherited_device_s",
 )
+
+
+def spent_device_s(trial: dict[str, Any]) -> float:
+    """Device-seconds a trial spent itself (trials.parquet row): not those of a trial it continued."""
+    return (trial.get("device_s") or 0.0) - (trial.get("inherited_device_s") or 0.0)
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:

@@ -24,6 +24,7 @@ from tlsearch.results.files import (
     best_trial,
     epoch_rows,
     read_trials,
+    spent_device_s,
 )
 from tlsearch.results.study import load_recorded_study
 from tlsearch.spec import vocab
@@ -350,7 +351,7 @@ def figures(report: Report) -> dict[str, Any]:
         mine = [t for t in report.trials if t["strategy"] == s]
         color = STRATEGY_COLORS.get(s, "grey")
         params = [t["trainable_params"] for t in mine if t.get("trainable_params")]
-        cost = [t["device_s"] for t in mine if t.get("device_s") is not None]
+        cost = [spent_device_s(t) for t in mine if t.get("device_s") is not None]
         left.scatter([i] * len(params), params, color=color, s=18)
         right.bar([i], [sum(cost)], color=color, alpha=0.35)
         right.scatter([i] * len(cost), cost, color=color, s=18, zorder=3)
@@ -513,7 +514,7 @@ def _overview(report: Report) -> list[str]:
     lines = [
         f"- metric: `{report.metric}` ({report.mode})",
         f"- trials: {len(report.trials)} ({', '.join(f'{n} {s}' for s, n in statuses.items())})",
-        f"- device-seconds: {sum(t.get('device_s') or 0 for t in report.trials):,.0f}",
+        f"- device-seconds: {sum(spent_device_s(t) for t in report.trials):,.0f}",
         f"- run directory: `{report.run_dir}`",
     ]
     if report.best:

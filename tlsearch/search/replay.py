@@ -26,7 +26,7 @@ from ray.tune import Callback
 from ray.tune.search import ConcurrencyLimiter
 
 from tlsearch.errors import UserInputError
-from tlsearch.space import flatten
+from tlsearch.space import Continuation, flatten
 from tlsearch.spec import vocab
 
 CONFIG_ID = "config_id"
@@ -235,12 +235,29 @@ def curves_from_run(run_dir: str | Path) -> LearningCurves:
 # --- the replayed search ---------------------------------------------------------------------
 
 
-def replay_trial(config: dict[str, Any], curves: LearningCurves) -> None:
+def replayed_rows(
+    curves: LearningCurves, config: dict[str, Any], continue_promoted: bool = True
+) -> tuple[dict[str, Any], ...]:
+    """The epochs a trial of `config` reports. A trial that continues a stopped one (ASHA's
+    promotion, `Continuation` in its config) starts from that one's checkpoint, as the training
+    loop does: it reports the epoch it continues from again, at no cost, then the epochs after it.
+    `continue_promoted=False`: it trains from its start (as before continuations existed). The
+    set-up of the continuing trial is not in the table: a reused trial process starts in 0.05 s
+    (benchmarks/trial_overhead.py)."""
+    params, continuation = Continuation.split(config)
+    rows = curves.curve(params)
+    if continuation is None or not continue_promoted:
+        return rows
+    again = rows[continuation.epoch - 1] | {"epoch_device_s": 0.0}
+    return (again, *rows[continuation.epoch :])
+
+
+def replay_trial(config: dict[str, Any], curves: LearningCurves, continue_promoted: bool = True) -> None:
     """The Tune function trainable: report the configuration's recorded epochs, no training, no
     sleeping (the cost is the recorded device-seconds each report carries)."""
     from ray import tune
 
-    for row in curves.curve(config):
+    for row in replayed_rows(curves, config, continue_promoted):
         tune.report({k: _plain(row[k]) for k in REPORTED})
 
 
@@ -348,6 +365,7 @@ def run_replay(
     cpus_per_trial: float = 1.0,
     callbacks: Iterable[Any] = (),
     reuse_actors: bool = True,
+    continue_promoted: bool = True,
 ) -> ReplayResult:
     """One replayed search on the connected Ray cluster: `spec`'s searcher, sampler, seed configs
     and scheduler (built as a real search builds them), the table instead of training."""
@@ -361,7 +379,8 @@ def run_replay(
     limiter = TimedLimiter(searcher, max_concurrent=max_concurrent)
     log = ReplayLog(spec.search.metric)
     trainable = tune.with_resources(
-        tune.with_parameters(replay_trial, curves=curves), {"cpu": cpus_per_trial}
+        tune.with_parameters(replay_trial, curves=curves, continue_promoted=continue_promoted),
+        {"cpu": cpus_per_trial},
     )
     tuner = tune.Tuner(
         trainable,
@@ -401,7 +420,9 @@ class _SimulatedTrial:
     epochs_done: int = 0
 
 
-def simulate_replay(spec: Any, curves: LearningCurves, *, max_concurrent: int) -> ReplayResult:
+def simulate_replay(
+    spec: Any, curves: LearningCurves, *, max_concurrent: int, continue_promoted: bool = True
+) -> ReplayResult:
     """The replayed search without Tune's controller: the same searcher, sampler, seed configs and
     scheduler as `run_replay` (built by `search_algorithms`), called in the order Tune calls them,
     with each running trial on its own device clock.
@@ -444,7 +465,7 @@ def simulate_replay(spec: Any, curves: LearningCurves, *, max_concurrent: int) -
             launch(trial_id, config, now)
 
     def launch(trial_id: str, config: dict, now: float) -> None:
-        trial = _SimulatedTrial(trial_id, curves.curve(config))
+        trial = _SimulatedTrial(trial_id, replayed_rows(curves, config, continue_promoted))
         running[trial_id] = trial
         starts[trial_id] = now
         scheduler.on_trial_add(None, trial)

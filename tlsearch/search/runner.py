@@ -12,7 +12,7 @@ from typing import Any
 import optuna
 
 from tlsearch.errors import UserInputError
-from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, write_tables
+from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, spent_device_s, write_tables
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
 from tlsearch.search.recorder import ResultsRecorder
@@ -312,7 +312,7 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
         f"best_{metric}": best.get("value"),
         "trials": len(trials),
         **{f"trials_{k}": v for k, v in statuses.items()},
-        "device_s": sum(t.get("device_s") or 0.0 for t in trials),
+        "device_s": sum(spent_device_s(t) for t in trials),
     }
     columns = [
         "trial_id",

@@ -29,9 +29,13 @@ the bar of a rung, judged against what has reached that rung *so far*, and with 
 configurations tried first that bar is high early on. Once every configuration has run, a
 configuration ASHA stopped that its rungs would keep now (ASHA's promotion rule: within the top
 1/reduction_factor of every rung it reached) runs again, the highest rung and best value first,
-each (configuration, rung) once; it trains from its start, so ASHA sees the same values again and
-now keeps it. The searcher mirrors ASHA's rungs (`AshaRungs`) from the results Tune passes it. When
-none can be promoted, the search starts no more trials (it is complete before `num_samples`).
+each (configuration, rung) once. The new trial continues the stopped one: its config carries
+`Continuation` (the stopped trial and the epoch it was stopped at); the trial starts from that
+trial's last checkpoint and first reports that epoch's metrics again, so ASHA judges it at the rung
+it was stopped at with the value it had there, and keeps it (trained from its start where the
+checkpoint is gone). The searcher mirrors ASHA's rungs (`AshaRungs`) from the results Tune passes
+it. When none can be promoted, the search starts no more trials (it is complete before
+`num_samples`).
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from tlsearch.space import SearchSpace
+from tlsearch.space import Continuation, SearchSpace
 
 MAX_REDRAWS = 32
 
@@ -78,6 +82,7 @@ class StudySearch(OptunaSearch):
         self._rungs = rungs  # ASHA's rungs, mirrored for promotion; None: no promotion
         # (configuration, rung) pairs promoted: each is promoted once.
         self._promoted: set[tuple[tuple[tuple[str, Any], ...], float]] = set()
+        self._stopped_at_epoch: dict[str, int] = {}  # trial ASHA stopped -> its last epoch
         self.duplicates_skipped = 0
 
     @property
@@ -141,13 +146,19 @@ class StudySearch(OptunaSearch):
         self._promoted.add((_key(params), milestone))
         number = self._ot_trials[origin].number
         self._ot_study.enqueue_trial(params, user_attrs={"promoted_from": number, "promoted_at": milestone})
+        epoch = getattr(self, "_stopped_at_epoch", {}).get(origin)
         print(
             f"[tlsearch] every configuration has been tried: trial {number}, stopped at "
             f"{self._rungs.time_attr} {milestone:g}, is within its rungs' top 1/"
-            f"{self._rungs.reduction_factor:g} now and runs again (ASHA's promotion)",
+            f"{self._rungs.reduction_factor:g} now and "
+            + (f"continues from its epoch {epoch}" if epoch else "runs again")
+            + " (ASHA's promotion)",
             flush=True,
         )
-        return super().suggest(trial_id)
+        config = super().suggest(trial_id)
+        if epoch and isinstance(config, dict):
+            return Continuation(origin, epoch).into(config)
+        return config
 
     def _promotion(self) -> tuple[str, float] | None:
         """ASHA's promotion rule over the trials it stopped: the trial (and the rung it was stopped
@@ -244,6 +255,9 @@ class StudySearch(OptunaSearch):
             milestone = rungs.record(trial_id, result)
             if stopped_early and milestone is not None and trial_id in self._ot_trials:
                 rungs.stopped[trial_id] = milestone
+                if not hasattr(self, "_stopped_at_epoch"):  # pickled before it existed
+                    self._stopped_at_epoch = {}
+                self._stopped_at_epoch[trial_id] = int(epoch)
         if not stopped_early or trial_id not in self._ot_trials or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
-from tlsearch.space.trial_config import TrialConfig
+from tlsearch.space.trial_config import Continuation, TrialConfig
 from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
-from tlsearch.train.loop import train_trial
+from tlsearch.train.loop import META_FILE, train_trial
 from tlsearch.train.session import TrainSession, TuneSession, node_id
 
 # The trial driver of a multi-worker trial only waits on its Train controller.
@@ -24,8 +25,21 @@ WORKER_GROUP_START_TIMEOUT_S = "300"
 def run_trial(config: dict[str, Any], run: RunContext) -> None:
     from ray import tune
 
+    started_at = time.time()
+    params, continuation = Continuation.split(config)
+    trial_id = tune.get_context().get_trial_id()
+    warm_start = None
+    if continuation is not None:
+        warm_start = find_checkpoint(run, continuation.trial_id, continuation.epoch)
+        if warm_start is None:
+            print(
+                f"[tlsearch] trial {trial_id}: no checkpoint of trial {continuation.trial_id} at epoch "
+                f"{continuation.epoch} (deleted, or on storage this node does not see): it trains "
+                "from its start",
+                flush=True,
+            )
     inputs = TrialInputs(
-        run, TrialConfig.parse(config), tune.get_context().get_trial_id(), time.time(), driver_node=node_id()
+        run, TrialConfig.parse(params), trial_id, started_at, driver_node=node_id(), warm_start=warm_start
     )
     if run.spec.resources.workers_per_trial == 1:
         try:
@@ -34,6 +48,43 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
             release_freed_host_memory()
     else:
         _fit_with_ray_train(inputs)
+
+
+def find_checkpoint(run: RunContext, trial_id: str, epoch: int) -> str | None:
+    """Where trial `trial_id` of this search keeps its checkpoint of `epoch` (a path or a URI), or
+    None. Tune keeps a trial's latest checkpoint whatever its score (checkpoints_to_keep), and the
+    epoch ASHA stopped a trial at is its latest."""
+    import pyarrow.fs
+
+    experiment = (run.experiment_dir or run.run_dir).rstrip("/")
+    if run.spec.resources.workers_per_trial == 1:  # Tune's checkpoint_000000, ... (trial_dirname)
+        parent = f"{experiment}/trial_{trial_id}"
+    else:  # Ray Train's, one run per trial (_fit_with_ray_train)
+        parent = f"{experiment}/train/{run.spec.name}-{trial_id}"
+    try:
+        if "://" in parent:  # checkpoint_storage on S3, GCS, ...
+            filesystem, path = pyarrow.fs.FileSystem.from_uri(parent)
+        else:
+            filesystem, path = pyarrow.fs.LocalFileSystem(), parent
+        listing = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    except (OSError, ValueError):
+        return None
+    names = sorted(
+        (
+            i.base_name
+            for i in listing
+            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")
+        ),
+        reverse=True,  # zero-padded: the latest first
+    )
+    for name in names:
+        try:
+            with filesystem.open_input_stream(f"{path}/{name}/{META_FILE}") as f:
+                if json.loads(f.read()).get("epoch") == epoch:
+                    return f"{parent}/{name}"
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:

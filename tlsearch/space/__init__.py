@@ -1,6 +1,14 @@
 """Search space (Optuna define-by-run) and the typed trial config. Imports neither torch nor ray."""
 
 from tlsearch.space.space import SearchSpace, build_space, make_sampler, seed_points
-from tlsearch.space.trial_config import TrialConfig, flatten
+from tlsearch.space.trial_config import Continuation, TrialConfig, flatten
 
-__all__ = ["SearchSpace", "TrialConfig", "build_space", "flatten", "make_sampler", "seed_points"]
+__all__ = [
+    "Continuation",
+    "SearchSpace",
+    "TrialConfig",
+    "build_space",
+    "flatten",
+    "make_sampler",
+    "seed_points",
+]

@@ -68,6 +68,30 @@ class TrialConfig:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+@dataclass(frozen=True)
+class Continuation:
+    """A trial that continues another one's training (ASHA's promotion of a trial it stopped): the
+    searcher puts these two keys beside the hyperparameters in Tune's config; the trial starts from
+    the checkpoint `trial_id` wrote at `epoch` (where ASHA stopped it)."""
+
+    trial_id: str
+    epoch: int
+
+    TRIAL_KEY = "continues_trial"
+    EPOCH_KEY = "continues_epoch"
+
+    def into(self, config: dict[str, Any]) -> dict[str, Any]:
+        return {**config, self.TRIAL_KEY: self.trial_id, self.EPOCH_KEY: self.epoch}
+
+    @classmethod
+    def split(cls, config: dict[str, Any]) -> tuple[dict[str, Any], Continuation | None]:
+        """Tune's config -> (the hyperparameters, the continuation or None)."""
+        rest = {k: v for k, v in config.items() if k not in (cls.TRIAL_KEY, cls.EPOCH_KEY)}
+        if config.get(cls.TRIAL_KEY) is None:
+            return rest, None
+        return rest, cls(str(config[cls.TRIAL_KEY]), int(config[cls.EPOCH_KEY]))
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"lora": {"rank": 8}} -> {"lora/rank": 8} (the names the Optuna study uses)."""
     out: dict[str, Any] = {}

@@ -176,8 +176,9 @@ class SchedulerSpec(Strict):
     grace_period_s: float | None = Field(None, gt=0)
     max_t_s: float | None = Field(None, gt=0)
     reduction_factor: float = Field(3.0, gt=1)
-    # Once a listed space has been tried in full (skip_duplicates), run again the configurations ASHA
-    # stopped that its rungs would keep now (ASHA's promotion rule; tlsearch/search/study.py).
+    # Once a listed space has been tried in full (skip_duplicates), continue the trials ASHA stopped
+    # that its rungs would keep now, from their last checkpoint (ASHA's promotion rule;
+    # tlsearch/search/study.py).
     promote: bool = True
 
 

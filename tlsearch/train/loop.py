@@ -36,7 +36,7 @@ from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.scratch import scratch_dir
-from tlsearch.train.session import Session, node_id, node_ip
+from tlsearch.train.session import Session, node_id, node_ip, open_checkpoint
 
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
@@ -335,8 +335,11 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
     prepared = training.prepared
     optimizer, scheduler = training.optimizer, training.scheduler
 
-    start_epoch, wall_before = 0, 0.0
-    with session.restore_dir() as checkpoint:
+    start_epoch, wall_before, inherited_device_s = 0, 0.0, 0.0
+    continued: dict[str, Any] | None = None  # meta.json of the trial this one continues
+    # The trial's own checkpoint (a retry, a resumed search), else another trial's that it continues.
+    with session.restore_dir() as own, open_checkpoint(None if own else inputs.warm_start) as other:
+        checkpoint = own or other
         if checkpoint is not None:
             prepared.load(prepared.model, checkpoint)
             state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
@@ -344,11 +347,22 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             scheduler.load_state_dict(state["scheduler"])
             torch.set_rng_state(state["torch_rng"])
             start_epoch, wall_before = state["epoch"], state["wall_s"]
+            inherited_device_s = float(state.get("inherited_device_s", 0.0))
+        if other is not None:
+            continued = read_meta(other)
+            # Its wall and device seconds go on from the other trial's (ASHA's time in device_s);
+            # what this trial spent itself is device_s - inherited_device_s.
+            inherited_device_s = float(continued["metrics"]["device_s"])
     resumed_at = inputs.started_at
     worker_nodes = session.worker_nodes()
     if session.world_rank == 0:
         print(describe_trial(inputs, training), flush=True)
-        if start_epoch:
+        if continued is not None:
+            print(
+                f"[tlsearch] continues trial {continued['trial_id']} from its epoch {start_epoch} checkpoint",
+                flush=True,
+            )
+        elif start_epoch:
             print(f"[tlsearch] resumed from the checkpoint of epoch {start_epoch}", flush=True)
     static = {
         "strategy": config.strategy,
@@ -366,7 +380,12 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "feature_cache": training.feature_cache.status,
         "feature_cache_s": round(training.feature_cache.seconds, 3),
         "host_rss_at_start_gib": training.rss_at_start_gib,  # rank 0's process
+        "inherited_device_s": inherited_device_s,
     }
+    if continued is not None:
+        # First the epoch it continues from, as the other trial reported it: ASHA judges this trial
+        # at the rung the other was stopped at, with the value it had there, before it trains on.
+        session.report({**continued["metrics"], **static, "epoch": start_epoch}, None, start_epoch)
 
     for epoch in range(start_epoch, spec.search.max_epochs):
         epoch_start = time.time()
@@ -413,6 +432,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                         "torch_rng": torch.get_rng_state(),
                         "epoch": epoch + 1,
                         "wall_s": wall_s,
+                        "inherited_device_s": inherited_device_s,
                     },
                     directory / STATE_FILE,
                 )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -50,6 +51,19 @@ def _checkpoint_as_dir(checkpoint: Any) -> Iterator[Path | None]:
             yield Path(d)
 
 
+@contextlib.contextmanager
+def open_checkpoint(location: str | None) -> Iterator[Path | None]:
+    """A checkpoint directory by its path or URI (checkpoint_storage), as a local directory while
+    the `with` lasts (a download for a URI); None for None."""
+    if location is None:
+        yield None
+        return
+    import ray.train
+
+    with _checkpoint_as_dir(ray.train.Checkpoint(location)) as directory:
+        yield directory
+
+
 class TuneSession:
     world_rank = 0
     world_size = 1
@@ -79,9 +93,10 @@ class LocalSession:
     world_rank = 0
     world_size = 1
 
-    def __init__(self, device: str = "cpu"):
+    def __init__(self, device: str = "cpu", checkpoints_to: Path | None = None):
         self.device = torch.device(device)
         self.reports: list[dict[str, Any]] = []  # each epoch's metrics, in order
+        self.checkpoints_to = checkpoints_to  # each epoch's checkpoint kept as <dir>/epoch_0001, ...
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -94,6 +109,8 @@ class LocalSession:
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
         self.reports.append(dict(metrics))
+        if checkpoint_dir is not None and self.checkpoints_to is not None:
+            shutil.copytree(checkpoint_dir, self.checkpoints_to / f"epoch_{epoch:04d}")
 
 
 class TrainSession:

@@ -1,0 +1,95 @@
+"""ASHA's promotion in a real search: the promoted trial continues the stopped one from its Tune
+checkpoint (tlsearch/search/study.py, trainable.find_checkpoint, the loop's warm start)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.helpers import text_spec
+from tlsearch.results.files import EPOCHS_TABLE, TRIALS_TABLE, spent_device_s
+from tlsearch.search.runner import run_search
+from tlsearch.spec import validate_spec
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+HEAD_LRS = [3e-3, 3e-2, 3e-1]
+
+
+def _search(tiny_bert: Path, data: dict, storage: Path, name: str, order: list[float], **search: Any) -> Path:
+    spec = validate_spec(
+        text_spec(
+            tiny_bert,
+            data,
+            storage,
+            name=name,
+            search={
+                "metric": "val_loss",  # continuous: no ties between the three configurations
+                "max_concurrent": 1,
+                "seed_configs": [{"strategy": "linear_probe", "head_lr": lr} for lr in order],
+                **search,
+            },
+            strategies={
+                "linear_probe": {"head_lr": HEAD_LRS},
+                "common": {"batch_size": 8, "weight_decay": 0.0, "warmup_fraction": 0.0},
+            },
+            tracking={"wandb": {"mode": "disabled"}},
+        )
+    )
+    return run_search(spec).run_dir
+
+
+def test_a_promoted_trial_continues_from_the_stopped_ones_checkpoint(
+    ray_connected, tiny_bert: Path, text_data: dict, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    """Three configurations, seeded best, middle, worst by their first epoch (measured by a first
+    search): ASHA (grace 1, reduction factor 2) stops the middle one and the worst after epoch 1,
+    judged against what came before them. With all three in, the middle one is within the top half
+    of rung 1: it is promoted, and the new trial starts from its epoch-1 checkpoint (reported again
+    as it was), then trains epoch 2."""
+    first = _search(
+        tiny_bert,
+        text_data,
+        tmp_path / "runs",
+        "epoch-one",
+        HEAD_LRS,
+        num_samples=3,
+        max_epochs=1,
+        scheduler={"type": "fifo"},
+    )
+    loss = {t["linear_probe/head_lr"]: t["val_loss"] for t in pq.read_table(first / TRIALS_TABLE).to_pylist()}
+    best, middle, worst = sorted(HEAD_LRS, key=loss.get)
+
+    run_dir = _search(
+        tiny_bert,
+        text_data,
+        tmp_path / "runs",
+        "promotion",
+        [best, middle, worst],
+        num_samples=6,
+        max_epochs=3,
+        scheduler={"grace_period": 1, "reduction_factor": 2},
+    )
+    trials = sorted(pq.read_table(run_dir / TRIALS_TABLE).to_pylist(), key=lambda t: t["first_step_at"] or 0)
+    epochs = pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
+    assert [(t["linear_probe/head_lr"], t["status"]) for t in trials[:3]] == [
+        (best, "completed"),
+        (middle, "stopped_early"),
+        (worst, "stopped_early"),
+    ]
+    assert len(trials) == 4  # then the search ends by itself: nothing else is promotable
+    stopped, promoted = trials[1], trials[3]
+    assert promoted["linear_probe/head_lr"] == middle
+    assert (promoted["continues_trial"], promoted["continues_epoch"]) == (stopped["trial_id"], 1)
+    mine = sorted((e for e in epochs if e["trial_id"] == promoted["trial_id"]), key=lambda e: e["epoch"])
+    theirs = next(e for e in epochs if e["trial_id"] == stopped["trial_id"])
+    # Epoch 1 is the stopped trial's, to the bit (not trained again); training goes on from epoch 2.
+    assert mine[0]["epoch"] == 1 and mine[0]["val_loss"] == theirs["val_loss"]
+    assert mine[0]["epoch_s"] == theirs["epoch_s"] and [e["epoch"] for e in mine[1:]] == list(
+        range(2, len(mine) + 1)
+    )
+    assert promoted["inherited_device_s"] == theirs["device_s"] > 0
+    assert 0 < spent_device_s(promoted) < promoted["device_s"]
