@@ -19,7 +19,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 HEAD_LRS = [3e-3, 3e-2, 3e-1]
 
 
-def _search(tiny_bert: Path, data: dict, storage: Path, name: str, order: list[float], **search: Any) -> Path:
+def _search(
+    tiny_bert: Path, data: dict, storage: Path, name: str, order: list[float], workers: int, **search: Any
+) -> Path:
     spec = validate_spec(
         text_spec(
             tiny_bert,
@@ -36,31 +38,43 @@ def _search(tiny_bert: Path, data: dict, storage: Path, name: str, order: list[f
                 "linear_probe": {"head_lr": HEAD_LRS},
                 "common": {"batch_size": 8, "weight_decay": 0.0, "warmup_fraction": 0.0},
             },
+            resources={"workers_per_trial": workers, "cpus_per_worker": 1},
             tracking={"wandb": {"mode": "disabled"}},
         )
     )
     return run_search(spec).run_dir
 
 
+@pytest.mark.parametrize("workers", [1, 2], ids=["in-actor", "ray-train-ddp"])
 def test_a_promoted_trial_continues_from_the_stopped_ones_checkpoint(
-    ray_connected, tiny_bert: Path, text_data: dict, tmp_path: Path
+    workers: int, ray_connected, tiny_bert: Path, text_data: dict, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     """Three configurations, seeded best, middle, worst by their first epoch (measured by a first
-    search): ASHA (grace 1, reduction factor 2) stops the middle one and the worst after epoch 1,
-    judged against what came before them. With all three in, the middle one is within the top half
-    of rung 1: it is promoted, and the new trial starts from its epoch-1 checkpoint (reported again
-    as it was), then trains epoch 2."""
+    search that runs them all): ASHA (grace 1, reduction factor 2) stops the middle one and the
+    worst after epoch 1, judged against what came before them. With all three in, the middle one is
+    within the top half of rung 1: it is promoted, and the new trial starts from its epoch-1
+    checkpoint (reported again as it was), then trains epoch 2. In Tune's checkpoints (one worker)
+    and Ray Train's (DDP)."""
+    # Epoch 1 as the search below trains it: the same max_epochs (the learning-rate schedule spans them).
     first = _search(
         tiny_bert,
         text_data,
         tmp_path / "runs",
-        "epoch-one",
+        "every-epoch",
         HEAD_LRS,
+        workers,
         num_samples=3,
-        max_epochs=1,
+        max_epochs=3,
         scheduler={"type": "fifo"},
     )
-    loss = {t["linear_probe/head_lr"]: t["val_loss"] for t in pq.read_table(first / TRIALS_TABLE).to_pylist()}
+    trial_lr = {
+        t["trial_id"]: t["linear_probe/head_lr"] for t in pq.read_table(first / TRIALS_TABLE).to_pylist()
+    }
+    loss = {
+        trial_lr[e["trial_id"]]: e["val_loss"]
+        for e in pq.read_table(first / EPOCHS_TABLE).to_pylist()
+        if e["epoch"] == 1
+    }
     best, middle, worst = sorted(HEAD_LRS, key=loss.get)
 
     run_dir = _search(
@@ -69,6 +83,7 @@ def test_a_promoted_trial_continues_from_the_stopped_ones_checkpoint(
         tmp_path / "runs",
         "promotion",
         [best, middle, worst],
+        workers,
         num_samples=6,
         max_epochs=3,
         scheduler={"grace_period": 1, "reduction_factor": 2},
