@@ -125,7 +125,7 @@ def test_promotion_through_tune_once_the_space_is_tried_in_full(
     assert len(trials) == 30 and len({events[0].config_id for events in trials.values()}) == 28
     assert len(promoted) == 2
     for events in promoted:
-        stopped = [e for e in through_tune.events if e.config_id == events[0].config_id][0 : events[0].epoch]
+        stopped = next(t for t in trials.values() if t[0].config_id == events[0].config_id)
         assert (events[0].epoch, events[0].value) == (stopped[-1].epoch, stopped[-1].value)
         assert [e.epoch for e in events] == list(range(events[0].epoch, events[0].epoch + len(events)))
 

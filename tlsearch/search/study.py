@@ -82,7 +82,6 @@ class StudySearch(OptunaSearch):
         self._rungs = rungs  # ASHA's rungs, mirrored for promotion; None: no promotion
         # (configuration, rung) pairs promoted: each is promoted once.
         self._promoted: set[tuple[tuple[tuple[str, Any], ...], float]] = set()
-        self._stopped_at_epoch: dict[str, int] = {}  # trial ASHA stopped -> its last epoch
         self.duplicates_skipped = 0
 
     @property
@@ -146,13 +145,12 @@ class StudySearch(OptunaSearch):
         self._promoted.add((_key(params), milestone))
         number = self._ot_trials[origin].number
         self._ot_study.enqueue_trial(params, user_attrs={"promoted_from": number, "promoted_at": milestone})
-        epoch = getattr(self, "_stopped_at_epoch", {}).get(origin)
+        epoch = self._last_epoch(number)
+        then = f"continues from its epoch {epoch}" if epoch else "runs again"
         print(
             f"[tlsearch] every configuration has been tried: trial {number}, stopped at "
             f"{self._rungs.time_attr} {milestone:g}, is within its rungs' top 1/"
-            f"{self._rungs.reduction_factor:g} now and "
-            + (f"continues from its epoch {epoch}" if epoch else "runs again")
-            + " (ASHA's promotion)",
+            f"{self._rungs.reduction_factor:g} now and {then} (ASHA's promotion)",
             flush=True,
         )
         config = super().suggest(trial_id)
@@ -180,6 +178,12 @@ class StudySearch(OptunaSearch):
             return None
         milestone, _, trial_id = max(candidates, key=lambda c: (c[0], c[1]))
         return trial_id, milestone
+
+    def _last_epoch(self, number: int) -> int | None:
+        """The last epoch a trial reported: the step of its last intermediate value in the study
+        (a trial ASHA stopped has the value it was stopped on there, at that epoch)."""
+        trial = next(t for t in self._ot_study.get_trials(deepcopy=False) if t.number == number)
+        return max(trial.intermediate_values, default=None)
 
     def _live(self) -> bool:
         """Whether a trial this searcher suggested has not ended yet."""
@@ -255,9 +259,6 @@ class StudySearch(OptunaSearch):
             milestone = rungs.record(trial_id, result)
             if stopped_early and milestone is not None and trial_id in self._ot_trials:
                 rungs.stopped[trial_id] = milestone
-                if not hasattr(self, "_stopped_at_epoch"):  # pickled before it existed
-                    self._stopped_at_epoch = {}
-                self._stopped_at_epoch[trial_id] = int(epoch)
         if not stopped_early or trial_id not in self._ot_trials or trial_id in self._completed_trials:
             super().on_trial_complete(trial_id, result=result, error=error)
             return
