@@ -160,6 +160,29 @@ def continues_promoted(name: str) -> bool:
     return not POLICIES[name][1].get("restart_promoted", False)
 
 
+def promotion_effect(reaches: dict[str, list[float]], traces: dict[str, list[Any]]) -> dict[str, Any] | None:
+    """What ASHA's promotion does, seed by seed: the searches that never reach the target without it
+    (`tpe_asha_no_promotion`), when ours got there in those (continuing the stopped trial) and when
+    it did restarting it (`tpe_asha_promotion_restart`), and each one's median whole-search cost
+    against no promotion's."""
+    without = "tpe_asha_no_promotion"
+    if OURS not in reaches or without not in reaches:
+        return None
+    short = [seed for seed, reach in enumerate(reaches[without]) if math.isinf(reach)]
+    cost_without = statistics.median(t.total_cost for t in traces[without])
+    effect: dict[str, Any] = {"searches_short_without_promotion": f"{len(short)}/{len(reaches[without])}"}
+    for name in (OURS, "tpe_asha_promotion_restart"):
+        if name in reaches:
+            rescued = sorted(reaches[name][seed] for seed in short)
+            effect[name] = {
+                "rescued_time_to_target_s": [_round(rescued[0]), _round(rescued[-1])] if rescued else None,
+                "cost_vs_no_promotion": round(
+                    statistics.median(t.total_cost for t in traces[name]) / cost_without, 3
+                ),
+            }
+    return effect
+
+
 def quantiles(values: list[float]) -> dict[str, float | None]:
     """Median and quartiles; infinity (a search that never reached the target) sorts last."""
     ordered = sorted(values)
@@ -336,6 +359,7 @@ def evaluate(
             for points in LOOSER_TARGETS
         },
         "ratios_vs_random": {p: _ratio(out_policies, p, BASELINE) for p in policies if p != BASELINE},
+        "promotion": promotion_effect(reaches, traces),
         "cost_aware_vs_epochs": {
             f"{p}_cost": _ratio(out_policies, f"{p}_cost", p) for p in ("tpe_asha", "random_asha")
         },
