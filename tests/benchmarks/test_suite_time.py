@@ -1,0 +1,26 @@
+"""suite_time.py times a command and keeps pytest's tally line for the README's test counts."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks._common import ROOT
+from benchmarks.suite_time import timed
+
+
+def test_timed_returns_exit_code_and_pytest_tally() -> None:
+    lines = [
+        "tests/test_cli.py ....",
+        "= 387 passed, 2 deselected, 3 warnings in 1290.31s (0:21:30) =",
+        "CI finished in 1322 s",
+    ]
+    script = f"print({chr(10).join(lines)!r}); raise SystemExit(3)"
+    seconds, returncode, tally = timed([sys.executable, "-c", script], ROOT)
+    assert returncode == 3
+    assert tally == "387 passed, 2 deselected, 3 warnings in 1290.31s (0:21:30)"
+    assert seconds > 0
+
+
+def test_timed_without_a_tally_gives_an_empty_one() -> None:
+    _, returncode, tally = timed([sys.executable, "-c", "print('3 passed the test')"], ROOT)
+    assert (returncode, tally) == (0, "")
