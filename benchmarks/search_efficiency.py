@@ -160,7 +160,7 @@ def continues_promoted(name: str) -> bool:
     return not POLICIES[name][1].get("restart_promoted", False)
 
 
-def promotion_effect(reaches: dict[str, list[float]], traces: dict[str, list[Any]]) -> dict[str, Any] | None:
+def promotion_effect(reaches: dict[str, list[float]], policies: dict[str, Any]) -> dict[str, Any] | None:
     """What ASHA's promotion does, seed by seed: the searches that never reach the target without it
     (`tpe_asha_no_promotion`), when ours got there in those (continuing the stopped trial) and when
     it did restarting it (`tpe_asha_promotion_restart`), and each one's median whole-search cost
@@ -169,16 +169,14 @@ def promotion_effect(reaches: dict[str, list[float]], traces: dict[str, list[Any
     if OURS not in reaches or without not in reaches:
         return None
     short = [seed for seed, reach in enumerate(reaches[without]) if math.isinf(reach)]
-    cost_without = statistics.median(t.total_cost for t in traces[without])
+    cost_without = policies[without]["cost_s"]["median"]
     effect: dict[str, Any] = {"searches_short_without_promotion": f"{len(short)}/{len(reaches[without])}"}
     for name in (OURS, "tpe_asha_promotion_restart"):
         if name in reaches:
             rescued = sorted(reaches[name][seed] for seed in short)
             effect[name] = {
                 "rescued_time_to_target_s": [_round(rescued[0]), _round(rescued[-1])] if rescued else None,
-                "cost_vs_no_promotion": round(
-                    statistics.median(t.total_cost for t in traces[name]) / cost_without, 3
-                ),
+                "cost_vs_no_promotion": round(policies[name]["cost_s"]["median"] / cost_without, 3),
             }
     return effect
 
@@ -359,7 +357,7 @@ def evaluate(
             for points in LOOSER_TARGETS
         },
         "ratios_vs_random": {p: _ratio(out_policies, p, BASELINE) for p in policies if p != BASELINE},
-        "promotion": promotion_effect(reaches, traces),
+        "promotion": promotion_effect(reaches, out_policies),
         "cost_aware_vs_epochs": {
             f"{p}_cost": _ratio(out_policies, f"{p}_cost", p) for p in ("tpe_asha", "random_asha")
         },

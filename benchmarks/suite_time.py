@@ -22,6 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import ROOT, write_result
 
+# pytest's closing line, e.g. "==== 387 passed, 2 deselected, 3 warnings in 1290.31s (0:21:30) ===="
+PYTEST_TALLY = re.compile(r"\d+ (passed|failed|error)s?\b.* in \d+(\.\d+)?s")
+
 
 def timed(command: list[str], cwd: Path) -> tuple[float, int, str]:
     """Run `command`, echoing its output; its wall time, exit code and pytest's last tally line
@@ -37,10 +40,6 @@ def timed(command: list[str], cwd: Path) -> tuple[float, int, str]:
             if PYTEST_TALLY.search(line):
                 tally = line.strip().strip("= ")
     return time.time() - start, process.returncode, tally
-
-
-# pytest's closing line, e.g. "==== 387 passed, 2 deselected, 3 warnings in 1290.31s (0:21:30) ===="
-PYTEST_TALLY = re.compile(r"\d+ (passed|failed|error)s?\b.* in \d+(\.\d+)?s")
 
 
 def main() -> None:
