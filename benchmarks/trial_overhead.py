@@ -16,7 +16,8 @@ data (`search_spaces/bbc_news_minilm.yaml`):
   fraction of the search's wall time (first trial start to last trial end, times the slots) that the
   trials spent in their training and evaluation epochs. Also each trial process's resident memory at
   the start of each trial it ran and at its peak (`host_memory`): a reused process must not grow
-  from one trial to the next.
+  from one trial to the next. With reused processes twice: each epoch's checkpoint and report on a
+  thread of their own (`training.background_checkpoints`, the default), then in line.
 
 `--quick` uses a tiny BERT built from code instead (development; seconds of training per trial).
 - multi-worker: the overhead search again with 2-worker DDP trials (Ray Train starts a controller
@@ -164,9 +165,12 @@ def measure_busy(
     slots: int,
     storage: str,
     reuse: bool,
+    background: bool = True,
 ) -> dict[str, Any]:
-    """The busy search in one mode: trials of about a minute, `slots` at a time."""
+    """The busy search in one mode: trials of about a minute, `slots` at a time; `background`:
+    `training.background_checkpoints` (the default), else each epoch's report in line."""
     mode = "reused_processes" if reuse else "new_process_per_trial"
+    mode += "" if background else "_inline_reports"
     overrides = [
         *base,
         f"search.num_samples={busy_trials}",
@@ -175,12 +179,14 @@ def measure_busy(
         "strategies={full: {}}",
         *busy,
         f"training.reuse_processes={str(reuse).lower()}",
+        f"training.background_checkpoints={str(background).lower()}",
     ]
     started = time.time()
     done, _, wall = _search(spec, overrides, storage, f"busy-{mode}")
     epochs = _epoch_rows(Path(storage) / f"busy-{mode}")
     epoch_s = _per_trial_sum(epochs, "epoch_s")
     saves_s = _per_trial_sum(epochs, "checkpoint_save_s")
+    writes_s = _per_trial_sum(epochs, "checkpoint_write_s")
     startups = _busy_startups(done)
     idle_s = wall * slots - sum(epoch_s.values())
     startups_s = sum(t["startup_s"] or 0.0 for t in startups)
@@ -189,12 +195,17 @@ def measure_busy(
         "busy_trials": len(done),
         "busy_trial_wall_s_median": _median([t["wall_s"] for t in done if t["wall_s"]]),
         "busy_epoch_s_median": _median(list(epoch_s.values())),
-        # Between epochs: writing each epoch's checkpoint (the trial's sum).
+        "background_checkpoints": background,
+        # Between epochs, the trial's sum: what the training thread spent on each epoch's checkpoint
+        # (in line: writing it; in the background: copying it off the device, waiting for the
+        # previous report), and writing the files (on the training thread or not).
         "busy_checkpoint_save_s_median": _median(list(saves_s.values())),
+        "busy_checkpoint_write_s_median": _median(list(writes_s.values())),
         "busy_startups": startups,
         # Where the device's idle seconds went (summed over slots): the trials' start-ups (the first
-        # of each process is cold), writing checkpoints, and the rest (Tune starting the search,
-        # Ray copying each checkpoint into the run's storage inside `report`, hand-offs).
+        # of each process is cold), the training thread's part of checkpoints, and the rest (Tune
+        # starting the search, hand-offs; in line also Ray copying each checkpoint into the run's
+        # storage inside `report` and the driver's answer).
         "busy_idle_s": {
             "total": round(idle_s, 2),
             "startups": round(startups_s, 2),
@@ -217,9 +228,11 @@ def measure(
     slots: int,
     storage: str,
     busy_modes: tuple[bool, ...] = (False, True),
+    inline_reports: bool = False,
 ) -> dict[str, Any]:
     """Both searches in each mode (`training.reuse_processes` false, then true) on the connected
-    cluster; `busy_modes` picks the modes of the (longer) busy search."""
+    cluster; `busy_modes` picks the modes of the (longer) busy search. `inline_reports`: the busy
+    search with reused processes once more, each epoch reported in line (no background checkpoints)."""
     overhead = [
         *base,
         f"search.num_samples={overhead_trials}",
@@ -242,6 +255,20 @@ def measure(
                 )
             )
         print(mode, part, flush=True)
+    if inline_reports:
+        inline = measure_busy(
+            spec,
+            base,
+            busy_trials=busy_trials,
+            busy=busy,
+            slots=slots,
+            storage=storage,
+            reuse=True,
+            background=False,
+        )
+        figures["modes"]["reused_processes_inline_reports"] = inline
+        figures["device_busy_fraction_inline_reports"] = inline["device_busy_fraction"]
+        print("reused_processes_inline_reports", inline, flush=True)
     reused = figures["modes"]["reused_processes"]
     figures["trial_overhead_s"] = reused["startup_s_median"]
     figures["trial_handoff_s"] = reused["handoff_s_median"]
@@ -318,6 +345,7 @@ def main() -> None:
             busy=busy,
             slots=slots,
             storage=storage,
+            inline_reports=True,
         )
     if "multi_worker" in parts:
         figures["multi_worker"] = measure_multi_worker(

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tlsearch.search.trainable import find_checkpoint
 from tlsearch.spec import validate_spec
+from tlsearch.train.checkpoint import META_FILE
 from tlsearch.train.inputs import RunContext
-from tlsearch.train.loop import META_FILE
 
 
 def run_context(experiment: str, workers: int = 1) -> RunContext:

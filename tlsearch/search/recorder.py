@@ -25,7 +25,7 @@ from tlsearch.results.files import (
 from tlsearch.space.trial_config import flatten
 from tlsearch.spec.model import WandbSpec
 from tlsearch.tracking.wandb_runs import WandbTracker, runs_to_catch_up
-from tlsearch.train.loop import META_FILE
+from tlsearch.train.checkpoint import META_FILE
 
 EPOCH_FIELDS = (
     "epoch",
@@ -37,6 +37,7 @@ EPOCH_FIELDS = (
     "lr_head",
     "host_rss_gib",
     "checkpoint_save_s",
+    "checkpoint_write_s",
     "strategy",
     "rank0_pid",
     *TRIAL_CONSTANTS,

@@ -8,9 +8,10 @@ import time
 from typing import Any
 
 from tlsearch.space.trial_config import Continuation, TrialConfig
+from tlsearch.train.checkpoint import META_FILE
 from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
-from tlsearch.train.loop import META_FILE, train_trial
+from tlsearch.train.loop import train_trial
 from tlsearch.train.session import TrainSession, TuneSession, node_id
 
 # The trial driver of a multi-worker trial only waits on its Train controller.
@@ -20,6 +21,10 @@ TRAIN_CONTROLLER_FAILURE_LIMIT = 2
 # busy node (or pull an image) can take longer, and a timed-out start fails the trial. Ray passes the
 # variable on from this process to the Train controller; a value set by the user wins.
 WORKER_GROUP_START_TIMEOUT_S = "300"
+# A reused trial process runs the next trial once the stopped one's thread has ended; Tune waits 2 s
+# for that and otherwise replaces the process (a cold start). With background reports a stopped
+# trial's thread may be mid-step on a slow device when Tune asks: it ends at its next step.
+FUNCTION_THREAD_TIMEOUT_S = "30"
 
 
 def run_trial(config: dict[str, Any], run: RunContext) -> None:
@@ -42,8 +47,10 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
         run, TrialConfig.parse(params), trial_id, started_at, driver_node=node_id(), warm_start=warm_start
     )
     if run.spec.resources.workers_per_trial == 1:
+        # Read by Tune in this process when it hands the process to the next trial; a user's value wins.
+        os.environ.setdefault("TUNE_FUNCTION_THREAD_TIMEOUT_S", FUNCTION_THREAD_TIMEOUT_S)
         try:
-            train_trial(inputs, TuneSession(run.use_gpu))
+            train_trial(inputs, TuneSession(run.use_gpu, background=run.spec.training.background_checkpoints))
         finally:  # the process may run the next trial: what this one freed goes back to the OS
             release_freed_host_memory()
     else:

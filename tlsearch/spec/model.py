@@ -276,6 +276,11 @@ class TrainingSpec(Strict):
     # (benchmarks/throughput.py, part host_memory). The process
     # holds its peak host memory until it exits (tlsearch/train/host_memory.py).
     keep_host_memory: bool = True
+    # Single-worker trials report each epoch (checkpoint files written, Ray's copy of them to the
+    # trial's storage, the driver's answer) from a thread of their own while the next epoch trains;
+    # the loop stops only to copy the trainable weights and optimizer state off the device
+    # (benchmarks/trial_overhead.py, part device busy). Multi-worker trials report in line.
+    background_checkpoints: bool = True
 
 
 class WandbSpec(Strict):

@@ -68,8 +68,20 @@ class Prepared:
         for module in self.frozen_modules:
             module.eval()
 
+    def checkpoint_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """What a checkpoint holds of the model (the model's own tensors: copy them to keep them)."""
+        return trainable_tensors(model, self.frozen_modules)
+
+    def write_checkpoint(self, model: nn.Module, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+        """Writes `tensors` (`checkpoint_tensors`, maybe copied earlier) as this strategy's files."""
+        from safetensors.torch import save_file
+
+        save_file(
+            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE)
+        )
+
     def save(self, model: nn.Module, directory: Path) -> None:
-        save_trainable(model, directory, self.frozen_modules)
+        self.write_checkpoint(model, self.checkpoint_tensors(model), directory)
 
     def load(self, model: nn.Module, directory: Path) -> None:
         load_trainable(model, directory)
@@ -135,10 +147,8 @@ def layerwise_groups(
     return sorted(groups.values(), key=lambda g: (g.name.startswith("head"), g.name))
 
 
-def save_trainable(model: nn.Module, directory: Path, frozen_modules: list[nn.Module]) -> None:
+def trainable_tensors(model: nn.Module, frozen_modules: list[nn.Module]) -> dict[str, torch.Tensor]:
     """Trainable parameters plus the buffers of modules that train (e.g. batch-norm statistics)."""
-    from safetensors.torch import save_file
-
     frozen = {id(m) for fm in frozen_modules for m in fm.modules()}
     tensors: dict[str, torch.Tensor] = {}
     for module_name, module in model.named_modules():
@@ -152,9 +162,7 @@ def save_trainable(model: nn.Module, directory: Path, frozen_modules: list[nn.Mo
             for bname, buf in module.named_buffers(recurse=False):
                 if buf is not None:
                     tensors[prefix + bname] = buf
-    save_file(
-        {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE)
-    )
+    return tensors
 
 
 def load_trainable(model: nn.Module, directory: Path) -> None:

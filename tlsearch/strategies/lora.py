@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import nn
 
 from tlsearch.models.lora_targets import resolve_lora_targets
@@ -22,8 +23,10 @@ ADAPTER_FILE = "adapter_model.safetensors"
 
 @dataclass
 class LoraPrepared(Prepared):
-    def save(self, model: nn.Module, directory: Path) -> None:
-        model.save_pretrained(str(directory))  # type: ignore[operator]
+    def write_checkpoint(self, model: nn.Module, tensors: dict[str, torch.Tensor], directory: Path) -> None:
+        # peft picks the adapter's and the head's entries out of the state dict it is given: the
+        # trainable ones from `tensors` (maybe copied while training went on), the rest are frozen.
+        model.save_pretrained(str(directory), state_dict={**model.state_dict(), **tensors})  # type: ignore[operator]
 
     def load(self, model: nn.Module, directory: Path) -> None:
         from peft import set_peft_model_state_dict

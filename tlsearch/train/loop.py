@@ -9,13 +9,14 @@ benchmarks/throughput.py times `setup_training` + `train_epoch` against a plain 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,15 +32,12 @@ from tlsearch.models.sources import LoadedModel
 from tlsearch.strategies import Prepared, prepare
 from tlsearch.train import warm
 from tlsearch.train.batches import ToDevice
+from tlsearch.train.checkpoint import STATE_FILE, EpochCheckpoint, read_meta
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
-from tlsearch.train.scratch import scratch_dir
 from tlsearch.train.session import Session, node_id, node_ip, open_checkpoint
-
-STATE_FILE = "training_state.pt"
-META_FILE = "meta.json"
 
 
 class TrainingDiverged(RuntimeError):
@@ -141,6 +139,9 @@ class Training:
     # The process's resident memory before this trial built anything: in a reused trial process,
     # what earlier trials left behind (the kept model and data included).
     rss_at_start_gib: float = 0.0
+    # Called between steps: raises when a report still in flight failed or Tune stopped the trial
+    # (Session.poll), so a stopped trial's thread ends within a step.
+    poll: Callable[[], None] = lambda: None
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision)
@@ -267,6 +268,7 @@ def setup_training(
         model_ready=model_ready,
         rss_at_start_gib=rss_at_start_gib,
         data_ready=time.time(),
+        poll=session.poll,
     )
 
 
@@ -280,6 +282,7 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
     loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
     seen = 0
     for batch, target in t.train_loader:
+        t.poll()
         if t.first_step_at is None:
             t.first_step_at = time.time()
         target = target.to(t.device, non_blocking=True)
@@ -302,6 +305,7 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
     model.eval()
     logits, targets = [], []
     for batch, target in training.val_loader:
+        training.poll()
         with training.autocast():
             # Kept on the device until the end: one copy to the host instead of a stall per batch.
             logits.append(_forward(model, batch, training.to_device).float())
@@ -382,72 +386,70 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "host_rss_at_start_gib": training.rss_at_start_gib,  # rank 0's process
         "inherited_device_s": inherited_device_s,
     }
-    if continued is not None:
-        # First the epoch it continues from, as the other trial reported it: ASHA judges this trial
-        # at the rung the other was stopped at, with the value it had there, before it trains on.
-        session.report({**continued["metrics"], **static, "epoch": start_epoch}, None, start_epoch)
+    try:
+        if continued is not None:
+            # First the epoch it continues from, as the other trial reported it: ASHA judges this trial
+            # at the rung the other was stopped at, with the value it had there, before it trains on.
+            session.report({**continued["metrics"], **static, "epoch": start_epoch}, None, start_epoch)
 
-    for epoch in range(start_epoch, spec.search.max_epochs):
-        epoch_start = time.time()
-        loss_sum, seen = train_epoch(training, epoch)
-        train_time = time.time() - epoch_start
-        totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64)
-        if session.world_size > 1:
-            dist.all_reduce(totals)
-        train_loss = totals[0].item() / max(1.0, totals[1].item())
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"training diverged at epoch {epoch + 1}: train_loss={train_loss}")
+        for epoch in range(start_epoch, spec.search.max_epochs):
+            epoch_start = time.time()
+            loss_sum, seen = train_epoch(training, epoch)
+            train_time = time.time() - epoch_start
+            totals = torch.tensor([loss_sum.item(), float(seen)], dtype=torch.float64)
+            if session.world_size > 1:
+                dist.all_reduce(totals)
+            train_loss = totals[0].item() / max(1.0, totals[1].item())
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"training diverged at epoch {epoch + 1}: train_loss={train_loss}")
 
-        logits, targets = evaluate(training, session, run.num_classes)
-        metrics = classification_metrics(logits, targets, run.num_classes)
-        wall_s = wall_before + (time.time() - resumed_at)
-        metrics.update(
-            static,
-            epoch=epoch + 1,
-            train_loss=train_loss,
-            epoch_s=time.time() - epoch_start,
-            train_samples_per_s=totals[1].item() / max(train_time, 1e-9),
-            wall_s=wall_s,
-            device_s=wall_s * session.world_size * run.devices_per_worker,
-            lr_head=_group_lr(optimizer, "head"),
-            # Where a trial's start-up goes (the search's overhead): benchmarks/trial_overhead.py.
-            # Ray Train's part (multi-worker trials): controller, worker group, process group.
-            workers_start_s=training.loop_started_at - inputs.started_at,
-            model_load_s=training.model_ready - training.loop_started_at,
-            data_load_s=training.data_ready - training.model_ready,
-            setup_s=(training.first_step_at or training.data_ready) - inputs.started_at,
-            first_step_at=training.first_step_at,
-            host_rss_gib=resident_gib(),  # rank 0's process at the epoch's end
-        )
-        with scratch_dir() as directory:
-            checkpoint_dir = None
-            save_started = time.time()
+            logits, targets = evaluate(training, session, run.num_classes)
+            metrics = classification_metrics(logits, targets, run.num_classes)
+            wall_s = wall_before + (time.time() - resumed_at)
+            metrics.update(
+                static,
+                epoch=epoch + 1,
+                train_loss=train_loss,
+                epoch_s=time.time() - epoch_start,
+                train_samples_per_s=totals[1].item() / max(train_time, 1e-9),
+                wall_s=wall_s,
+                device_s=wall_s * session.world_size * run.devices_per_worker,
+                lr_head=_group_lr(optimizer, "head"),
+                # Where a trial's start-up goes (the search's overhead): benchmarks/trial_overhead.py.
+                # Ray Train's part (multi-worker trials): controller, worker group, process group.
+                workers_start_s=training.loop_started_at - inputs.started_at,
+                model_load_s=training.model_ready - training.loop_started_at,
+                data_load_s=training.data_ready - training.model_ready,
+                setup_s=(training.first_step_at or training.data_ready) - inputs.started_at,
+                first_step_at=training.first_step_at,
+                host_rss_gib=resident_gib(),  # rank 0's process at the epoch's end
+            )
+            checkpoint = None
             if session.world_rank == 0:
-                checkpoint_dir = directory
-                prepared.save(prepared.model, directory)  # the whole model's names, cached or not
-                torch.save(
-                    {
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
+                checkpoint = EpochCheckpoint.take(
+                    prepared,  # the whole model's names, cached features or not
+                    optimizer,
+                    scheduler,
+                    epoch=epoch + 1,
+                    wall_s=wall_s,
+                    inherited_device_s=inherited_device_s,
+                    meta={
+                        "trial_id": inputs.trial_id,
                         "epoch": epoch + 1,
-                        "wall_s": wall_s,
-                        "inherited_device_s": inherited_device_s,
+                        "config": config.as_dict(),
+                        "labels": list(run.data.labels),
+                        "metrics": {k: v for k, v in metrics.items() if k != "param_groups"},
                     },
-                    directory / STATE_FILE,
                 )
-                meta = {
-                    "trial_id": inputs.trial_id,
-                    "epoch": epoch + 1,
-                    "config": config.as_dict(),
-                    "labels": list(run.data.labels),
-                    "metrics": {k: v for k, v in metrics.items() if k != "param_groups"},
-                }
-                (directory / META_FILE).write_text(json.dumps(meta, indent=2, default=str))
-            # Between epochs, not training: part of what keeps the device idle (Ray then copies the
-            # files to the trial's storage inside `report`).
-            metrics["checkpoint_save_s"] = time.time() - save_started
-            session.report(metrics, checkpoint_dir, epoch + 1)
+            # Between epochs, not training: `checkpoint_save_s` (what the training thread spent on the
+            # checkpoint) is part of what keeps the device idle.
+            session.report(metrics, checkpoint, epoch + 1)
+    except BaseException:
+        # The report in flight (the previous epoch's) still reaches Tune if it can; this error wins.
+        with contextlib.suppress(BaseException):
+            session.finish()
+        raise
+    session.finish()  # the last epoch's report reaches Tune before the trial's function returns
 
 
 def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
@@ -455,7 +457,3 @@ def _group_lr(optimizer: torch.optim.Optimizer, name: str) -> float:
         if group.get("name") == name:
             return float(group["lr"])
     return math.nan
-
-
-def read_meta(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / META_FILE).read_text())

@@ -1,7 +1,10 @@
 """The seam between the training loop and Ray: one loop, two runners (and one without Ray).
 
 - TuneSession: a single-worker trial runs the loop inside the Tune trial actor and checkpoints
-  at Tune level (no worker group to start: DESIGN.md §2).
+  at Tune level (no worker group to start: DESIGN.md §2). With `background` (the spec's
+  `training.background_checkpoints`) each epoch's report goes to Tune from a thread of its own: the
+  files are written, Ray copies them to the trial's storage and the driver answers while the next
+  epoch trains (the device would otherwise wait for all three, every epoch).
 - TrainSession: a multi-worker trial runs the loop on Ray Train workers (DDP); rank 0's
   reports reach Tune through TuneReportCallback.
 - LocalSession: one trial in this process, no Ray (benchmarks, tests): reports are kept in a list.
@@ -11,12 +14,17 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-from collections.abc import Iterator
+import threading
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
+
+from tlsearch.train.checkpoint import EpochCheckpoint
+from tlsearch.train.scratch import scratch_dir
 
 
 class Session(Protocol):
@@ -26,8 +34,52 @@ class Session(Protocol):
 
     def wrap(self, model: nn.Module) -> nn.Module: ...
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None: ...
+    def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None: ...
+    def poll(self) -> None:
+        """Between steps: raises what a report still in flight raised (SystemExit: Tune stopped the trial)."""
+
+    def finish(self) -> None:
+        """After the last epoch: waits for the reports in flight."""
+
     def worker_nodes(self) -> list[str]: ...
+
+
+def _write_then(
+    metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, report: Callable[[Path | None], None]
+) -> None:
+    """Writes the checkpoint (if any) into a scratch directory and calls `report` with it there;
+    `checkpoint_write_s` in the metrics says how long the files took."""
+    if checkpoint is None:
+        report(None)
+        return
+    with scratch_dir() as directory:
+        metrics["checkpoint_write_s"] = checkpoint.write(directory)
+        metrics.setdefault("checkpoint_save_s", metrics["checkpoint_write_s"])  # written in line
+        report(directory)
+
+
+class _InFlight:
+    """One report running on a thread of its own; what it raised is kept for the training thread."""
+
+    def __init__(self, job: Callable[[], None]):
+        self.error: BaseException | None = None
+        # A daemon: a report Tune never answers (the driver is gone) must not keep the process alive.
+        self._thread = threading.Thread(target=self._run, args=(job,), name="tlsearch-report", daemon=True)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as error:  # SystemExit included: Ray's way of saying "stopped"
+            self.error = error
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 def node_id() -> str:
@@ -68,8 +120,10 @@ class TuneSession:
     world_rank = 0
     world_size = 1
 
-    def __init__(self, use_gpu: bool):
+    def __init__(self, use_gpu: bool, background: bool = False):
         self.device = torch.device("cuda:0" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.background = background
+        self._in_flight: _InFlight | None = None
 
     def wrap(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
@@ -82,11 +136,36 @@ class TuneSession:
 
         return _checkpoint_as_dir(tune.get_checkpoint())
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
+        """Hands the epoch to Tune. Tune's `report` returns once the checkpoint files are in the
+        trial's storage and the driver has taken the result (and asked for the next one, or set the
+        trial to stop: then it raises SystemExit). In the background that happens on another thread,
+        one report at a time and in order; the training thread waits only for the previous one (long
+        done, unless epochs are very short) and to copy the checkpoint off the device."""
         from ray import tune
 
-        checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        def send(directory: Path | None) -> None:
+            on_storage = tune.Checkpoint.from_directory(str(directory)) if directory else None
+            tune.report(metrics, checkpoint=on_storage)
+
+        held = time.time()
+        self.finish()
+        if self.background:
+            checkpoint = checkpoint.detached() if checkpoint is not None else None
+            if checkpoint is not None:
+                metrics["checkpoint_save_s"] = time.time() - held  # the training thread's part
+            self._in_flight = _InFlight(lambda: _write_then(metrics, checkpoint, send))
+        else:
+            _write_then(metrics, checkpoint, send)
+
+    def poll(self) -> None:
+        if self._in_flight is not None and self._in_flight.done():
+            self.finish()
+
+    def finish(self) -> None:
+        in_flight, self._in_flight = self._in_flight, None
+        if in_flight is not None:
+            in_flight.wait()
 
 
 class LocalSession:
@@ -107,10 +186,19 @@ class LocalSession:
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         return contextlib.nullcontext(None)
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
-        self.reports.append(dict(metrics))
-        if checkpoint_dir is not None and self.checkpoints_to is not None:
-            shutil.copytree(checkpoint_dir, self.checkpoints_to / f"epoch_{epoch:04d}")
+    def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
+        def keep(directory: Path | None) -> None:
+            self.reports.append(dict(metrics))
+            if directory is not None and self.checkpoints_to is not None:
+                shutil.copytree(directory, self.checkpoints_to / f"epoch_{epoch:04d}")
+
+        _write_then(metrics, checkpoint, keep)
+
+    def poll(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
 
 
 class TrainSession:
@@ -141,9 +229,20 @@ class TrainSession:
 
         return _checkpoint_as_dir(ray.train.get_checkpoint())
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None, epoch: int) -> None:
+    def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
         import ray.train
 
+        def send(directory: Path | None) -> None:
+            on_storage = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
+            ray.train.report(
+                metrics, checkpoint=on_storage, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}"
+            )
+
         # Every rank reports (it is a barrier); only rank 0 carries the checkpoint.
-        checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
-        ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}")
+        _write_then(metrics, checkpoint, send)
+
+    def poll(self) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
