@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import nn
 
 if TYPE_CHECKING:
     from tlsearch.strategies import Prepared
@@ -41,8 +40,7 @@ def host_copy(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class EpochCheckpoint:
-    prepared: Prepared
-    model: nn.Module  # the strategy's model (names as the strategy saves them, cached features or not)
+    prepared: Prepared  # its model: the names the strategy saves, cached features or not
     tensors: dict[str, torch.Tensor]  # what the strategy saves of it: the model's own, until `detached`
     state: dict[str, Any]  # optimizer, scheduler, RNG, epoch, ...: torch.save'd as STATE_FILE
     meta: dict[str, Any]
@@ -59,7 +57,6 @@ class EpochCheckpoint:
         """The checkpoint as training leaves it now (the live tensors); `state` goes into STATE_FILE."""
         return cls(
             prepared=prepared,
-            model=prepared.model,
             tensors=prepared.checkpoint_tensors(prepared.model),
             state={
                 "optimizer": optimizer.state_dict(),
@@ -77,7 +74,7 @@ class EpochCheckpoint:
     def write(self, directory: Path) -> float:
         """Writes the files into the (empty) `directory`; returns the seconds it took."""
         started = time.time()
-        self.prepared.write_checkpoint(self.model, self.tensors, directory)
+        self.prepared.write_checkpoint(self.prepared.model, self.tensors, directory)
         torch.save(self.state, directory / STATE_FILE)
         (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str))
         return time.time() - started

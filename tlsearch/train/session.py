@@ -151,8 +151,8 @@ class TuneSession:
         held = time.time()
         self.finish()
         if self.background:
-            checkpoint = checkpoint.detached() if checkpoint is not None else None
             if checkpoint is not None:
+                checkpoint = checkpoint.detached()
                 metrics["checkpoint_save_s"] = time.time() - held  # the training thread's part
             self._in_flight = _InFlight(lambda: _write_then(metrics, checkpoint, send))
         else:
