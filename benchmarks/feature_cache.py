@@ -51,8 +51,8 @@ def demo_spec(storage: Path) -> dict[str, Any]:
 
 
 def quick_spec(storage: Path) -> dict[str, Any]:
-    """A 2-layer BERT built from code and 256 + 128 short generated texts (tests/helpers.py)."""
-    from tests.helpers import make_tiny_bert, text_rows, write_parquet
+    """A 2-layer BERT built from code and 256 + 128 short generated texts (tlsearch.testing)."""
+    from tlsearch.testing import make_tiny_bert, text_rows, write_parquet
 
     data = storage / "data"
     return {

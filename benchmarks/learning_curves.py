@@ -19,7 +19,7 @@ epoch's own time (`epoch_s`), what it added to the trial's wall and device secon
 `epoch_device_s`; the first epoch includes the trial's set-up) and the cumulative `wall_s` /
 `device_s`. benchmarks/search_efficiency.py replays it; benchmarks/results/learning_curves.json says
 how long the recording took and what it found. `--quick` records a tiny grid on a tiny BERT built
-from code (tests/helpers.py) instead, for development and the tests. `--spec` records the vision
+from code (tlsearch.testing) instead, for development and the tests. `--spec` records the vision
 example's grid instead (VISION_GRID): a second table for search_efficiency.py (`--spec`, `--table`).
 `--validation-samples all` scores every epoch on the whole validation split: the demo's 128
 articles score in steps of 0.8 points, coarser than the replay's 0.5-point target.
@@ -161,8 +161,8 @@ def recording_spec(base: dict[str, Any], grid: dict[str, dict[str, Any]], name: 
 
 
 def quick_base(directory: Path) -> dict[str, Any]:
-    """A spec document for a tiny BERT built from code and a tiny text data set (tests/helpers.py)."""
-    from tests.helpers import make_tiny_bert, text_rows, write_parquet
+    """A spec document for a tiny BERT built from code and a tiny text data set (tlsearch.testing)."""
+    from tlsearch.testing import make_tiny_bert, text_rows, write_parquet
 
     model = make_tiny_bert(directory / "tiny-bert")
     train = write_parquet(text_rows(48, seed=1), directory / "data" / "train.parquet")

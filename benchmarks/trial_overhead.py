@@ -324,7 +324,7 @@ def main() -> None:
     storage = tempfile.mkdtemp(prefix="tlsearch-overhead-")
     base = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
     if args.quick:
-        from tests.helpers import make_tiny_bert
+        from tlsearch.testing import make_tiny_bert
 
         model_dir = make_tiny_bert(Path(storage) / "tiny-bert")
         base += [f"model.name={model_dir}", "model.max_length=32"]

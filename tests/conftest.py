@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from tests.helpers import image_rows, make_tiny_bert, text_rows, write_parquet
+from tlsearch.testing import image_rows, make_tiny_bert, text_rows, write_parquet
 
 
 @pytest.fixture(scope="session")

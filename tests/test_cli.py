@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import text_spec
+from tlsearch.testing import text_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 

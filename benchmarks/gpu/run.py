@@ -261,7 +261,7 @@ def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int]:
     of 60 words. Each check has its own `folder` (a search never overwrites an existing one)."""
     import yaml
 
-    from tests.helpers import make_tiny_bert, text_rows, write_parquet
+    from tlsearch.testing import make_tiny_bert, text_rows, write_parquet
 
     root = ctx.scratch / folder
     if ctx.dry_run:

@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.helpers import image_rows, text_rows
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
 from tlsearch.data.tables import DataFiles, column_names, label_set, read_table
 from tlsearch.errors import UserInputError
+from tlsearch.testing import image_rows, text_rows
 
 
 def files(

@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.helpers import text_spec
 from tests.integration.conftest import RAY, LocalCluster, WorkerNode
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists
+from tlsearch.testing import text_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

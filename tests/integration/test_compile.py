@@ -10,10 +10,10 @@ import pyarrow.parquet as pq
 import pytest
 from safetensors.torch import load_file
 
-from tests.helpers import text_spec
 from tlsearch.results.files import TRIALS_TABLE
 from tlsearch.search.runner import run_search
 from tlsearch.spec import validate_spec
+from tlsearch.testing import text_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import text_spec
 from tlsearch.results.files import TRIALS_TABLE
 from tlsearch.search.runner import run_search
 from tlsearch.spec import validate_spec
+from tlsearch.testing import text_spec
 from tlsearch.train.features import FEATURES_DIR, MANIFEST, FeatureStore
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

@@ -9,10 +9,10 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.helpers import text_spec
 from tlsearch.results.files import EPOCHS_TABLE, TRIALS_TABLE, spent_device_s
 from tlsearch.search.runner import run_search
 from tlsearch.spec import validate_spec
+from tlsearch.testing import text_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

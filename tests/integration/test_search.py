@@ -18,7 +18,6 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.helpers import image_spec, text_rows, text_spec, write_parquet
 from tests.wandb_read import history, run_summary
 from tlsearch.results.files import (
     BEST_FILE,
@@ -32,6 +31,7 @@ from tlsearch.results.report import latest_offline_runs
 from tlsearch.results.study import open_storage
 from tlsearch.search.runner import run_search
 from tlsearch.spec import validate_spec
+from tlsearch.testing import image_spec, text_rows, text_spec, write_parquet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

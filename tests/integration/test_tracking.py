@@ -19,11 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.helpers import text_rows, text_spec, write_parquet
 from tests.wandb_read import history, run_info, run_summary
 from tlsearch.results.files import EPOCHS_TABLE, TRIALS_TABLE
 from tlsearch.results.report import latest_offline_runs
 from tlsearch.results.study import open_storage
+from tlsearch.testing import text_rows, text_spec, write_parquet
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]

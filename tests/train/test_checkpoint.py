@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import text_spec
 from tests.train.test_loop import FULL, LORA, trial_inputs
+from tlsearch.testing import text_spec
 from tlsearch.train.checkpoint import META_FILE, STATE_FILE, EpochCheckpoint, host_copy, read_meta
 from tlsearch.train.loop import Training, setup_training, train_epoch
 from tlsearch.train.session import LocalSession, _InFlight

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import image_spec, text_rows, text_spec, write_parquet
 from tlsearch.models import build_model
 from tlsearch.models.tails import HEAD, block_boundary
 from tlsearch.search.resolve import resolve_data
 from tlsearch.space import TrialConfig
 from tlsearch.spec import validate_spec
+from tlsearch.testing import image_spec, text_rows, text_spec, write_parquet
 from tlsearch.train import features
 from tlsearch.train.features import FeatureDataset, FeatureStore, feature_key, write_split
 from tlsearch.train.inputs import RunContext, TrialInputs

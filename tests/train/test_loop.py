@@ -11,11 +11,11 @@ from typing import Any
 import pytest
 import torch
 
-from tests.helpers import image_spec, text_spec
 from tlsearch.models.layers import is_convolutional
 from tlsearch.search.resolve import resolve_data
 from tlsearch.space.trial_config import TrialConfig
 from tlsearch.spec import validate_spec
+from tlsearch.testing import image_spec, text_spec
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import (
     Training,

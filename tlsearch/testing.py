@@ -1,4 +1,9 @@
-"""Builders for tiny real models and data sets used across the tests."""
+"""Tiny real models and data sets built from code, for tests (tlsearch's own and yours).
+
+Like `optuna.testing`, the one part of the package that exists for tests: everything here builds a
+real object (a BERT saved with `save_pretrained`, labelled rows written as Parquet, a spec document)
+small enough to train in seconds on a CPU, with nothing downloaded.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,7 @@ def make_tiny_bert(
 ) -> Path:
     """A small BERT with its own WordPiece vocabulary, saved with save_pretrained (random weights
     stand in for pretrained ones: loading by path is what is under test). The sizes make larger ones
-    too (benchmarks/gpu: BERT-base shapes)."""
+    too (BERT-base shapes for a GPU benchmark)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     vocab = [
