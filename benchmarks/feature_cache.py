@@ -179,14 +179,14 @@ def main() -> None:
 
 
 def measure(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
-    from tlsearch.space import TrialConfig
+    from tlsearch.testing import trial_config
 
     spec = quick_spec(storage) if args.quick else demo_spec(storage)
     epochs = args.epochs or (2 if args.quick else 3)
     spec["search"] = {"max_epochs": epochs}
     spec["resources"] = {"cpus_per_worker": args.threads}
     common = {"weight_decay": 0.01, "warmup_fraction": 0.1, "batch_size": 16}
-    linear_probe = TrialConfig("linear_probe", head_lr=1e-2, **common)
+    linear_probe = trial_config("linear_probe", head_lr=1e-2, **common)
     started = time.time()
     figures: dict[str, Any] = {
         "model": spec["model"]["name"],
@@ -197,13 +197,8 @@ def measure(args: argparse.Namespace, storage: Path) -> dict[str, Any]:
     figures["linear_probe"] = compare(linear_probe, spec, storage / "run")
     depth = (1 if args.quick else 2) if args.partial_depth is None else args.partial_depth
     if depth:
-        partial = TrialConfig(
-            "partial",
-            head_lr=1e-3,
-            backbone_lr=5e-5,
-            layer_decay=0.75,
-            unfreeze_depth=depth,
-            **common,
+        partial = trial_config(
+            "partial", head_lr=1e-3, backbone_lr=5e-5, layer_decay=0.75, unfreeze_depth=depth, **common
         )
         figures["partial"] = compare(partial, spec, storage / "run")
     figures["speedup"] = figures["linear_probe"]["speedup"]

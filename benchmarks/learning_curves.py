@@ -47,7 +47,7 @@ DEMO_SPEC = ROOT / "search_spaces" / "bbc_news_minilm.yaml"
 TABLE = ROOT / "benchmarks" / "data" / "learning_curves.parquet"
 
 # The grid: the knobs that matter take 2-4 values; the rest keep their seed-config values
-# (tlsearch.spec.model.PREFERRED_DEFAULTS), which every varied knob's values include.
+# (each knob's `Knob.preferred`, tlsearch.spec.strategy), which every varied knob's values include.
 GRID: dict[str, dict[str, Any]] = {
     "linear_probe": {"head_lr": [3e-3, 1e-2, 3e-2, 1e-1]},
     "partial": {

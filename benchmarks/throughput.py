@@ -67,7 +67,9 @@ from tlsearch.data.datasets import ImageDataset, load_split
 from tlsearch.data.tables import DataFiles
 from tlsearch.models.sources import build_model
 from tlsearch.space.trial_config import TrialConfig
-from tlsearch.strategies import prepare
+from tlsearch.strategies.base import prepare
+from tlsearch.testing import trial_config
+from tlsearch.train import process_cache
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import (
     build_datasets,
@@ -87,7 +89,7 @@ TURN_TIMEOUT_S = 1800.0
 
 
 def full_finetuning(batch_size: int) -> TrialConfig:
-    return TrialConfig(
+    return trial_config(
         "full",
         head_lr=1e-3,
         weight_decay=0.05,
@@ -240,7 +242,13 @@ def release() -> None:
 def ours_epochs(
     inputs: TrialInputs, session: Any, datasets: tuple[Dataset, Dataset] | None = None
 ) -> EpochFn:
-    training = setup_training(inputs, session, datasets)
+    """`datasets` (synthetic ones) stand in for the trial's files: they are what its process keeps as
+    the search's data sets (tlsearch/train/process_cache.py), as a reused trial process would."""
+    if datasets is not None:
+        key = process_cache.dataset_key(inputs.run.data, inputs.run.spec.model)
+        process_cache.clear()
+        process_cache.datasets(key, lambda: datasets)
+    training = setup_training(inputs, session)
 
     def epoch(index: int) -> int:
         loss_sum, seen = train_epoch(training, index)
@@ -313,7 +321,7 @@ def plain_epochs(
     )
     loader = DataLoader(
         train_set,
-        batch_size=config.batch_size,
+        batch_size=config.common.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
         collate_fn=train_set.collate,  # type: ignore[attr-defined]
@@ -322,9 +330,9 @@ def plain_epochs(
         persistent_workers=workers > 0,
     )
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=True)
+    optimizer = torch.optim.AdamW(prepared.optimizer_groups(prepared.model), fused=True)
     total = len(loader) * spec.search.max_epochs
-    warm = round(config.warmup_fraction * total)
+    warm = round(config.common.warmup_fraction * total)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda s: (
@@ -602,13 +610,13 @@ def fused_adamw_step(inputs: TrialInputs, steps: int = 10) -> dict[str, Any]:
     spec = inputs.run.spec
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
     prepared = prepare(build_model(spec.model, inputs.run.num_classes), inputs.config)
-    params = [p for g in prepared.param_groups for p in g.params]
+    params = [p for g in prepared.optimizer_groups(prepared.model) for p in g["params"]]
     for p in params:
         p.grad = torch.randn_like(p)
     out: dict[str, list[float]] = {"fused": [], "for_loop": []}
     for _ in range(3):  # interleaved
         for name, options in (("fused", {"fused": True}), ("for_loop", {"foreach": False})):
-            optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], **options)
+            optimizer = torch.optim.AdamW(prepared.optimizer_groups(prepared.model), **options)
             optimizer.step()  # creates the state
             start = time.perf_counter()
             for _ in range(steps):
@@ -699,8 +707,8 @@ def main() -> None:
     def case_record(case: Case, **more: Any) -> dict[str, Any]:
         return {
             "model": case.model["name"],
-            "batch_size_per_worker": case.config.batch_size,
-            "steps_per_epoch": case.samples_per_worker // case.config.batch_size,
+            "batch_size_per_worker": case.config.common.batch_size,
+            "steps_per_epoch": case.samples_per_worker // case.config.common.batch_size,
             "strategy": case.config.strategy,
             "warmup_epochs": case.warmup_epochs,
             **more,

@@ -10,7 +10,13 @@ from __future__ import annotations
 import io
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from tlsearch.space import TrialConfig
+from tlsearch.spec.strategy import COMMON
+
+if TYPE_CHECKING:
+    from tlsearch.train.inputs import TrialInputs
 
 CLASS_WORDS = {
     "sport": ["goal", "match", "team", "score", "league"],
@@ -137,3 +143,26 @@ def image_spec(files: dict[str, Path], storage: Path, **sections: Any) -> dict[s
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return spec
+
+
+def trial_config(strategy: str, **knobs: Any) -> TrialConfig[Any]:
+    """A trial's config from unprefixed knob names: the common ones (`batch_size`, ...) and the
+    strategy's own (`rank`, ...), every one given."""
+    from tlsearch.spec.strategy import CommonKnobs
+
+    flat = {(COMMON if k in CommonKnobs.model_fields else strategy) + f"/{k}": v for k, v in knobs.items()}
+    return TrialConfig.parse({"strategy": strategy, **flat})
+
+
+def trial_inputs(spec_dict: dict[str, Any], config: TrialConfig[Any], run_dir: Path) -> TrialInputs:
+    """What a trial of `config` receives in a search of `spec_dict` (trial id `t0`), to run the loop
+    in this process (e.g. `train_trial(inputs, LocalSession())`)."""
+    import time
+
+    from tlsearch.search.resolve import resolve_data
+    from tlsearch.spec import validate_spec
+    from tlsearch.train.inputs import RunContext, TrialInputs
+
+    spec = validate_spec(spec_dict)
+    data, _ = resolve_data(spec, run_dir)
+    return TrialInputs(RunContext(str(run_dir), spec, data, use_gpu=False), config, "t0", time.time())

@@ -13,7 +13,7 @@ import yaml
 
 from benchmarks.learning_curves import DEMO_SPEC, GRID, synthetic_curves
 from benchmarks.search_efficiency import table_facts
-from tlsearch.spec.model import preferred_default
+from tlsearch.spec.strategy import STRATEGIES
 
 
 def test_oracle_and_seed_configurations_of_the_demo_grid() -> None:
@@ -32,7 +32,7 @@ def test_oracle_and_seed_configurations_of_the_demo_grid() -> None:
         strategy = curve[0]["strategy"]
         for name, value in curve[0].items():
             if name.startswith(f"{strategy}/") and isinstance(GRID[strategy][name.split("/")[1]], list):
-                assert value == preferred_default(strategy, name.split("/")[1])
+                assert value == STRATEGIES.get(strategy).knobs.knob(name.split("/")[1]).preferred
         assert seed["cost_s"] == round(curve[-1]["device_s"], 1)
     assert facts["seed_configs_cost_s"] == round(sum(s["cost_s"] for s in seeds), 1)
 

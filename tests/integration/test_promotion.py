@@ -1,5 +1,5 @@
 """ASHA's promotion in a real search: the promoted trial continues the stopped one from its Tune
-checkpoint (tlsearch/search/study.py, trainable.find_checkpoint, the loop's warm start)."""
+checkpoint (tlsearch/search/study.py, trainable.find_checkpoint, the loop's restore)."""
 
 from __future__ import annotations
 

@@ -17,13 +17,18 @@ from tlsearch.models.sources import LoadedModel
 from tlsearch.models.tails import HEAD, TailUnsupported, block_boundary, check_tail, logits_of, make_tail
 from tlsearch.space import TrialConfig
 from tlsearch.spec.model import ModelSpec
-from tlsearch.strategies import prepare
+from tlsearch.strategies.base import prepare
 
 TIMM_FAMILIES = ["test_vit", "test_efficientnet", "test_resnet", "test_convnext"]
 
 
 def partial(depth: int) -> TrialConfig:
-    return dataclasses.replace(CONFIGS["partial"], unfreeze_depth=depth)
+    base = CONFIGS["partial"]
+    return dataclasses.replace(base, knobs=base.knobs.model_copy(update={"unfreeze_depth": depth}))
+
+
+def depth_of(config: TrialConfig) -> int | None:
+    return getattr(config.knobs, "unfreeze_depth", None)
 
 
 def spec_for(name: str, tiny_bert: Path) -> ModelSpec:
@@ -45,13 +50,11 @@ CASES = [
     for name in ["hf", *TIMM_FAMILIES]
     for config in (CONFIGS["linear_probe"], partial(1), partial(2))
     # test_convnext's block 7 is the first block of a stage: see the test below.
-    if (name, config.unfreeze_depth) != ("test_convnext", 2)
+    if (name, depth_of(config)) != ("test_convnext", 2)
 ]
 
 
-@pytest.mark.parametrize(
-    ("name", "config"), CASES, ids=[f"{n}-{c.strategy}-{c.unfreeze_depth}" for n, c in CASES]
-)
+@pytest.mark.parametrize(("name", "config"), CASES, ids=[f"{n}-{c.strategy}-{depth_of(c)}" for n, c in CASES])
 def test_tail_reproduces_the_model_in_eval_and_train_mode(
     name: str, config: TrialConfig, tiny_bert: Path
 ) -> None:
@@ -61,8 +64,9 @@ def test_tail_reproduces_the_model_in_eval_and_train_mode(
     if config.strategy == "linear_probe":
         assert prepared.feature_boundary == HEAD
     else:
-        assert config.unfreeze_depth is not None
-        assert prepared.feature_boundary == block_boundary(loaded.layers.num_blocks - config.unfreeze_depth)
+        assert prepared.feature_boundary == block_boundary(
+            loaded.layers.num_blocks - config.knobs.unfreeze_depth
+        )
     tail = make_tail(loaded, prepared.feature_boundary)
     probe = probe_for(loaded)
     check_tail(prepared.model, tail, probe, prepared.train_mode, tolerance=1e-4)

@@ -10,7 +10,9 @@ import pytest
 from tlsearch.errors import UserInputError
 from tlsearch.space import TrialConfig, build_space, make_sampler, seed_points
 from tlsearch.spec import validate_spec
-from tlsearch.spec.model import STRATEGY_SPACES, CommonSpace
+from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
+from tlsearch.strategies.lora import LoraKnobs
+from tlsearch.strategies.partial import PartialKnobs
 
 BASE = {
     "name": "s",
@@ -23,21 +25,26 @@ def spec_with(**sections: object):  # type: ignore[no-untyped-def]
     return validate_spec({**BASE, **sections})
 
 
-@pytest.mark.parametrize("strategy", list(STRATEGY_SPACES))
+BUILTIN = ["linear_probe", "partial", "full", "lora"]
+
+
+@pytest.mark.parametrize("strategy", BUILTIN)
 def test_fixed_trial_suggests_only_the_chosen_strategys_knobs(strategy: str) -> None:
     space = build_space(spec_with(), num_blocks=6)
     point = space.default_point(strategy)
     trial = optuna.trial.FixedTrial(point)
     constants = space(trial)
     names = set(trial.params) | set(constants)
-    own = {f"{strategy}/{k}" for k in STRATEGY_SPACES[strategy].model_fields}
-    common = {f"common/{k}" for k in CommonSpace.model_fields}
+    own = {f"{strategy}/{k}" for k in STRATEGIES.get(strategy).knobs.model_fields}
+    common = {f"common/{k}" for k in CommonKnobs.model_fields}
     assert names == {"strategy"} | own | common
     config = TrialConfig.parse({**trial.params, **constants})
     assert config.strategy == strategy
-    assert (config.lora_rank is not None) == (strategy == "lora")
-    assert (config.unfreeze_depth is not None) == (strategy == "partial")
-    assert (config.layer_decay is not None) == (strategy in ("partial", "full"))
+    assert isinstance(config.knobs, STRATEGIES.get(strategy).knobs)  # the strategy's own, typed
+    assert isinstance(config.knobs, LoraKnobs) == (strategy == "lora")
+    assert isinstance(config.knobs, PartialKnobs) == (strategy == "partial")
+    assert hasattr(config.knobs, "layer_decay") == (strategy in ("partial", "full"))
+    assert config.as_dict() == {"strategy": strategy, **trial.params, **constants}  # one name each
 
 
 def test_fixed_values_are_constants_not_sampled() -> None:
@@ -63,7 +70,7 @@ def test_real_study_keeps_each_parameter_inside_its_strategy() -> None:
         assert all(k == "strategy" or k.split("/")[0] in (strategy, "common") for k in trial.params)
         TrialConfig.parse({**trial.params, **constants})
         study.tell(trial, float(i % 7))
-    assert seen == set(STRATEGY_SPACES)
+    assert seen == set(BUILTIN)
     # Every name kept one distribution through the whole study (Optuna raises otherwise).
     assert len(study.trials) == 40
 
@@ -104,7 +111,7 @@ def test_unfreeze_depth_bounded_by_the_model() -> None:
     dim = default.dims("partial")["unfreeze_depth"]
     assert (dim.low, dim.high) == (1, 2)  # the default 1..4 is clipped
     explicit = spec_with(strategies={"partial": {"unfreeze_depth": {"low": 1, "high": 8}}})
-    with pytest.raises(UserInputError, match="the model has 6 blocks"):
+    with pytest.raises(UserInputError, match=r"strategies\.partial\.unfreeze_depth: the model has 6 blocks"):
         build_space(explicit, num_blocks=6)
 
 

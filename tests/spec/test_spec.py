@@ -8,8 +8,9 @@ import pytest
 import yaml
 
 from tlsearch.errors import SpecError
-from tlsearch.spec import Param, load_spec, validate_spec, vocab
-from tlsearch.spec.model import PREFERRED_DEFAULTS, STRATEGY_SPACES, CommonSpace, Spec, knob_kind
+from tlsearch.spec import Param, load_spec, validate_spec
+from tlsearch.spec.model import Spec
+from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -60,7 +61,7 @@ def test_every_shipped_spec_is_valid(path: Path) -> None:
 
 def test_minimal_spec_gets_all_four_strategies_and_defaults() -> None:
     spec = validate_spec(MINIMAL)
-    assert spec.strategies.enabled() == list(vocab.STRATEGIES)
+    assert spec.strategies.enabled() == ["linear_probe", "partial", "full", "lora"]
     assert spec.storage == "./runs" and spec.seed == 0
     assert spec.search.resolved_mode == "max"
     assert spec.strategies.lora.rank == Param.of(4, 8, 16)  # type: ignore[union-attr]
@@ -69,7 +70,7 @@ def test_minimal_spec_gets_all_four_strategies_and_defaults() -> None:
 def test_leaving_out_a_strategy_removes_it_and_empty_map_uses_defaults() -> None:
     spec = validate_spec(with_(strategies={"lora": {}, "full": None}))
     assert spec.strategies.enabled() == ["full", "lora"]
-    assert spec.strategies.lora == STRATEGY_SPACES["lora"]()
+    assert spec.strategies.space("lora") == STRATEGIES.get("lora").knobs.space()
 
 
 def test_three_shapes_of_a_knob() -> None:
@@ -302,13 +303,13 @@ def test_dump_round_trips_in_the_shapes_people_write() -> None:
     assert validate_spec(dumped) == spec
 
 
-def test_every_knob_has_a_kind_and_a_preferred_default_inside_its_default_range() -> None:
-    for cls in [*STRATEGY_SPACES.values(), CommonSpace]:
-        for name in cls.model_fields:
-            assert knob_kind(cls, name) in ("float", "int", "str")
-            assert name in PREFERRED_DEFAULTS
-            default: Param = cls.model_fields[name].default
-            assert default.contains(default.default(PREFERRED_DEFAULTS[name]))
+def test_every_knob_has_a_kind_a_doc_and_a_preferred_value_inside_its_default_range() -> None:
+    for knobs in [*(STRATEGIES.get(name).knobs for name in STRATEGIES), CommonKnobs]:
+        for name in knobs.model_fields:
+            knob = knobs.knob(name)
+            assert knobs.kind(name) in ("float", "int", "str")
+            assert knob.doc and knob.default.contains(knob.preferred), f"{knobs.__name__}.{name}"
+            knobs.space(**{name: knob.default})  # the default range obeys the knob's own rules
 
 
 def test_spec_model_is_the_public_type() -> None:

@@ -10,45 +10,22 @@ import torch
 from torch import nn
 
 from tlsearch.models import build_model
-from tlsearch.space import TrialConfig
-from tlsearch.spec import vocab
 from tlsearch.spec.model import ModelSpec
-from tlsearch.strategies import STRATEGIES, prepare
+from tlsearch.spec.strategy import STRATEGIES, Strategy, register_strategy
+from tlsearch.strategies.base import prepare
+from tlsearch.strategies.formats import ADAPTER_FILE
+from tlsearch.testing import trial_config
 
+BUILTIN = ["linear_probe", "partial", "full", "lora"]
+COMMON = {"weight_decay": 0.05, "warmup_fraction": 0.0, "batch_size": 4}
 CONFIGS = {
-    "linear_probe": TrialConfig(
-        "linear_probe", head_lr=1e-2, weight_decay=0.05, warmup_fraction=0.0, batch_size=4
+    "linear_probe": trial_config("linear_probe", head_lr=1e-2, **COMMON),
+    "partial": trial_config(
+        "partial", head_lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, unfreeze_depth=1, **COMMON
     ),
-    "partial": TrialConfig(
-        "partial",
-        head_lr=1e-2,
-        weight_decay=0.05,
-        warmup_fraction=0.0,
-        batch_size=4,
-        backbone_lr=1e-3,
-        layer_decay=0.5,
-        unfreeze_depth=1,
-    ),
-    "full": TrialConfig(
-        "full",
-        head_lr=1e-2,
-        weight_decay=0.05,
-        warmup_fraction=0.0,
-        batch_size=4,
-        backbone_lr=1e-3,
-        layer_decay=0.5,
-    ),
-    "lora": TrialConfig(
-        "lora",
-        head_lr=1e-2,
-        weight_decay=0.05,
-        warmup_fraction=0.0,
-        batch_size=4,
-        backbone_lr=2e-3,
-        lora_rank=2,
-        lora_alpha=4.0,
-        lora_dropout=0.0,
-        lora_targets="attention",
+    "full": trial_config("full", head_lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, **COMMON),
+    "lora": trial_config(
+        "lora", head_lr=1e-2, lr=2e-3, rank=2, alpha=4.0, dropout=0.0, targets="attention", **COMMON
     ),
 }
 
@@ -76,19 +53,23 @@ def logits(model: nn.Module, inputs: object) -> torch.Tensor:
     return out.logits if hasattr(out, "logits") else out
 
 
-def test_registry_matches_the_vocabulary() -> None:
-    assert set(STRATEGIES) == set(vocab.STRATEGIES)
+def test_the_builtin_strategies_are_registered_in_order_and_names_are_strict() -> None:
+    assert STRATEGIES.names()[:4] == BUILTIN
+    full = STRATEGIES.get("full")
     with pytest.raises(ValueError, match="already registered"):
-        STRATEGIES.register("full")(lambda loaded, config: None)
+        register_strategy(full)
+    with pytest.raises(ValueError, match="lower-case letters"):
+        Strategy("common", full.knobs, full.implementation, "clashes with the common knobs")
 
 
 @pytest.mark.parametrize("source", ["timm", "hf"])
-@pytest.mark.parametrize("strategy", list(vocab.STRATEGIES))
+@pytest.mark.parametrize("strategy", BUILTIN)
 def test_trainable_sets_and_learning_rates(source: str, strategy: str, tiny_bert: Path) -> None:
     torch.manual_seed(0)
     loaded = build_model(model_spec(source, tiny_bert), num_classes=3)
     layers = loaded.layers
     config = CONFIGS[strategy]
+    knobs, common = config.knobs, config.common
     prepared = prepare(loaded, config)
     trainable = {n for n, p in prepared.model.named_parameters() if p.requires_grad}
     lr_of = {name: g.lr for g in prepared.param_groups for name in g.param_names}
@@ -100,27 +81,29 @@ def test_trainable_sets_and_learning_rates(source: str, strategy: str, tiny_bert
     elif strategy == "partial":
         top = {n for n, lid in layers.layer_of.items() if lid == layers.num_blocks}
         assert trainable == top | set(layers.head_params)
-        assert all(lr_of[n] == pytest.approx(config.backbone_lr) for n in top)
+        assert all(lr_of[n] == pytest.approx(knobs.backbone_lr) for n in top)
     elif strategy == "full":
         assert trainable == {n for n, _ in prepared.model.named_parameters()}
         for name in trainable - set(layers.head_params):
-            expected = config.backbone_lr * config.layer_decay ** (layers.num_blocks - layers.layer_of[name])
+            expected = knobs.backbone_lr * knobs.layer_decay ** (layers.num_blocks - layers.layer_of[name])
             assert lr_of[name] == pytest.approx(expected), name
         stem = next(n for n, lid in layers.layer_of.items() if lid == 0)
-        assert lr_of[stem] == pytest.approx(config.backbone_lr * config.layer_decay**layers.num_blocks)
+        assert lr_of[stem] == pytest.approx(knobs.backbone_lr * knobs.layer_decay**layers.num_blocks)
     else:
         assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
-        assert all(lr_of[n] == config.backbone_lr for n in trainable if "lora_" in n)
+        assert all(lr_of[n] == knobs.lr for n in trainable if "lora_" in n)
         assert any("modules_to_save" in n for n in trainable)  # the new head trains in full
     if strategy != "lora":
-        assert all(lr_of[n] == config.head_lr for n in layers.head_params)
+        assert all(lr_of[n] == knobs.head_lr for n in layers.head_params)
+    params = dict(prepared.model.named_parameters())
     for group in prepared.param_groups:
-        assert group.weight_decay in (0.0, config.weight_decay)
-        assert all(p.ndim > 1 for p in group.params) or group.weight_decay == 0.0
+        assert group.weight_decay in (0.0, common.weight_decay)
+        assert all(params[n].ndim > 1 for n in group.param_names) or group.weight_decay == 0.0
+        assert group.size == sum(params[n].numel() for n in group.param_names)
 
 
 @pytest.mark.parametrize("source", ["timm", "hf"])
-@pytest.mark.parametrize("strategy", list(vocab.STRATEGIES))
+@pytest.mark.parametrize("strategy", BUILTIN)
 def test_checkpoint_restores_the_trained_state(
     source: str, strategy: str, tiny_bert: Path, tmp_path: Path
 ) -> None:
@@ -129,7 +112,10 @@ def test_checkpoint_restores_the_trained_state(
     torch.manual_seed(0)
     prepared = prepare(build_model(spec, num_classes=3), config)
     model = prepared.model
-    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups])
+    params = dict(model.named_parameters())
+    optimizer = torch.optim.AdamW(
+        [{"params": [params[n] for n in g.param_names], "lr": g.lr} for g in prepared.param_groups]
+    )
     inputs = batch(source)
     prepared.train_mode(model)
     for _ in range(3):
@@ -137,23 +123,23 @@ def test_checkpoint_restores_the_trained_state(
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    prepared.save(model, tmp_path)
+    prepared.checkpoint.write(model, prepared.checkpoint.tensors(model), tmp_path)
 
     torch.manual_seed(0)  # same pretrained weights and same head initialisation as a restarted trial
     fresh = prepare(build_model(spec, num_classes=3), config)
     model.eval()
     fresh.model.eval()
     before = logits(fresh.model, inputs)
-    fresh.load(fresh.model, tmp_path)
+    fresh.checkpoint.load(fresh.model, tmp_path)
     with torch.no_grad():
         assert torch.allclose(logits(model, inputs), logits(fresh.model, inputs), atol=1e-6)
         assert not torch.allclose(before, logits(fresh.model, inputs), atol=1e-6)
     if strategy == "lora":
         files = {p.name for p in tmp_path.iterdir()}
-        assert {"adapter_config.json", "adapter_model.safetensors"} <= files
+        assert {"adapter_config.json", ADAPTER_FILE} <= files
         from safetensors.torch import load_file
 
-        saved = load_file(str(tmp_path / "adapter_model.safetensors"))
+        saved = load_file(str(tmp_path / ADAPTER_FILE))
         assert saved and all("lora_" in k or "classifier" in k or "head" in k for k in saved)
 
 
@@ -182,15 +168,39 @@ def test_linear_probe_backbone_in_eval_mode(tiny_bert: Path) -> None:
 
 
 def test_partial_depth_beyond_the_model_is_refused(tiny_bert: Path) -> None:
-    config = TrialConfig(
-        "partial",
-        head_lr=1e-2,
-        weight_decay=0.0,
-        warmup_fraction=0.0,
-        batch_size=4,
-        backbone_lr=1e-3,
-        layer_decay=0.5,
-        unfreeze_depth=3,
+    config = trial_config(
+        "partial", head_lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, unfreeze_depth=3, **COMMON
     )
     with pytest.raises(ValueError, match="unfreeze_depth must be ≤ the model's 2 blocks"):
         prepare(build_model(model_spec("hf", tiny_bert), num_classes=3), config)
+
+
+def test_optimizer_groups_follow_a_wrapper_that_replaces_the_parameters(
+    tiny_bert: Path, tmp_path: Path
+) -> None:
+    """FSDP2's `fully_shard` (here on CPU, a gloo group of one process) replaces every parameter with a
+    DTensor: groups looked up by name hold the new objects, with their learning rates."""
+    import torch.distributed as dist
+    from torch.distributed.fsdp import fully_shard
+
+    prepared = prepare(build_model(model_spec("hf", tiny_bert), num_classes=3), CONFIGS["full"])
+    stale = {n: p for n, p in prepared.model.named_parameters()}
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        for block in prepared.model.bert.encoder.layer:
+            fully_shard(block)
+        fully_shard(prepared.model)
+        groups = prepared.optimizer_groups(prepared.model)
+        wrapped = dict(prepared.model.named_parameters())
+        assert [g["name"] for g in groups] == [g.name for g in prepared.param_groups]
+        for group, planned in zip(groups, prepared.param_groups, strict=True):
+            assert group["lr"] == planned.lr
+            names = planned.param_names
+            assert all(
+                p is wrapped[n] and p is not stale[n] for p, n in zip(group["params"], names, strict=True)
+            )
+        optimizer = torch.optim.AdamW(groups)
+        logits(prepared.model, batch("hf")).logsumexp(1).mean().backward()
+        optimizer.step()  # the optimizer steps the sharded parameters
+    finally:
+        dist.destroy_process_group()

@@ -10,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.train.test_loop import FULL, LORA, trial_inputs
-from tlsearch.testing import text_spec
-from tlsearch.train.checkpoint import META_FILE, STATE_FILE, EpochCheckpoint, host_copy, read_meta
+from tests.train.test_loop import FULL, LORA
+from tlsearch.testing import text_spec, trial_inputs
+from tlsearch.train.checkpoint import META_FILE, STATE_FILE, EpochCheckpoint, host_copy, read_meta, restore
 from tlsearch.train.loop import Training, setup_training, train_epoch
 from tlsearch.train.session import LocalSession, _InFlight
 
@@ -100,3 +100,26 @@ def test_a_report_in_flight_hands_its_error_to_the_training_thread() -> None:
     ok = _InFlight(lambda: None)
     ok.wait()
     assert ok.error is None
+
+
+def test_restore_puts_a_fresh_trial_where_the_checkpoint_left_off(
+    tiny_bert: Path, text_data: dict, tmp_path: Path
+) -> None:
+    inputs = trial_inputs(text_spec(tiny_bert, text_data, tmp_path), FULL, tmp_path)
+    training = setup_training(inputs, LocalSession())
+    train_epoch(training, 0)
+    directory = tmp_path / "checkpoint"
+    directory.mkdir()
+    _take(training, 1).write(directory)
+    taken_rng = torch.get_rng_state()
+
+    fresh = setup_training(inputs, LocalSession())  # new weights' head, new optimizer and schedule
+    assert not all(torch.equal(a, b) for a, b in zip(fresh.trainable, training.trainable, strict=True))
+    restored = restore(directory, fresh.prepared, fresh.optimizer, fresh.scheduler)
+    assert (restored.epoch, restored.wall_s, restored.inherited_device_s) == (1, 1.0, 0.0)
+    assert restored.meta == {"epoch": 1}
+    assert all(torch.equal(a, b) for a, b in zip(fresh.trainable, training.trainable, strict=True))
+    assert fresh.scheduler.state_dict() == training.scheduler.state_dict()
+    for mine, theirs in zip(fresh.optimizer.state.values(), training.optimizer.state.values(), strict=True):
+        assert all(torch.equal(mine[k], theirs[k]) for k in ("exp_avg", "exp_avg_sq"))
+    assert torch.equal(torch.get_rng_state(), taken_rng)

@@ -19,15 +19,15 @@ from tlsearch.models.tails import HEAD, block_boundary
 from tlsearch.search.resolve import resolve_data
 from tlsearch.space import TrialConfig
 from tlsearch.spec import validate_spec
-from tlsearch.testing import image_spec, text_rows, text_spec, write_parquet
+from tlsearch.testing import image_spec, text_rows, text_spec, trial_config, write_parquet
 from tlsearch.train import features
 from tlsearch.train.features import FeatureDataset, FeatureStore, feature_key, write_split
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
 from tlsearch.train.session import LocalSession
 
-LINEAR_PROBE = TrialConfig("linear_probe", head_lr=0.1, weight_decay=0.01, warmup_fraction=0.1, batch_size=8)
-PARTIAL = TrialConfig(
+LINEAR_PROBE = trial_config("linear_probe", head_lr=0.1, weight_decay=0.01, warmup_fraction=0.1, batch_size=8)
+PARTIAL = trial_config(
     "partial",
     head_lr=0.03,
     weight_decay=0.01,
@@ -243,7 +243,7 @@ def test_a_strategy_that_trains_the_whole_model_runs_uncached(
     tiny_bert: Path, text_data: dict[str, Path], tmp_path: Path
 ) -> None:
     spec = text_spec(tiny_bert, text_data, tmp_path / "runs", search={"max_epochs": 1})
-    full = TrialConfig(
+    full = trial_config(
         "full",
         head_lr=1e-2,
         weight_decay=0.0,

@@ -9,10 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.strategies.test_strategies import CONFIGS, batch, logits, model_spec
+from tests.strategies.test_strategies import BUILTIN, CONFIGS, batch, logits, model_spec
 from tlsearch.models import build_model
-from tlsearch.spec import vocab
-from tlsearch.strategies import prepare
+from tlsearch.strategies.base import prepare
 
 pytestmark = [
     pytest.mark.gpu,
@@ -21,12 +20,12 @@ pytestmark = [
 
 
 @pytest.mark.parametrize("source", ["timm", "hf"])
-@pytest.mark.parametrize("strategy", list(vocab.STRATEGIES))
+@pytest.mark.parametrize("strategy", BUILTIN)
 def test_bf16_step_on_cuda(source: str, strategy: str, tiny_bert: Path) -> None:
     torch.manual_seed(0)
     prepared = prepare(build_model(model_spec(source, tiny_bert), num_classes=3), CONFIGS[strategy])
     model = prepared.model.to("cuda")
-    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=True)
+    optimizer = torch.optim.AdamW(prepared.optimizer_groups(prepared.model), fused=True)
     inputs = batch(source)
     inputs = {k: v.cuda() for k, v in inputs.items()} if isinstance(inputs, dict) else inputs.cuda()
     target = torch.tensor([0, 1, 2, 0], device="cuda")

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.train.test_loop import FULL, trial_inputs
-from tlsearch.testing import image_spec, text_spec
+from tests.train.test_loop import FULL
+from tlsearch.testing import image_spec, text_spec, trial_inputs
 from tlsearch.train.loop import describe_trial, setup_training, train_trial
 from tlsearch.train.session import LocalSession, TuneSession
 

@@ -6,17 +6,13 @@ from __future__ import annotations
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 
 from tlsearch.models.layers import is_convolutional
-from tlsearch.search.resolve import resolve_data
-from tlsearch.space.trial_config import TrialConfig
-from tlsearch.spec import validate_spec
-from tlsearch.testing import image_spec, text_spec
-from tlsearch.train.inputs import RunContext, TrialInputs
+from tlsearch.testing import image_spec, text_spec, trial_config, trial_inputs
+from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.loop import (
     Training,
     describe_trial,
@@ -27,7 +23,7 @@ from tlsearch.train.loop import (
 )
 from tlsearch.train.session import LocalSession, TuneSession
 
-FULL = TrialConfig(
+FULL = trial_config(
     "full",
     head_lr=1e-2,
     weight_decay=0.05,
@@ -36,24 +32,18 @@ FULL = TrialConfig(
     backbone_lr=1e-3,
     layer_decay=0.8,
 )
-LORA = TrialConfig(
+LORA = trial_config(
     "lora",
     head_lr=1e-2,
     weight_decay=0.05,
     warmup_fraction=0.1,
     batch_size=8,
-    backbone_lr=2e-3,
-    lora_rank=2,
-    lora_alpha=4,
-    lora_dropout=0.0,
-    lora_targets="attention",
+    lr=2e-3,
+    rank=2,
+    alpha=4,
+    dropout=0.0,
+    targets="attention",
 )
-
-
-def trial_inputs(spec_dict: dict[str, Any], config: TrialConfig, tmp_path: Path) -> TrialInputs:
-    spec = validate_spec(spec_dict)
-    data, _ = resolve_data(spec, tmp_path)
-    return TrialInputs(RunContext(str(tmp_path), spec, data, use_gpu=False), config, "t0", time.time())
 
 
 def one_epoch(inputs: TrialInputs) -> tuple[Training, float, int]:
@@ -93,7 +83,7 @@ def test_an_epoch_trains_every_row_with_fused_adamw(tiny_bert: Path, text_data: 
 
 
 def test_channels_last_trains_a_cnn_like_the_contiguous_layout(image_data: dict, tmp_path: Path) -> None:
-    from tlsearch.strategies.base import WEIGHTS_FILE
+    from tlsearch.strategies.formats import WEIGHTS_FILE
 
     def run(channels_last: bool | str) -> tuple[Training, float]:
         model, settings = {"name": "test_resnet"}, {"channels_last": channels_last}
@@ -111,9 +101,9 @@ def test_channels_last_trains_a_cnn_like_the_contiguous_layout(image_data: dict,
     for a, b in zip(auto.trainable, plain.trainable, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
     # A channels-last checkpoint loads into a contiguous model (and back) unchanged.
-    auto.prepared.save(auto.model, tmp_path)
+    auto.prepared.checkpoint.write(auto.model, auto.prepared.checkpoint.tensors(auto.model), tmp_path)
     assert (tmp_path / WEIGHTS_FILE).is_file()
-    plain.prepared.load(plain.model, tmp_path)
+    plain.prepared.checkpoint.load(plain.model, tmp_path)
     for a, b in zip(auto.trainable, plain.trainable, strict=True):
         assert torch.equal(a, b)
 
@@ -125,7 +115,7 @@ def test_compiled_lora_trains_like_eager_and_checkpoints_the_same_adapter(
     import torch._inductor.config
     from safetensors.torch import load_file
 
-    from tlsearch.strategies.lora import ADAPTER_FILE
+    from tlsearch.strategies.formats import ADAPTER_FILE
 
     # Compiled dropout draws its own random numbers; eager's make the two runs comparable.
     monkeypatch.setattr(torch._inductor.config, "fallback_random", True)
@@ -139,7 +129,8 @@ def test_compiled_lora_trains_like_eager_and_checkpoints_the_same_adapter(
         logits, _ = evaluate(training, TuneSession(use_gpu=False), 3)
         out = tmp_path / f"adapter-{compiled}"
         out.mkdir()
-        training.prepared.save(training.model, out)
+        prepared = training.prepared
+        prepared.checkpoint.write(training.model, prepared.checkpoint.tensors(training.model), out)
         results[compiled] = (loss, logits, load_file(str(out / ADAPTER_FILE)))
     (eager_loss, eager_logits, eager_adapter), (loss, logits, adapter) = results[False], results[True]
     assert loss == pytest.approx(eager_loss, rel=1e-4)
@@ -160,8 +151,8 @@ def test_a_trial_continues_another_from_its_checkpoint(
     a = LocalSession(checkpoints_to=tmp_path / "a")
     train_trial(a_inputs, a)
     b = LocalSession()
-    warm_start = str(tmp_path / "a" / "epoch_0001")
-    train_trial(replace(a_inputs, trial_id="b", started_at=time.time(), warm_start=warm_start), b)
+    continues_from = str(tmp_path / "a" / "epoch_0001")
+    train_trial(replace(a_inputs, trial_id="b", started_at=time.time(), continues_from=continues_from), b)
 
     assert [r["epoch"] for r in b.reports] == [1, 2, 3]
     for mine, theirs in zip(b.reports, a.reports, strict=True):

@@ -28,10 +28,20 @@ from tlsearch.results.files import (
 )
 from tlsearch.results.study import load_recorded_study
 from tlsearch.spec import vocab
+from tlsearch.spec.strategy import COMMON, STRATEGIES
 
 REPORT_DIR = "report"
 FORMATS = ("html", "md", "json")
-STRATEGY_COLORS = {"linear_probe": "#1f77b4", "partial": "#2ca02c", "full": "#d62728", "lora": "#9467bd"}
+# A strategy's colour: its place among the registered strategies (the built-in four: blue, green, red,
+# purple), the same in every report.
+PALETTE = ("#1f77b4", "#2ca02c", "#d62728", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def strategy_color(strategy: str | None) -> str:
+    names = STRATEGIES.names()
+    return PALETTE[names.index(strategy) % len(PALETTE)] if strategy in names else "grey"
+
+
 FIGURES = {
     "learning_curves": "Learning curves: the search metric per epoch, one line per trial",
     "anytime": "Best so far against trial index (anytime curve); dots are each trial's best",
@@ -72,6 +82,11 @@ class Report:
     @property
     def mode(self) -> str:
         return self.resolved["search"].get("mode") or vocab.METRICS[self.metric]
+
+    @property
+    def strategies(self) -> list[str]:
+        """The strategies searched, in the order the search had them."""
+        return [name for name in self.resolved.get("strategies", {}) if name != COMMON]
 
     def sorted_trials(self) -> list[dict[str, Any]]:
         key = f"best_{self.metric}"
@@ -243,13 +258,12 @@ def _importances(report: Report) -> tuple[dict[str, dict[str, float]], dict[str,
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     values: dict[str, dict[str, float]] = {}
     notes: dict[str, str] = {}
-    for strategy in vocab.STRATEGIES:
-        mine = [t for t in complete if t.params.get("strategy", _only_strategy(report)) == strategy]
+    only = report.strategies[0] if len(report.strategies) == 1 else None
+    for strategy in report.strategies:
+        mine = [t for t in complete if t.params.get("strategy", only) == strategy]
         params = sorted(
-            {p for t in mine for p in t.params if p.startswith(f"{strategy}/") or p.startswith("common/")}
+            {p for t in mine for p in t.params if p.startswith(f"{strategy}/") or p.startswith(f"{COMMON}/")}
         )
-        if strategy not in report.resolved.get("strategies", {}):
-            continue
         if len(mine) < 3 or not params:
             noun = "trial" if len(mine) == 1 else "trials"
             notes[strategy] = f"{len(mine)} completed {noun}: too few to estimate importances"
@@ -259,11 +273,6 @@ def _importances(report: Report) -> tuple[dict[str, dict[str, float]], dict[str,
         except (ValueError, RuntimeError) as exc:
             notes[strategy] = f"not computed: {exc}"
     return values, notes
-
-
-def _only_strategy(report: Report) -> str | None:
-    enabled = [s for s in vocab.STRATEGIES if s in report.resolved.get("strategies", {})]
-    return enabled[0] if len(enabled) == 1 else None
 
 
 # --- figures -------------------------------------------------------------------------------
@@ -282,14 +291,17 @@ def _pyplot():  # type: ignore[no-untyped-def]
 def _legend(ax: Any, strategies: list[str]) -> None:
     from matplotlib.lines import Line2D
 
-    handles = [Line2D([], [], color=STRATEGY_COLORS.get(s, "grey"), marker="o", label=s) for s in strategies]
+    handles = [Line2D([], [], color=strategy_color(s), marker="o", label=s) for s in strategies]
     if handles:
         ax.legend(handles=handles, fontsize=8, loc="best")
 
 
 def figures(report: Report) -> dict[str, Any]:
     plt = _pyplot()
-    metric, strategies = report.metric, sorted({t["strategy"] for t in report.trials}, key=_strategy_order)
+    metric, strategies = (
+        report.metric,
+        [s for s in report.strategies if any(t["strategy"] == s for t in report.trials)],
+    )
     out: dict[str, Any] = {}
 
     fig, ax = plt.subplots(figsize=(7, 4))
@@ -302,7 +314,7 @@ def figures(report: Report) -> dict[str, Any]:
         if not points:
             continue
         xs, ys = zip(*points, strict=True)
-        color = STRATEGY_COLORS.get(rows[0].get("strategy"), "grey")
+        color = strategy_color(rows[0].get("strategy"))
         ax.plot(xs, ys, color=color, alpha=0.8, linewidth=1.2)
         end = "x" if status.get(trial_id) == "stopped_early" else "o"
         ax.plot(xs[-1:], ys[-1:], marker=end, color=color, markersize=5)
@@ -317,7 +329,7 @@ def figures(report: Report) -> dict[str, Any]:
     for i, t in enumerate(order, start=1):
         value = t.get(f"best_{metric}")
         if value is not None:
-            ax.scatter([i], [value], color=STRATEGY_COLORS.get(t["strategy"], "grey"), s=18, zorder=3)
+            ax.scatter([i], [value], color=strategy_color(t["strategy"]), s=18, zorder=3)
             best_so_far.append(value if not best_so_far else pick(best_so_far[-1], value))
         elif best_so_far:
             best_so_far.append(best_so_far[-1])
@@ -342,14 +354,14 @@ def figures(report: Report) -> dict[str, Any]:
     if any(groups):
         ax.boxplot([g or [math.nan] for g in groups], tick_labels=strategies, showfliers=False)
         for i, (s, g) in enumerate(zip(strategies, groups, strict=True), start=1):
-            ax.scatter([i] * len(g), g, color=STRATEGY_COLORS.get(s, "grey"), s=18, zorder=3)
+            ax.scatter([i] * len(g), g, color=strategy_color(s), s=18, zorder=3)
     ax.set(ylabel=f"best {metric}", title=f"{metric} by strategy")
     out["strategy_metric"] = fig
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(9, 4))
     for i, s in enumerate(strategies, start=1):
         mine = [t for t in report.trials if t["strategy"] == s]
-        color = STRATEGY_COLORS.get(s, "grey")
+        color = strategy_color(s)
         params = [t["trainable_params"] for t in mine if t.get("trainable_params")]
         cost = [spent_device_s(t) for t in mine if t.get("device_s") is not None]
         left.scatter([i] * len(params), params, color=color, s=18)
@@ -369,7 +381,7 @@ def figures(report: Report) -> dict[str, Any]:
     fig, axes = plt.subplots(1, max(1, len(shown)), figsize=(4.5 * max(1, len(shown)), 3.5), squeeze=False)
     for ax, s in zip(axes[0], shown, strict=False):
         names = list(report.importances[s])[::-1]
-        ax.barh(names, [report.importances[s][n] for n in names], color=STRATEGY_COLORS.get(s, "grey"))
+        ax.barh(names, [report.importances[s][n] for n in names], color=strategy_color(s))
         ax.set(title=s, xlabel="importance")
         ax.tick_params(axis="y", labelsize=8)
     if not shown:
@@ -378,10 +390,6 @@ def figures(report: Report) -> dict[str, Any]:
     fig.tight_layout()
     out["importances"] = fig
     return out
-
-
-def _strategy_order(strategy: str) -> int:
-    return vocab.STRATEGIES.index(strategy) if strategy in vocab.STRATEGIES else len(vocab.STRATEGIES)
 
 
 def _start_order(report: Report, trial_id: str) -> float:
@@ -569,7 +577,7 @@ def _html_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
         for c in columns:
             text = html.escape(_fmt(r.get(c), c))
             if c == "strategy":
-                color = STRATEGY_COLORS.get(str(r.get(c)), "grey")
+                color = strategy_color(str(r.get(c)))
                 text = f'<span class="swatch" style="background:{color}"></span>{text}'
             cells.append(f"<td>{text}</td>")
         body.append("<tr>" + "".join(cells) + "</tr>")

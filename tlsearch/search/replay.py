@@ -28,6 +28,7 @@ from ray.tune.search import ConcurrencyLimiter
 from tlsearch.errors import UserInputError
 from tlsearch.space import Continuation, flatten
 from tlsearch.spec import vocab
+from tlsearch.spec.strategy import STRATEGIES
 
 CONFIG_ID = "config_id"
 STRATEGY = "strategy"
@@ -119,7 +120,7 @@ class LearningCurves:
 
     def strategies(self) -> list[str]:
         present = {r[STRATEGY] for r in self.rows}
-        return [s for s in vocab.STRATEGIES if s in present]
+        return [s for s in STRATEGIES if s in present]
 
     def values(self, strategy: str) -> dict[str, list[Any]]:
         """Each knob of `strategy` (and each common knob) -> its distinct values in the table."""

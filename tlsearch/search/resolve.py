@@ -16,12 +16,14 @@ import yaml
 from tlsearch.data.builtin import materialize
 from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
 from tlsearch.errors import UserInputError
-from tlsearch.models import build_model, resolve_lora_targets
+from tlsearch.models import build_model
 from tlsearch.results.files import RESOLVED_SPEC
 from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
 from tlsearch.spec import Spec
 from tlsearch.spec.load import validate_spec
+from tlsearch.spec.strategy import STRATEGIES
+from tlsearch.strategies.base import check
 
 LIBRARIES = (
     "tlsearch",
@@ -101,9 +103,8 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     probe = build_model(spec.model, len(data.labels), weights=False)
     space = build_space(spec, num_blocks=probe.layers.num_blocks)
-    if "lora" in space.strategy_names():
-        for preset in space.dims("lora")["targets"].choices or ():
-            resolve_lora_targets(probe, str(preset))  # fail now, not in every trial
+    for strategy in space.strategy_names():
+        check(strategy, probe, space.dims(strategy))  # fail now, not in every trial
     return Resolved(spec, data, space, probe.layers.num_blocks, hashes, study_name)
 
 
@@ -139,11 +140,11 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
     if spec.checkpoint_storage is not None:
         document["checkpoint_storage"] = spec.checkpoint_root()
     document["search"]["mode"] = spec.search.resolved_mode
-    if "partial" in resolved.space.strategy_names():
-        # The default depth range is clipped to the model's blocks: record the range searched.
-        document["strategies"]["partial"]["unfreeze_depth"] = _describe(
-            resolved.space.dims("partial")["unfreeze_depth"]
-        )
+    for strategy in resolved.space.strategy_names():
+        knobs = STRATEGIES.get(strategy).knobs
+        for knob, dim in resolved.space.dims(strategy).items():
+            if knobs.knob(knob).at_most_blocks:  # a default range clipped to the model's blocks: as searched
+                document["strategies"][strategy][knob] = _describe(dim)
     document["resolved"] = {
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),

@@ -22,6 +22,7 @@ from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
 from tlsearch.tracking.wandb_runs import WandbTracker
+from tlsearch.train.checkpoint import CheckpointLayout
 from tlsearch.train.inputs import RunContext
 
 
@@ -153,8 +154,7 @@ def check_job_storage(spec: Spec) -> None:
 
 
 def trial_dirname(trial: Any) -> str:
-    """`trial_<id>` instead of Tune's default name with every parameter in it."""
-    return f"trial_{trial.trial_id}"
+    return CheckpointLayout.trial_dirname(trial.trial_id)
 
 
 def search_algorithms(

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
 
 from tlsearch.space.trial_config import Continuation, TrialConfig
-from tlsearch.train.checkpoint import META_FILE
 from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
@@ -33,10 +31,10 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
     started_at = time.time()
     params, continuation = Continuation.split(config)
     trial_id = tune.get_context().get_trial_id()
-    warm_start = None
+    continues_from = None
     if continuation is not None:
-        warm_start = find_checkpoint(run, continuation.trial_id, continuation.epoch)
-        if warm_start is None:
+        continues_from = run.checkpoints.find(continuation.trial_id, continuation.epoch)
+        if continues_from is None:
             print(
                 f"[tlsearch] trial {trial_id}: no checkpoint of trial {continuation.trial_id} at epoch "
                 f"{continuation.epoch} (deleted, or on storage this node does not see): it trains "
@@ -44,7 +42,12 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
                 flush=True,
             )
     inputs = TrialInputs(
-        run, TrialConfig.parse(params), trial_id, started_at, driver_node=node_id(), warm_start=warm_start
+        run,
+        TrialConfig.parse(params),
+        trial_id,
+        started_at,
+        driver_node=node_id(),
+        continues_from=continues_from,
     )
     if run.spec.resources.workers_per_trial == 1:
         # Read by Tune in this process when it hands the process to the next trial; a user's value wins.
@@ -55,43 +58,6 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
             release_freed_host_memory()
     else:
         _fit_with_ray_train(inputs)
-
-
-def find_checkpoint(run: RunContext, trial_id: str, epoch: int) -> str | None:
-    """Where trial `trial_id` of this search keeps its checkpoint of `epoch` (a path or a URI), or
-    None. Tune keeps a trial's latest checkpoint whatever its score (checkpoints_to_keep), and the
-    epoch ASHA stopped a trial at is its latest."""
-    import pyarrow.fs
-
-    experiment = (run.experiment_dir or run.run_dir).rstrip("/")
-    if run.spec.resources.workers_per_trial == 1:  # Tune's checkpoint_000000, ... (trial_dirname)
-        parent = f"{experiment}/trial_{trial_id}"
-    else:  # Ray Train's, one run per trial (_fit_with_ray_train)
-        parent = f"{experiment}/train/{run.spec.name}-{trial_id}"
-    try:
-        if "://" in parent:  # checkpoint_storage on S3, GCS, ...
-            filesystem, path = pyarrow.fs.FileSystem.from_uri(parent)
-        else:
-            filesystem, path = pyarrow.fs.LocalFileSystem(), parent
-        listing = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    except (OSError, ValueError):
-        return None
-    names = sorted(
-        (
-            i.base_name
-            for i in listing
-            if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")
-        ),
-        reverse=True,  # zero-padded: the latest first
-    )
-    for name in names:
-        try:
-            with filesystem.open_input_stream(f"{path}/{name}/{META_FILE}") as f:
-                if json.loads(f.read()).get("epoch") == epoch:
-                    return f"{parent}/{name}"
-        except (OSError, ValueError):
-            continue
-    return None
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
@@ -106,6 +72,7 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
 
     run, spec = inputs.run, inputs.run.spec
     r = spec.resources
+    storage_path, name = run.checkpoints.train_run(inputs.trial_id)
     resources: dict[str, float] = {"CPU": r.cpus_per_worker}
     if run.use_gpu:
         resources["GPU"] = r.worker_gpus(True)
@@ -116,10 +83,8 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
             num_workers=r.workers_per_trial, use_gpu=run.use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
-            # A fit() with an existing (storage, name) resumes that run: one name per trial, so a
-            # retried trial continues from its own checkpoint and never from another's.
-            name=f"{spec.name}-{inputs.trial_id}",
-            storage_path=f"{run.experiment_dir or run.run_dir}/train",
+            name=name,
+            storage_path=storage_path,
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,

@@ -14,11 +14,11 @@ from typing import Any
 import optuna
 
 from tlsearch.errors import UserInputError
-from tlsearch.spec.model import STRATEGY_SPACES, CommonSpace, Spec, knob_kind, preferred_default
+from tlsearch.spec.model import Spec
 from tlsearch.spec.params import Param
+from tlsearch.spec.strategy import COMMON, STRATEGIES, CommonKnobs, Knobs
 
 STRATEGY_PARAM = "strategy"
-COMMON = "common"
 
 
 @dataclass(frozen=True)
@@ -31,10 +31,11 @@ class Dim:
     high: float | None = None
     log: bool = False
     step: float | None = None
+    preferred: Any = None  # the knob's preferred value (seed configurations), before clipping
 
     @classmethod
-    def from_param(cls, kind: str, p: Param) -> Dim:
-        return cls(kind, p.choices, p.low, p.high, p.log, p.step)
+    def of(cls, knobs: type[Knobs], name: str, p: Param) -> Dim:
+        return cls(knobs.kind(name), p.choices, p.low, p.high, p.log, p.step, knobs.knob(name).preferred)
 
     @property
     def fixed(self) -> bool:
@@ -57,8 +58,9 @@ class Dim:
             return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
         return None
 
-    def default(self, preferred: Any) -> Any:
-        return Param(choices=self.choices, low=self.low, high=self.high, log=self.log).default(preferred)
+    def default(self) -> Any:
+        """The preferred value where the range admits it, else the nearest admissible one."""
+        return Param(choices=self.choices, low=self.low, high=self.high, log=self.log).default(self.preferred)
 
 
 @dataclass(frozen=True)
@@ -118,44 +120,43 @@ class SearchSpace:
         point: dict[str, Any] = {STRATEGY_PARAM: strategy}
         for prefix, dims in ((strategy, self.dims(strategy)), (COMMON, dict(self.common))):
             for knob, dim in dims.items():
-                point[f"{prefix}/{knob}"] = overrides.get(
-                    knob, dim.default(preferred_default(strategy, knob))
-                )
+                point[f"{prefix}/{knob}"] = overrides.get(knob, dim.default())
         return point
 
 
 def build_space(spec: Spec, num_blocks: int | None = None) -> SearchSpace:
-    """The space for `spec`. `num_blocks` (the backbone's block count) bounds `unfreeze_depth`."""
+    """The space for `spec`. `num_blocks` (the backbone's block count) bounds the knobs marked
+    `at_most_blocks` (partial's `unfreeze_depth`)."""
     strategies = []
     for name in spec.strategies.enabled():
-        space = spec.strategies.space(name)
+        space, knobs = spec.strategies.space(name), STRATEGIES.get(name).knobs
         dims = []
-        for knob in type(space).model_fields:
+        for knob in knobs.model_fields:
             param: Param = getattr(space, knob)
-            if knob == "unfreeze_depth" and num_blocks is not None:
-                param = _bound_depth(param, num_blocks, explicit="unfreeze_depth" in space.model_fields_set)
-            dims.append((knob, Dim.from_param(knob_kind(type(space), knob), param)))
+            if knobs.knob(knob).at_most_blocks and num_blocks is not None:
+                param = _at_most(
+                    param, num_blocks, f"strategies.{name}.{knob}", explicit=knob in space.model_fields_set
+                )
+            dims.append((knob, Dim.of(knobs, knob, param)))
         strategies.append((name, tuple(dims)))
     common = spec.strategies.common
     common_dims = tuple(
-        (knob, Dim.from_param(knob_kind(CommonSpace, knob), getattr(common, knob)))
-        for knob in CommonSpace.model_fields
+        (knob, Dim.of(CommonKnobs, knob, getattr(common, knob))) for knob in CommonKnobs.model_fields
     )
-    assert set(STRATEGY_SPACES) >= {n for n, _ in strategies}
     return SearchSpace(tuple(strategies), common_dims)
 
 
-def _bound_depth(param: Param, num_blocks: int, *, explicit: bool) -> Param:
+def _at_most(param: Param, num_blocks: int, where: str, *, explicit: bool) -> Param:
     values = list(param.choices) if param.choices is not None else [param.low, param.high]
     if max(values) <= num_blocks:  # type: ignore[type-var]
         return param
     if explicit:
         raise UserInputError(
-            f"strategies.partial.unfreeze_depth: the model has {num_blocks} blocks, so depths must be ≤ "
-            f"{num_blocks}, but the range is {param.describe()}"
+            f"{where}: the model has {num_blocks} blocks, so values must be ≤ {num_blocks}, but the range "
+            f"is {param.describe()}"
         )
     if param.choices is not None:
-        kept = tuple(c for c in param.choices if c <= num_blocks) or (num_blocks,)
+        kept = tuple(c for c in param.choices if c <= num_blocks) or (num_blocks,)  # type: ignore[operator]
         return Param(choices=kept)
     return Param(low=min(param.low, num_blocks), high=num_blocks)  # type: ignore[type-var]
 

@@ -2,70 +2,59 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from tlsearch.space.space import COMMON, STRATEGY_PARAM
-from tlsearch.spec.model import STRATEGY_SPACES, CommonSpace
+from pydantic import ValidationError
+
+from tlsearch.space.space import STRATEGY_PARAM
+from tlsearch.spec.strategy import COMMON, STRATEGIES, CommonKnobs, Knobs
+
+K = TypeVar("K", bound=Knobs)
 
 
 @dataclass(frozen=True)
-class TrialConfig:
+class TrialConfig(Generic[K]):
+    """One trial's configuration: its strategy, the knobs every strategy shares, and the strategy's own
+    knobs (its `Knobs` class: `TrialConfig[LoraKnobs]` has `knobs.rank`)."""
+
     strategy: str
-    head_lr: float
-    weight_decay: float
-    warmup_fraction: float
-    batch_size: int
-    # Learning rate of the backbone's top block (partial, full) or of the LoRA adapters (lora).
-    backbone_lr: float | None = None
-    layer_decay: float | None = None
-    unfreeze_depth: int | None = None
-    lora_rank: int | None = None
-    lora_alpha: float | None = None
-    lora_dropout: float | None = None
-    lora_targets: str | None = None
+    common: CommonKnobs
+    knobs: K
 
     @classmethod
-    def parse(cls, config: dict[str, Any]) -> TrialConfig:
-        """Accepts Tune's nested dict (`{"lora": {"rank": 8}}`) or flat Optuna names (`lora/rank`)."""
-        flat = flatten(config)
-        strategy = flat.pop(STRATEGY_PARAM)
-        if strategy not in STRATEGY_SPACES:
+    def parse(cls, config: dict[str, Any]) -> TrialConfig[Any]:
+        """Accepts Tune's nested dict (`{"lora": {"rank": 8}}`) or flat Optuna names (`lora/rank`);
+        the knobs must be exactly the strategy's and the common ones."""
+        flat = {k: _plain(v) for k, v in flatten(config).items()}
+        strategy = flat.pop(STRATEGY_PARAM, None)
+        if strategy not in STRATEGIES:
             raise ValueError(f"unknown strategy {strategy!r} in trial config")
         own = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(f"{strategy}/")}
         common = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(f"{COMMON}/")}
-        stray = set(flat) - {f"{strategy}/{k}" for k in own} - {f"{COMMON}/{k}" for k in common}
-        if (
-            stray
-            or set(own) != set(STRATEGY_SPACES[strategy].model_fields)
-            or set(common) != set(CommonSpace.model_fields)
-        ):
+        if len(own) + len(common) != len(flat):
             raise ValueError(f"trial config does not match the {strategy} space: {sorted(flat)}")
-        fields: dict[str, Any] = {
-            "strategy": strategy,
-            "head_lr": float(own["head_lr"]),
-            "weight_decay": float(common["weight_decay"]),
-            "warmup_fraction": float(common["warmup_fraction"]),
-            "batch_size": int(common["batch_size"]),
-        }
-        if "backbone_lr" in own:
-            fields["backbone_lr"] = float(own["backbone_lr"])
-        if "layer_decay" in own:
-            fields["layer_decay"] = float(own["layer_decay"])
-        if "unfreeze_depth" in own:
-            fields["unfreeze_depth"] = int(own["unfreeze_depth"])
-        if strategy == "lora":
-            fields.update(
-                backbone_lr=float(own["lr"]),
-                lora_rank=int(own["rank"]),
-                lora_alpha=float(own["alpha"]),
-                lora_dropout=float(own["dropout"]),
-                lora_targets=str(own["targets"]),
+        try:
+            return cls(
+                strategy,
+                CommonKnobs.model_validate(common),
+                STRATEGIES.get(strategy).knobs.model_validate(own),
             )
-        return cls(**fields)
+        except ValidationError as exc:
+            raise ValueError(f"trial config does not match the {strategy} space: {exc}") from None
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if v is not None}
+        """Flat, with the names the study and trials.parquet use (`strategy`, `lora/rank`, ...)."""
+        return {
+            STRATEGY_PARAM: self.strategy,
+            **{f"{self.strategy}/{k}": v for k, v in self.knobs.model_dump().items()},
+            **{f"{COMMON}/{k}": v for k, v in self.common.model_dump().items()},
+        }
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (from a sampler or a table) as Python's own."""
+    return value.item() if hasattr(value, "item") else value
 
 
 @dataclass(frozen=True)

@@ -112,11 +112,20 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     for part in loc:
         if isinstance(part, int) or cls is None:
             continue
+        if hasattr(cls, "section_model"):  # keys looked up in a registry (StrategiesSpec)
+            cls = cls.section_model(part)
+            continue
         field = cls.model_fields.get(part)
         if field is None:
             return None
         cls = _first_model(field.annotation)
     return cls
+
+
+def _allowed_keys(owner: type[BaseModel] | None) -> list[str]:
+    if owner is None:
+        return []
+    return owner.section_keys() if hasattr(owner, "section_keys") else list(owner.model_fields)
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:
@@ -143,8 +152,7 @@ def _explain(exc: ValidationError) -> list[tuple[str, str]]:
         )
         kind, msg = err["type"], err["msg"]
         if kind == "extra_forbidden":
-            owner = _model_at(loc[:-1])
-            allowed = list(owner.model_fields) if owner else []
+            allowed = _allowed_keys(_model_at(loc[:-1]))
             msg = f"unknown key `{loc[-1]}`.{suggest(str(loc[-1]), allowed)}"
             if allowed:
                 msg += f" Allowed here: {', '.join(allowed)}"

@@ -9,16 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails
 
 from tlsearch.registry import suggest
 from tlsearch.spec import vocab
-from tlsearch.spec.params import Bounds, Param, knob
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from tlsearch.spec.params import Strict
+from tlsearch.spec.strategy import COMMON, STRATEGIES, CommonKnobs
 
 # --- model and data -------------------------------------------------------------------------
 
@@ -52,115 +57,83 @@ class DataSpec(Strict):
     max_validation_samples: int | None = Field(None, ge=2)
 
 
-# --- search ranges per strategy -------------------------------------------------------------
-
-LR = knob("float", gt=0, le=10)
+# --- the strategies searched ---------------------------------------------------------------
 
 
-class LinearProbeSpace(Strict):
-    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
-
-
-class PartialSpace(Strict):
-    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
-    backbone_lr: LR = Param.range(1e-5, 1e-3, log=True)
-    layer_decay: knob("float", gt=0, le=1) = Param.range(0.5, 1.0)
-    # Number of top blocks unfrozen; the default range is clipped to the model's block count.
-    unfreeze_depth: knob("int", ge=1) = Param(low=1, high=4)
-
-
-class FullSpace(Strict):
-    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
-    backbone_lr: LR = Param.range(5e-6, 5e-4, log=True)
-    layer_decay: knob("float", gt=0, le=1) = Param.range(0.5, 1.0)
-
-
-class LoraSpace(Strict):
-    head_lr: LR = Param.range(1e-4, 3e-2, log=True)
-    lr: LR = Param.range(1e-4, 5e-3, log=True)
-    rank: knob("int", ge=1, le=1024) = Param.of(4, 8, 16)
-    alpha: knob("float", gt=0) = Param.of(8.0, 16.0, 32.0)
-    dropout: knob("float", ge=0, lt=1) = Param.range(0.0, 0.2)
-    targets: knob("str", allowed=vocab.LORA_TARGET_PRESETS) = Param.of("attention", "attention_mlp")
-
-
-class CommonSpace(Strict):
-    weight_decay: knob("float", ge=0, le=1) = Param.range(0.0, 0.1)
-    warmup_fraction: knob("float", ge=0, lt=1) = Param.of(0.1)
-    batch_size: knob("int", ge=1, le=65536) = Param.of(16, 32)
-
-
-STRATEGY_SPACES: dict[str, type[Strict]] = {
-    "linear_probe": LinearProbeSpace,
-    "partial": PartialSpace,
-    "full": FullSpace,
-    "lora": LoraSpace,
-}
-assert tuple(STRATEGY_SPACES) == vocab.STRATEGIES
-
-# Values tried first (seed configs) and used where a seed config leaves a knob out; clipped into
-# the spec's range when it lies outside.
-PREFERRED_DEFAULTS: dict[str, Any] = {
-    "head_lr": 1e-3,
-    "backbone_lr": 5e-5,
-    "layer_decay": 0.75,
-    "unfreeze_depth": 2,
-    "lr": 1e-3,
-    "rank": 8,
-    "alpha": 16.0,
-    "dropout": 0.05,
-    "targets": "attention",
-    "weight_decay": 0.01,
-    "warmup_fraction": 0.1,
-    "batch_size": 16,
-}
-# Where a strategy's sensible value differs: a linear head alone wants a larger step.
-STRATEGY_PREFERRED_DEFAULTS: dict[str, dict[str, Any]] = {"linear_probe": {"head_lr": 1e-2}}
-
-
-def preferred_default(strategy: str, knob: str) -> Any:
-    return STRATEGY_PREFERRED_DEFAULTS.get(strategy, {}).get(knob, PREFERRED_DEFAULTS[knob])
-
-
-def knob_kind(space_cls: type[BaseModel], field: str) -> str:
-    """'float' | 'int' | 'str': the kind declared by the field's `knob(...)` annotation."""
-    for meta in space_cls.model_fields[field].metadata:
-        func = getattr(meta, "func", None)
-        if isinstance(func, Bounds):
-            return func.kind
-    raise KeyError(f"{space_cls.__name__}.{field} is not a knob")
-
-
-def _present_means_defaults(data: Any) -> Any:
-    # `lora:` with nothing after it is YAML null: the user named the strategy, so search it.
-    if isinstance(data, dict):
-        return {k: ({} if v is None and k in vocab.STRATEGIES else v) for k, v in data.items()}
-    return data
+CommonSpace = CommonKnobs.space
 
 
 class StrategiesSpec(Strict):
-    linear_probe: LinearProbeSpace | None = None
-    partial: PartialSpace | None = None
-    full: FullSpace | None = None
-    lora: LoraSpace | None = None
-    common: CommonSpace = CommonSpace()
+    """`strategies`: one section per strategy searched (its knobs' ranges: each strategy's `Knobs.space`,
+    looked up in the registry), and `common`. A strategy left out is not searched; `lora:` with nothing
+    after it searches LoRA with its default ranges."""
 
-    _fill_nulls = model_validator(mode="before")(_present_means_defaults)
+    model_config = ConfigDict(extra="allow", frozen=True)  # the strategies' sections, validated below
+    common: CommonSpace = CommonSpace()  # type: ignore[valid-type]
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _strategy_sections(cls, data: Any, handler: Any) -> Any:
+        """Each strategy's section through its own space model; every problem reported, with its path."""
+        if not isinstance(data, dict):
+            return handler(data)
+        errors: list[InitErrorDetails] = []
+        sections: dict[str, Any] = {}
+        for name, section in data.items():
+            if name == COMMON:
+                continue
+            if name not in STRATEGIES:
+                errors.append(InitErrorDetails(type="extra_forbidden", loc=(name,), input=section))
+                continue
+            try:
+                sections[name] = STRATEGIES.get(name).knobs.space.model_validate(
+                    {} if section is None else section
+                )
+            except ValidationError as exc:
+                errors += _nested(exc, (name,))
+        ordered = {name: sections[name] for name in STRATEGIES if name in sections}  # registry order
+        try:
+            out = handler({**({COMMON: data[COMMON]} if COMMON in data else {}), **ordered})
+        except ValidationError as exc:
+            errors += _nested(exc, ())
+            out = None
+        if errors:
+            raise ValidationError.from_exception_data(cls.__name__, errors)
+        return out
 
     @model_serializer(mode="wrap")
-    def _only_enabled(self, handler: Any) -> dict[str, Any]:
-        # A disabled strategy must not come back as `name: null`, which would enable it on reload.
-        return {k: v for k, v in handler(self).items() if v is not None}
+    def _strategies_then_common(self, handler: Any) -> dict[str, Any]:
+        dumped = handler(self)
+        return {**{name: dumped[name] for name in self.enabled()}, COMMON: dumped[COMMON]}
+
+    @classmethod
+    def section_keys(cls) -> list[str]:
+        """The keys this section takes: every registered strategy, and `common`."""
+        return [*STRATEGIES.names(), COMMON]
+
+    @classmethod
+    def section_model(cls, key: str) -> type[BaseModel] | None:
+        """The model of the section under `key` (for error messages)."""
+        if key == COMMON:
+            return CommonSpace
+        return STRATEGIES.get(key).knobs.space if key in STRATEGIES else None
 
     @classmethod
     def all_defaults(cls) -> StrategiesSpec:
-        return cls(**{name: {} for name in vocab.STRATEGIES})
+        return cls(**{s: {} for s in STRATEGIES if STRATEGIES.get(s).default})
 
     def enabled(self) -> list[str]:
-        return [name for name in vocab.STRATEGIES if getattr(self, name) is not None]
+        return list(self.model_extra or {})
 
     def space(self, strategy: str) -> Strict:
-        return getattr(self, strategy)
+        return (self.model_extra or {})[strategy]  # type: ignore[no-any-return]
+
+
+def _nested(exc: ValidationError, prefix: tuple[str | int, ...]) -> list[InitErrorDetails]:
+    return [
+        InitErrorDetails(type=e["type"], loc=(*prefix, *e["loc"]), input=e["input"], ctx=e.get("ctx", {}))
+        for e in exc.errors()
+    ]
 
 
 # --- search, resources, training, tracking --------------------------------------------------
@@ -349,7 +322,7 @@ class Spec(Strict):
             document["model"].pop("max_length")
         if self.search.scheduler.time_attr == "device_s":
             document["search"]["scheduler"].pop("grace_period")
-        if not any(name in self.strategies.enabled() for name in vocab.FEATURE_CACHE_STRATEGIES):
+        if not any(STRATEGIES.get(name).feature_cache for name in self.strategies.enabled()):
             document["training"].pop("feature_cache")
         return document
 
@@ -465,14 +438,16 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
         problems.append(("resources.gpus_per_worker", "must be 0 or unset when `use_gpu: false`"))
 
     if not spec.strategies.enabled():
-        problems.append(("strategies", f"enable at least one of {', '.join(vocab.STRATEGIES)}"))
-    cacheable = [name for name in vocab.FEATURE_CACHE_STRATEGIES if name in spec.strategies.enabled()]
-    if "feature_cache" in spec.training.model_fields_set and not cacheable:
+        problems.append(("strategies", f"enable at least one of {', '.join(STRATEGIES.names())}"))
+    cacheable = [name for name in STRATEGIES if STRATEGIES.get(name).feature_cache]
+    if "feature_cache" in spec.training.model_fields_set and not set(cacheable) & set(
+        spec.strategies.enabled()
+    ):
         problems.append(
             (
                 "training.feature_cache",
-                f"applies to {' and '.join(vocab.FEATURE_CACHE_STRATEGIES)} trials only, and this search "
-                "runs neither: remove it (or enable one of them under `strategies`)",
+                f"applies to {' and '.join(cacheable)} trials only, and this search runs neither: remove it "
+                "(or enable one of them under `strategies`)",
             )
         )
 

@@ -19,6 +19,12 @@ Scalar = bool | int | float | str
 Kind = Literal["float", "int", "str"]
 
 
+class Strict(BaseModel):
+    """A spec section: unknown keys rejected, frozen once validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class Param(BaseModel):
     """A normalised search range. Exactly one of `choices` or (`low`, `high`) is set."""
 

@@ -1,15 +1,11 @@
 """Closed vocabularies shared by the spec and the layers that implement them.
 
 The spec layer must not import torch or ray, so the names live here and the implementing
-registries (strategies, builtin models and data sets) are checked against them in tests.
+registries (model sources, builtin models and data sets) are checked against them. Strategies have
+a registry of their own that the spec reads directly (tlsearch.spec.strategy).
 """
 
 from __future__ import annotations
-
-STRATEGIES: tuple[str, ...] = ("linear_probe", "partial", "full", "lora")
-# Strategies whose frozen prefix is deterministic, so its output can be computed once and reused
-# (training.feature_cache); the strategies' `Prepared.feature_boundary` says where that prefix ends.
-FEATURE_CACHE_STRATEGIES: tuple[str, ...] = ("linear_probe", "partial")
 
 # LoRA target presets, resolved against the model's own module names (never the head).
 LORA_TARGET_PRESETS: tuple[str, ...] = ("attention", "attention_mlp", "all_linear")

@@ -1,17 +1,14 @@
-"""Transfer strategies, one registry: linear_probe, partial, full, lora."""
+"""Transfer strategies, one package each: `<name>/__init__.py` declares its knobs and its
+registration (torch-free: specs are validated without torch), `<name>/apply.py` what it does to a
+model (tlsearch.strategies.base has the interface and the shared mechanics).
 
-from tlsearch.models.sources import LoadedModel
-from tlsearch.space.trial_config import TrialConfig
-from tlsearch.spec import vocab
-from tlsearch.strategies import finetune, linear_probe, lora  # noqa: F401  (registration)
-from tlsearch.strategies.base import STRATEGIES, ParamGroup, Prepared, Strategy
+Importing this package registers the built-in strategies, in this order: the order of the spec's
+defaults, of the default seed configurations and of the `strategy` choices the sampler draws from.
+A new strategy is its own package plus one line here.
+"""
 
-assert set(STRATEGIES) == set(vocab.STRATEGIES), "strategies out of sync with spec.vocab"
+from tlsearch.spec.strategy import register_strategy
+from tlsearch.strategies import full, linear_probe, lora, partial
 
-
-def prepare(loaded: LoadedModel, config: TrialConfig) -> Prepared:
-    """Apply the trial's strategy to a freshly loaded model."""
-    return STRATEGIES.get(config.strategy)(loaded, config)
-
-
-__all__ = ["STRATEGIES", "ParamGroup", "Prepared", "Strategy", "prepare"]
+for _builtin in (linear_probe, partial, full, lora):
+    register_strategy(_builtin.STRATEGY)

@@ -1,49 +1,54 @@
-"""What a strategy does: given a loaded model and a trial's config, say what trains and how fast.
+"""What a strategy does: given a loaded model and a trial's knobs, say what trains and how fast.
 
-One small interface for every strategy and both model sources:
-`prepare(loaded, config) -> Prepared` (the model to train, its optimizer parameter groups with
-per-group learning rates, the modules that stay frozen in eval mode, and how to save/restore the
-trainable state).
+One small interface for every strategy and model source: a strategy's implementation module has
+`apply(loaded, knobs, common) -> Prepared` (the model to train, its optimizer parameter groups with
+per-group learning rates, the modules that stay frozen in eval mode, and the format its checkpoints
+take), and may have `check(probe, dims)` (refuses a search space the architecture cannot serve,
+before any trial starts). `prepare` and `check` find that module through the strategy's registration
+(tlsearch.spec.strategy).
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Protocol
+from types import ModuleType
+from typing import Any
 
-import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from tlsearch.models.layers import LayerMap
 from tlsearch.models.sources import LoadedModel
-from tlsearch.registry import Registry
-from tlsearch.space.trial_config import TrialConfig
-
-WEIGHTS_FILE = "model.safetensors"
+from tlsearch.space import Dim, TrialConfig
+from tlsearch.spec.strategy import STRATEGIES
+from tlsearch.strategies.formats import CheckpointFormat, TrainableWeights
 
 
 @dataclass
 class ParamGroup:
+    """An optimizer parameter group, by parameter name in the prepared model: the optimizer's groups
+    are built from the model as the session wrapped it (a wrapper may replace the parameter objects:
+    FSDP2's `fully_shard` does), looked up by these names."""
+
     name: str
-    params: list[nn.Parameter]
+    param_names: list[str]
     lr: float
     weight_decay: float
-    param_names: list[str] = field(default_factory=list)
+    size: int  # parameters in the group
 
-    @property
-    def size(self) -> int:
-        return sum(p.numel() for p in self.params)
+    @classmethod
+    def of(
+        cls, name: str, named: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float
+    ) -> ParamGroup:
+        return cls(name, [n for n, _ in named], lr, weight_decay, sum(p.numel() for _, p in named))
 
-    def for_optimizer(self) -> dict:
-        return {"params": self.params, "lr": self.lr, "weight_decay": self.weight_decay, "name": self.name}
-
-    def describe(self) -> dict:
+    def describe(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "params": self.size,
-            "tensors": len(self.params),
+            "tensors": len(self.param_names),
             "lr": self.lr,
             "weight_decay": self.weight_decay,
         }
@@ -58,6 +63,8 @@ class Prepared:
     # Where the frozen, deterministic part of the model ends, when it is one prefix whose output can be
     # computed once and reused (tlsearch.models.tails: HEAD or block_boundary(i)); None: not cacheable.
     feature_boundary: str | None = None
+    # What a checkpoint holds of the model and in which files (passed in by each strategy).
+    checkpoint: CheckpointFormat = field(default_factory=TrainableWeights)
 
     @property
     def trainable_params(self) -> int:
@@ -68,53 +75,69 @@ class Prepared:
         for module in self.frozen_modules:
             module.eval()
 
-    def checkpoint_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:
-        """What a checkpoint holds of the model (the model's own tensors: copy them to keep them)."""
-        return trainable_tensors(model, self.frozen_modules)
+    def optimizer_groups(self, wrapped: nn.Module, trained: nn.Module | None = None) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups, each parameter looked up by name in `wrapped`, the module as
+        the session wrapped it: a wrapper that replaces the parameter objects (FSDP2's `fully_shard`)
+        keeps every group and its learning rate. `trained` is what was wrapped: the prepared model (the
+        default), or the tail that trains on cached features, which holds the model's own modules under
+        other names."""
+        trained = self.model if trained is None else trained
+        name_in_trained = {id(p): name for name, p in trained.named_parameters()}
+        renamed = {name: name_in_trained.get(id(p)) for name, p in self.model.named_parameters()}
+        inner = wrapped.module if isinstance(wrapped, DistributedDataParallel) else wrapped
+        params = dict(inner.named_parameters())
+        groups = []
+        for group in self.param_groups:
+            missing = [n for n in group.param_names if renamed.get(n) not in params]
+            if missing:
+                raise RuntimeError(
+                    f"parameter group {group.name}: {missing[:3]} are not in the module that trains"
+                )
+            found = [params[renamed[n]] for n in group.param_names]  # type: ignore[index]
+            groups.append(
+                {"params": found, "lr": group.lr, "weight_decay": group.weight_decay, "name": group.name}
+            )
+        return groups
 
-    def write_checkpoint(self, model: nn.Module, tensors: dict[str, torch.Tensor], directory: Path) -> None:
-        """Writes `tensors` (`checkpoint_tensors`, maybe copied earlier) as this strategy's files."""
-        from safetensors.torch import save_file
 
-        save_file(
-            {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(directory / WEIGHTS_FILE)
-        )
-
-    def save(self, model: nn.Module, directory: Path) -> None:
-        self.write_checkpoint(model, self.checkpoint_tensors(model), directory)
-
-    def load(self, model: nn.Module, directory: Path) -> None:
-        load_trainable(model, directory)
+def implementation(strategy: str) -> ModuleType:
+    return importlib.import_module(STRATEGIES.get(strategy).implementation)
 
 
-class Strategy(Protocol):
-    def __call__(self, loaded: LoadedModel, config: TrialConfig) -> Prepared: ...
+def prepare(loaded: LoadedModel, config: TrialConfig) -> Prepared:
+    """Apply the trial's strategy to a freshly loaded model."""
+    return implementation(config.strategy).apply(loaded, config.knobs, config.common)  # type: ignore[no-any-return]
 
 
-STRATEGIES: Registry[Strategy] = Registry("strategy")
+def check(strategy: str, probe: LoadedModel, dims: dict[str, Dim]) -> None:
+    """Refuse (UserInputError) a strategy's search space that this architecture cannot serve;
+    `probe` is the model built on the meta device."""
+    hook = getattr(implementation(strategy), "check", None)
+    if hook is not None:
+        hook(probe, dims)
 
 
 # --- shared mechanics -----------------------------------------------------------------------
 
 
-def freeze_except(model: nn.Module, trainable: set[str]) -> list[str]:
+def freeze_except(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
     """Freeze every parameter not in `trainable` and convert the batch norms of fully frozen modules
     to FrozenBatchNorm2d (timm.utils.freeze), so their running statistics stop moving too.
-    Returns the names of the outermost fully frozen modules."""
+    Returns the outermost fully frozen modules."""
     from timm.utils import freeze
 
-    frozen_modules: list[str] = []
+    frozen: list[str] = []
     for name, module in model.named_modules():
-        if not name or any(name.startswith(f + ".") for f in frozen_modules):
+        if not name or any(name.startswith(f + ".") for f in frozen):
             continue
         names = [f"{name}.{p}" for p, _ in module.named_parameters()]
         if names and not any(n in trainable for n in names):
-            frozen_modules.append(name)
-    if frozen_modules:
-        freeze(model, frozen_modules)
+            frozen.append(name)
+    if frozen:
+        freeze(model, frozen)
     for name, param in model.named_parameters():
         param.requires_grad_(name in trainable)
-    return frozen_modules
+    return [model.get_submodule(n) for n in frozen]
 
 
 def layerwise_groups(
@@ -128,7 +151,8 @@ def layerwise_groups(
 ) -> list[ParamGroup]:
     """Head at head_lr; backbone layer l at backbone_lr * decay ** (L - l); no weight decay on 1-d
     tensors (biases, norms) and the model's own no-decay list (position embeddings, tokens)."""
-    groups: dict[str, ParamGroup] = {}
+    members: dict[str, list[tuple[str, nn.Parameter]]] = {}
+    rates: dict[str, tuple[float, float]] = {}
     for name, param in named:
         if not param.requires_grad:
             continue
@@ -139,36 +163,32 @@ def layerwise_groups(
             layer = layers.layer_of[name]
             key, lr = f"layer_{layer:02d}", backbone_lr * layers.lr_scale(name, decay)
         key += "_no_decay" if no_decay else ""
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = ParamGroup(key, [], lr, 0.0 if no_decay else weight_decay)
-        group.params.append(param)
-        group.param_names.append(name)
-    return sorted(groups.values(), key=lambda g: (g.name.startswith("head"), g.name))
+        members.setdefault(key, []).append((name, param))
+        rates[key] = (lr, 0.0 if no_decay else weight_decay)
+    groups = [ParamGroup.of(key, named, *rates[key]) for key, named in members.items()]
+    return sorted(groups, key=lambda g: (g.name.startswith("head"), g.name))
 
 
-def trainable_tensors(model: nn.Module, frozen_modules: list[nn.Module]) -> dict[str, torch.Tensor]:
-    """Trainable parameters plus the buffers of modules that train (e.g. batch-norm statistics)."""
-    frozen = {id(m) for fm in frozen_modules for m in fm.modules()}
-    tensors: dict[str, torch.Tensor] = {}
-    for module_name, module in model.named_modules():
-        if id(module) in frozen:
-            continue
-        prefix = f"{module_name}." if module_name else ""
-        for pname, param in module.named_parameters(recurse=False):
-            if param.requires_grad:
-                tensors[prefix + pname] = param
-        if any(p.requires_grad for p in module.parameters(recurse=False)):
-            for bname, buf in module.named_buffers(recurse=False):
-                if buf is not None:
-                    tensors[prefix + bname] = buf
-    return tensors
-
-
-def load_trainable(model: nn.Module, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    state = load_file(str(directory / WEIGHTS_FILE))
-    result = model.load_state_dict(state, strict=False)
-    if result.unexpected_keys:
-        raise RuntimeError(f"checkpoint does not fit the model: unexpected keys {result.unexpected_keys[:5]}")
+def layerwise(
+    loaded: LoadedModel,
+    trainable: set[str],
+    *,
+    head_lr: float,
+    backbone_lr: float,
+    layer_decay: float,
+    weight_decay: float,
+    feature_boundary: str | None = None,
+) -> Prepared:
+    """`trainable` trains at the layer-wise rates (head_lr for the head, backbone_lr for the top block,
+    decaying by layer_decay per block below); the rest is frozen and kept in eval mode."""
+    model = loaded.model
+    frozen = freeze_except(model, trainable)
+    groups = layerwise_groups(
+        model.named_parameters(),
+        loaded.layers,
+        head_lr=head_lr,
+        backbone_lr=backbone_lr,
+        decay=layer_decay,
+        weight_decay=weight_decay,
+    )
+    return Prepared(model, groups, frozen, feature_boundary)

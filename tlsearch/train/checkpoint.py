@@ -1,18 +1,27 @@
-"""One epoch's checkpoint, taken between steps and written when the session says.
+"""Checkpoints, in one place: what one holds, taking it, writing it, restoring it, and where a search
+keeps them.
 
-A checkpoint holds what the strategy saves of the model (its trainable weights: tlsearch.strategies),
-the optimizer, schedule and RNG state to go on from (`STATE_FILE`), and `META_FILE` (the trial, its
+A checkpoint holds what the strategy saves of the model (its `Prepared.checkpoint` format:
+tlsearch.strategies.formats, safetensors either way), the optimizer, schedule and RNG state to go on
+from (`STATE_FILE`, read back with `torch.load(weights_only=True)`), and `META_FILE` (the trial, its
 configuration, the epoch's metrics). The loop takes one at each epoch's end; the session writes it:
 at once (Ray Train workers, a local session), or, for a single-worker Tune trial, on a thread of its
 own while the next epoch trains (tlsearch.train.session). `detached` makes the second safe: it copies
 what the next steps change (trainable weights, AdamW's moments) to host memory first.
+
+Where they live (`CheckpointLayout`): a single-worker trial reports to Tune, which keeps them as
+`<experiment>/trial_<id>/checkpoint_000000/`, ...; a multi-worker trial is one Ray Train run per
+trial, `<experiment>/train/<search>-<id>/checkpoint_epoch_0001/`, ... The experiment directory is the
+run directory, or `<checkpoint_storage>/<search>` (a path or a pyarrow.fs URI).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
-    from tlsearch.strategies import Prepared
+    from tlsearch.strategies.base import Prepared
 
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
@@ -57,7 +66,7 @@ class EpochCheckpoint:
         """The checkpoint as training leaves it now (the live tensors); `state` goes into STATE_FILE."""
         return cls(
             prepared=prepared,
-            tensors=prepared.checkpoint_tensors(prepared.model),
+            tensors=prepared.checkpoint.tensors(prepared.model),
             state={
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
@@ -74,11 +83,128 @@ class EpochCheckpoint:
     def write(self, directory: Path) -> float:
         """Writes the files into the (empty) `directory`; returns the seconds it took."""
         started = time.time()
-        self.prepared.write_checkpoint(self.prepared.model, self.tensors, directory)
+        self.prepared.checkpoint.write(self.prepared.model, self.tensors, directory)
         torch.save(self.state, directory / STATE_FILE)
         (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str))
         return time.time() - started
 
 
+@dataclass(frozen=True)
+class Restored:
+    """Where a restored checkpoint leaves the trial."""
+
+    epoch: int  # epochs done
+    wall_s: float  # the trial's wall seconds up to that epoch
+    inherited_device_s: float  # device-seconds of a trial it continued (ASHA's promotion)
+    meta: dict[str, Any]
+
+
+def restore(
+    directory: Path,
+    prepared: Prepared,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+) -> Restored:
+    """Puts a checkpoint back into a freshly prepared trial: model weights (safetensors), optimizer,
+    schedule and the RNG state the next epoch draws from."""
+    prepared.checkpoint.load(prepared.model, directory)
+    state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    return Restored(
+        int(state["epoch"]),
+        float(state["wall_s"]),
+        float(state.get("inherited_device_s", 0.0)),
+        read_meta(directory),
+    )
+
+
 def read_meta(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / META_FILE).read_text())
+    return json.loads((Path(checkpoint) / META_FILE).read_text())  # type: ignore[no-any-return]
+
+
+@contextlib.contextmanager
+def as_directory(checkpoint: Any) -> Iterator[Path | None]:
+    """A Ray checkpoint (Tune's or Ray Train's) as a local directory while the `with` lasts; None for None."""
+    if checkpoint is None:
+        yield None
+    else:
+        with checkpoint.as_directory() as d:
+            yield Path(d)
+
+
+@contextlib.contextmanager
+def open_checkpoint(location: str | None) -> Iterator[Path | None]:
+    """A checkpoint directory by its path or URI (checkpoint_storage), as a local directory while
+    the `with` lasts (a download for a URI); None for None."""
+    if location is None:
+        yield None
+        return
+    import ray.train
+
+    with as_directory(ray.train.Checkpoint(location)) as directory:
+        yield directory
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """Where a search's trials keep their checkpoints (the module docstring has the trees)."""
+
+    experiment_dir: str  # a path or a URI
+    search: str  # the search's name
+    multi_worker: bool  # trials run on Ray Train workers
+
+    @staticmethod
+    def trial_dirname(trial_id: str) -> str:
+        """Tune's directory of a trial (instead of Tune's default name with every parameter in it)."""
+        return f"trial_{trial_id}"
+
+    @staticmethod
+    def epoch_dirname(epoch: int) -> str:
+        """A Ray Train checkpoint's directory name (Tune numbers its own)."""
+        return f"checkpoint_epoch_{epoch:04d}"
+
+    def train_run(self, trial_id: str) -> tuple[str, str]:
+        """(storage_path, name) of a multi-worker trial's Ray Train run. A `fit()` with an existing
+        (storage, name) resumes that run: one name per trial, so a retried trial continues from its own
+        checkpoint and never from another's."""
+        return f"{self.experiment_dir}/train", f"{self.search}-{trial_id}"
+
+    def trial_checkpoints(self, trial_id: str) -> str:
+        """The directory holding a trial's checkpoint directories."""
+        if self.multi_worker:
+            return "/".join(self.train_run(trial_id))
+        return f"{self.experiment_dir}/{self.trial_dirname(trial_id)}"
+
+    def find(self, trial_id: str, epoch: int) -> str | None:
+        """Trial `trial_id`'s checkpoint of `epoch` (a path or a URI), or None. Tune and Ray Train keep a
+        trial's latest checkpoint whatever its score (checkpoints_to_keep), and the epoch ASHA stopped a
+        trial at is its latest."""
+        import pyarrow.fs
+
+        parent = self.trial_checkpoints(trial_id)
+        try:
+            if "://" in parent:  # checkpoint_storage on S3, GCS, ...
+                filesystem, path = pyarrow.fs.FileSystem.from_uri(parent)
+            else:
+                filesystem, path = pyarrow.fs.LocalFileSystem(), parent
+            listing = filesystem.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+        except (OSError, ValueError):
+            return None
+        names = sorted(
+            (
+                i.base_name
+                for i in listing
+                if i.type == pyarrow.fs.FileType.Directory and i.base_name.startswith("checkpoint_")
+            ),
+            reverse=True,  # zero-padded: the latest first
+        )
+        for name in names:
+            try:
+                with filesystem.open_input_stream(f"{path}/{name}/{META_FILE}") as f:
+                    if json.loads(f.read()).get("epoch") == epoch:
+                        return f"{parent}/{name}"
+            except (OSError, ValueError):
+                continue
+        return None

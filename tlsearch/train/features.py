@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset
 from tlsearch.data.tables import SUBSET_SEED, file_sha256
 from tlsearch.models.sources import LoadedModel
 from tlsearch.models.tails import Tail, TailUnsupported, check_tail, eval_mode, make_tail
-from tlsearch.strategies import Prepared
+from tlsearch.strategies.base import Prepared
 from tlsearch.train.batches import ToDevice
 from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.session import Session, node_id

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from tlsearch.data.tables import DataFiles
 from tlsearch.space.trial_config import TrialConfig
 from tlsearch.spec.model import Spec
+from tlsearch.train.checkpoint import CheckpointLayout
 
 
 @dataclass(frozen=True)
@@ -33,14 +35,19 @@ class RunContext:
         r = self.spec.resources
         return r.worker_gpus(True) if self.use_gpu else r.cpus_per_worker
 
+    @property
+    def checkpoints(self) -> CheckpointLayout:
+        multi_worker = self.spec.resources.workers_per_trial > 1
+        return CheckpointLayout(self.experiment_dir or self.run_dir, self.spec.name, multi_worker)
+
 
 @dataclass(frozen=True)
 class TrialInputs:
     run: RunContext
-    config: TrialConfig
+    config: TrialConfig[Any]
     trial_id: str
     started_at: float  # wall clock at the trial function's start: wall_s includes set-up
     driver_node: str = ""  # node of the Tune trial actor (the trial driver)
     # A checkpoint of another trial to start from (a path or a URI): the trial continues that one's
-    # training (ASHA's promotion, search/study.py). Its own checkpoint, on a retry, comes first.
-    warm_start: str | None = None
+    # training (ASHA's promotion). Its own checkpoint, on a retry, comes first.
+    continues_from: str | None = None

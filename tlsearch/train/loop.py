@@ -29,15 +29,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
 from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel
-from tlsearch.strategies import Prepared, prepare
-from tlsearch.train import warm
+from tlsearch.strategies.base import Prepared, prepare
+from tlsearch.train import process_cache
 from tlsearch.train.batches import ToDevice
-from tlsearch.train.checkpoint import STATE_FILE, EpochCheckpoint, read_meta
+from tlsearch.train.checkpoint import EpochCheckpoint, open_checkpoint, restore
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.metrics import classification_metrics
-from tlsearch.train.session import Session, node_id, node_ip, open_checkpoint
+from tlsearch.train.session import Session, node_id, node_ip
 
 
 class TrainingDiverged(RuntimeError):
@@ -164,11 +164,8 @@ def loader_workers(run: RunContext) -> int:
     return workers
 
 
-def setup_training(
-    inputs: TrialInputs, session: Session, datasets: tuple[Dataset, Dataset] | None = None
-) -> Training:
-    """Model, strategy, loaders, optimizer and schedule of one trial, on the session's device.
-    `datasets` (train, validation) replaces the trial's data files (benchmarks feed synthetic data)."""
+def setup_training(inputs: TrialInputs, session: Session) -> Training:
+    """Model, strategy, loaders, optimizer and schedule of one trial, on the session's device."""
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
     loop_started_at = time.time()
     seed_everything(spec.seed)
@@ -181,8 +178,8 @@ def setup_training(
     else:
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_worker)))
 
-    # A reused trial process keeps the loaded model and the data sets (tlsearch/train/warm.py).
-    loaded = warm.fresh_model(spec.model, run.num_classes, spec.seed)
+    # A reused trial process keeps the loaded model and the data sets (tlsearch/train/process_cache.py).
+    loaded = process_cache.fresh_model(spec.model, run.num_classes, spec.seed)
     prepared = prepare(loaded, config)
     channels_last = use_channels_last(spec.training.channels_last, loaded)
     if channels_last:
@@ -191,10 +188,8 @@ def setup_training(
     model_ready = time.time()
 
     def trial_datasets() -> tuple[Dataset, Dataset]:
-        if datasets is not None:
-            return datasets
-        # A reused trial process keeps the data sets (tlsearch/train/warm.py).
-        return warm.datasets((run.data, spec.model.model_dump_json()), lambda: build_datasets(inputs, loaded))
+        key = process_cache.dataset_key(run.data, spec.model)
+        return process_cache.datasets(key, lambda: build_datasets(inputs, loaded))  # type: ignore[no-any-return]
 
     workers = loader_workers(run)
     # A frozen prefix (linear probe, partial) runs once per search: train its tail on stored features.
@@ -202,9 +197,10 @@ def setup_training(
     if cache.tail is not None and cache.datasets is not None:
         (train_set, val_set), workers = cache.datasets, 0  # rows read from memory-mapped files
         channels_last = False  # batches are features, not images (the tail's weights keep their layout)
-        model = session.wrap(cache.tail.module)
+        trained = cache.tail.module
     else:
-        model = session.wrap(prepared.model)
+        trained = prepared.model
+    model = session.wrap(trained)
     if spec.training.compile:
         # In place: parameter names, checkpoints and the DDP wrapper stay as they are (a DDP module
         # compiled whole lets dynamo split its graph at the gradient buckets).
@@ -217,7 +213,7 @@ def setup_training(
     )
     train_loader = DataLoader(
         train_set,
-        batch_size=config.batch_size,
+        batch_size=config.common.batch_size,
         sampler=sampler,
         collate_fn=train_set.collate,  # type: ignore[attr-defined]
         num_workers=workers,
@@ -243,10 +239,10 @@ def setup_training(
 
     # Fused AdamW on GPUs and CPUs alike: one kernel over all tensors (on a CPU 3-6x faster than
     # PyTorch's default per-tensor loop for MiniLM-L6's 22.7M parameters; benchmarks/throughput.py).
-    optimizer = torch.optim.AdamW([g.for_optimizer() for g in prepared.param_groups], fused=True)
+    optimizer = torch.optim.AdamW(prepared.optimizer_groups(model, trained), fused=True)
     steps_per_epoch = max(1, len(train_loader))
     total_steps = steps_per_epoch * spec.search.max_epochs
-    warmup_steps = round(config.warmup_fraction * total_steps)
+    warmup_steps = round(config.common.warmup_fraction * total_steps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup_steps, total_steps))
     return Training(
         prepared=prepared,
@@ -320,7 +316,8 @@ def describe_trial(inputs: TrialInputs, training: Training) -> str:
     prepared = training.prepared
     on = {True: "on", False: "off"}
     lines = [
-        f"[tlsearch] trial {inputs.trial_id}: {inputs.config.strategy} {inputs.config.as_dict()}",
+        f"[tlsearch] trial {inputs.trial_id}: {inputs.config.strategy} "
+        f"{ {k: v for k, v in inputs.config.as_dict().items() if '/' in k} }",
         f"[tlsearch] trainable parameters: {prepared.trainable_params:,}",
         f"[tlsearch] on {training.device}: bf16 autocast {on[training.mixed_precision]}, "
         f"channels-last {on[training.channels_last]}, torch.compile {on[inputs.run.spec.training.compile]}, "
@@ -342,21 +339,20 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
     start_epoch, wall_before, inherited_device_s = 0, 0.0, 0.0
     continued: dict[str, Any] | None = None  # meta.json of the trial this one continues
     # The trial's own checkpoint (a retry, a resumed search), else another trial's that it continues.
-    with session.restore_dir() as own, open_checkpoint(None if own else inputs.warm_start) as other:
+    with session.restore_dir() as own, open_checkpoint(None if own else inputs.continues_from) as other:
         checkpoint = own or other
         if checkpoint is not None:
-            prepared.load(prepared.model, checkpoint)
-            state = torch.load(checkpoint / STATE_FILE, map_location="cpu", weights_only=True)
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            torch.set_rng_state(state["torch_rng"])
-            start_epoch, wall_before = state["epoch"], state["wall_s"]
-            inherited_device_s = float(state.get("inherited_device_s", 0.0))
-        if other is not None:
-            continued = read_meta(other)
-            # Its wall and device seconds go on from the other trial's (ASHA's time in device_s);
-            # what this trial spent itself is device_s - inherited_device_s.
-            inherited_device_s = float(continued["metrics"]["device_s"])
+            restored = restore(checkpoint, prepared, optimizer, scheduler)
+            start_epoch, wall_before, inherited_device_s = (
+                restored.epoch,
+                restored.wall_s,
+                restored.inherited_device_s,
+            )
+            if other is not None:
+                continued = restored.meta
+                # Its wall and device seconds go on from the other trial's (ASHA's time in device_s);
+                # what this trial spent itself is device_s - inherited_device_s.
+                inherited_device_s = float(continued["metrics"]["device_s"])
     resumed_at = inputs.started_at
     worker_nodes = session.worker_nodes()
     if session.world_rank == 0:

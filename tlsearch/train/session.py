@@ -16,14 +16,14 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from tlsearch.train.checkpoint import EpochCheckpoint
+from tlsearch.train.checkpoint import CheckpointLayout, EpochCheckpoint, as_directory
 from tlsearch.train.scratch import scratch_dir
 
 
@@ -32,7 +32,10 @@ class Session(Protocol):
     world_size: int
     device: torch.device
 
-    def wrap(self, model: nn.Module) -> nn.Module: ...
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """The module as this session trains it: on its device; DDP on several workers. A wrapper may
+        replace the parameter objects: the loop builds the optimizer from the wrapped module."""
+
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None: ...
     def poll(self) -> None:
@@ -94,28 +97,6 @@ def node_ip() -> str:
     return ray.util.get_node_ip_address() if ray.is_initialized() else "127.0.0.1"
 
 
-@contextlib.contextmanager
-def _checkpoint_as_dir(checkpoint: Any) -> Iterator[Path | None]:
-    if checkpoint is None:
-        yield None
-    else:
-        with checkpoint.as_directory() as d:
-            yield Path(d)
-
-
-@contextlib.contextmanager
-def open_checkpoint(location: str | None) -> Iterator[Path | None]:
-    """A checkpoint directory by its path or URI (checkpoint_storage), as a local directory while
-    the `with` lasts (a download for a URI); None for None."""
-    if location is None:
-        yield None
-        return
-    import ray.train
-
-    with _checkpoint_as_dir(ray.train.Checkpoint(location)) as directory:
-        yield directory
-
-
 class TuneSession:
     world_rank = 0
     world_size = 1
@@ -134,7 +115,7 @@ class TuneSession:
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         from ray import tune
 
-        return _checkpoint_as_dir(tune.get_checkpoint())
+        return as_directory(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
         """Hands the epoch to Tune. Tune's `report` returns once the checkpoint files are in the
@@ -227,7 +208,7 @@ class TrainSession:
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         import ray.train
 
-        return _checkpoint_as_dir(ray.train.get_checkpoint())
+        return as_directory(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
         import ray.train
@@ -235,7 +216,7 @@ class TrainSession:
         def send(directory: Path | None) -> None:
             on_storage = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
             ray.train.report(
-                metrics, checkpoint=on_storage, checkpoint_dir_name=f"checkpoint_epoch_{epoch:04d}"
+                metrics, checkpoint=on_storage, checkpoint_dir_name=CheckpointLayout.epoch_dirname(epoch)
             )
 
         # Every rank reports (it is a barrier); only rank 0 carries the checkpoint.

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from tlsearch.data.tables import DataFiles
 from tlsearch.models.sources import LoadedModel, build_model
 from tlsearch.spec.model import ModelSpec
 
@@ -50,7 +51,14 @@ def fresh_model(spec: ModelSpec, num_classes: int, seed: int) -> LoadedModel:
     return loaded
 
 
+def dataset_key(data: DataFiles, model: ModelSpec) -> tuple[Any, ...]:
+    """What a trial's data sets depend on: the files and how they are read, and the model's
+    preprocessing (tokenizer and max_length, or image size)."""
+    return (data, model.model_dump_json())
+
+
 def datasets(key: tuple[Any, ...], build: Callable[[], Any]) -> Any:
+    """The data sets kept under `key`, else `build()`'s, kept from now on."""
     if key in _datasets:
         _datasets.move_to_end(key)
         return _datasets[key]
