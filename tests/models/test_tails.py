@@ -1,5 +1,6 @@
-"""Tails: the part of a model above a cached boundary reproduces the model, for both sources and the
-timm families, and the check refuses tails that would not (a random prefix, a wrong head dropout)."""
+"""Tails: the part of a model above a cached boundary reproduces the model, for both sources (Hugging
+Face text and image models) and the timm families, and the check refuses tails that would not (a random
+prefix, a wrong head dropout)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,11 @@ def partial(depth: int) -> TrialConfig:
     return dataclasses.replace(CONFIGS["partial"], unfreeze_depth=depth)
 
 
-def spec_for(name: str, tiny_bert: Path) -> ModelSpec:
+def spec_for(name: str, tiny_bert: Path, tiny_vit: Path | None = None) -> ModelSpec:
     if name == "hf":
         return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification")
+    if name == "hf-image":  # a Hugging Face ViT
+        return ModelSpec(source="hf", name=str(tiny_vit), task="image-classification")
     return ModelSpec(source="timm", name=name, task="image-classification", pretrained=False, image_size=32)
 
 
@@ -42,7 +45,7 @@ def probe_for(loaded: LoadedModel) -> object:
 
 CASES = [
     (name, config)
-    for name in ["hf", *TIMM_FAMILIES]
+    for name in ["hf", "hf-image", *TIMM_FAMILIES]
     for config in (CONFIGS["linear_probe"], partial(1), partial(2))
     # test_convnext's block 7 is the first block of a stage: see the test below.
     if (name, config.unfreeze_depth) != ("test_convnext", 2)
@@ -53,10 +56,10 @@ CASES = [
     ("name", "config"), CASES, ids=[f"{n}-{c.strategy}-{c.unfreeze_depth}" for n, c in CASES]
 )
 def test_tail_reproduces_the_model_in_eval_and_train_mode(
-    name: str, config: TrialConfig, tiny_bert: Path
+    name: str, config: TrialConfig, tiny_bert: Path, tiny_vit: Path
 ) -> None:
     torch.manual_seed(0)
-    loaded = build_model(spec_for(name, tiny_bert), num_classes=3)
+    loaded = build_model(spec_for(name, tiny_bert, tiny_vit), num_classes=3)
     prepared = prepare(loaded, config)
     if config.strategy == "linear_probe":
         assert prepared.feature_boundary == HEAD

@@ -53,9 +53,16 @@ CONFIGS = {
 }
 
 
-def model_spec(source: str, tiny_bert: Path) -> ModelSpec:
+# hf-image: a Hugging Face ViT (AutoModelForImageClassification) through the hf source.
+SOURCES = ["timm", "hf", "hf-image"]
+
+
+def model_spec(source: str, tiny_bert: Path, tiny_vit: Path | None = None) -> ModelSpec:
     if source == "hf":
         return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification")
+    if source == "hf-image":
+        assert tiny_vit is not None
+        return ModelSpec(source="hf", name=str(tiny_vit), task="image-classification")
     return ModelSpec(
         source="timm", name="test_vit", task="image-classification", pretrained=False, image_size=32
     )
@@ -82,11 +89,13 @@ def test_registry_matches_the_vocabulary() -> None:
         STRATEGIES.register("full")(lambda loaded, config: None)
 
 
-@pytest.mark.parametrize("source", ["timm", "hf"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("strategy", list(vocab.STRATEGIES))
-def test_trainable_sets_and_learning_rates(source: str, strategy: str, tiny_bert: Path) -> None:
+def test_trainable_sets_and_learning_rates(
+    source: str, strategy: str, tiny_bert: Path, tiny_vit: Path
+) -> None:
     torch.manual_seed(0)
-    loaded = build_model(model_spec(source, tiny_bert), num_classes=3)
+    loaded = build_model(model_spec(source, tiny_bert, tiny_vit), num_classes=3)
     layers = loaded.layers
     config = CONFIGS[strategy]
     prepared = prepare(loaded, config)
@@ -119,12 +128,12 @@ def test_trainable_sets_and_learning_rates(source: str, strategy: str, tiny_bert
         assert all(p.ndim > 1 for p in group.params) or group.weight_decay == 0.0
 
 
-@pytest.mark.parametrize("source", ["timm", "hf"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("strategy", list(vocab.STRATEGIES))
 def test_checkpoint_restores_the_trained_state(
-    source: str, strategy: str, tiny_bert: Path, tmp_path: Path
+    source: str, strategy: str, tiny_bert: Path, tiny_vit: Path, tmp_path: Path
 ) -> None:
-    spec = model_spec(source, tiny_bert)
+    spec = model_spec(source, tiny_bert, tiny_vit)
     config = CONFIGS[strategy]
     torch.manual_seed(0)
     prepared = prepare(build_model(spec, num_classes=3), config)
