@@ -1,8 +1,8 @@
 """Tiny real models and data sets built from code, for tests (tlsearch's own and yours).
 
 Like `optuna.testing`, the one part of the package that exists for tests: everything here builds a
-real object (a BERT saved with `save_pretrained`, labelled rows written as Parquet, a spec document)
-small enough to train in seconds on a CPU, with nothing downloaded.
+real object (a BERT or a ViT saved with `save_pretrained`, labelled rows written as Parquet, a spec
+document) small enough to train in seconds on a CPU, with nothing downloaded.
 """
 
 from __future__ import annotations
@@ -68,6 +68,44 @@ def make_tiny_bert(
     torch.manual_seed(0)
     BertForSequenceClassification(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+def make_tiny_vit(
+    directory: Path,
+    *,
+    image_size: int = 32,
+    patch: int = 8,
+    hidden: int = 32,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int = 64,
+) -> Path:
+    """A small Hugging Face ViT image classifier with its image processor beside it, saved with
+    save_pretrained: what `source: hf` loads for image-classification (random weights stand in for
+    pretrained ones)."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    config = ViTConfig(
+        image_size=image_size,
+        patch_size=patch,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=intermediate,
+        num_labels=2,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    ViTForImageClassification(config).save_pretrained(directory)
+    # Per-channel statistics (not ViT's 0.5 everywhere): a mix-up of channels would show.
+    processor = ViTImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_mean=[0.485, 0.456, 0.406],
+        image_std=[0.229, 0.224, 0.225],
+    )
+    processor.save_pretrained(directory)
     return directory
 
 

@@ -145,3 +145,15 @@ def test_lora_on_a_cnn_fails_with_the_candidates() -> None:
     loaded = build_model(timm_spec("test_efficientnet", pretrained=False), num_classes=3, weights=False)
     with pytest.raises(UserInputError, match="matches no module of this model"):
         resolve_lora_targets(loaded, "attention")
+
+
+def test_the_source_registry_is_strict() -> None:
+    from tlsearch.models.base import register
+    from tlsearch.models.sources import SOURCES
+    from tlsearch.models.timm_source import TimmSource
+
+    assert set(SOURCES) == {"timm", "hf"}
+    with pytest.raises(ValueError, match="already registered"):
+        register(TimmSource())
+    with pytest.raises(UserInputError, match="Did you mean `timm`"):
+        SOURCES.get("tim")

@@ -218,6 +218,17 @@ def test_cross_field_errors(changes: dict, path: str, message: str) -> None:
     assert any(p.startswith(path) and message in p for p in found), found
 
 
+def test_image_models_load_through_timm_or_hugging_face() -> None:
+    for source, name in (("timm", "test_vit"), ("hf", "/models/my-vit")):
+        model = {"source": source, "name": name, "task": "image-classification", "image_size": 224}
+        spec = validate_spec(changed({"model": model, "data": {"builtin": "mnist-5k"}}))
+        assert spec.model.source == source and spec.model.task == "image-classification"
+    # Text still needs Hugging Face, and a timm checkpoint file's architecture still needs timm.
+    hf_image = {"source": "hf", "name": "/models/my-vit", "task": "image-classification"}
+    found = problems(changed({"model": {**hf_image, "architecture": "vit_small_patch16_224"}}))
+    assert any(p.startswith("model.architecture") and "timm checkpoint files only" in p for p in found), found
+
+
 def test_training_speed_knobs_default_off_and_accept_their_values() -> None:
     spec = validate_spec(MINIMAL)
     assert spec.training.compile is False and spec.training.channels_last == "auto"

@@ -30,9 +30,16 @@ CONFIGS = {
 }
 
 
-def model_spec(source: str, tiny_bert: Path) -> ModelSpec:
+# hf-image: a Hugging Face ViT (AutoModelForImageClassification) through the hf source.
+SOURCES = ["timm", "hf", "hf-image"]
+
+
+def model_spec(source: str, tiny_bert: Path, tiny_vit: Path | None = None) -> ModelSpec:
     if source == "hf":
         return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification")
+    if source == "hf-image":
+        assert tiny_vit is not None
+        return ModelSpec(source="hf", name=str(tiny_vit), task="image-classification")
     return ModelSpec(
         source="timm", name="test_vit", task="image-classification", pretrained=False, image_size=32
     )
@@ -62,11 +69,13 @@ def test_the_builtin_strategies_are_registered_in_order_and_names_are_strict() -
         Strategy("common", full.knobs, full.implementation, "clashes with the common knobs")
 
 
-@pytest.mark.parametrize("source", ["timm", "hf"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("strategy", BUILTIN)
-def test_trainable_sets_and_learning_rates(source: str, strategy: str, tiny_bert: Path) -> None:
+def test_trainable_sets_and_learning_rates(
+    source: str, strategy: str, tiny_bert: Path, tiny_vit: Path
+) -> None:
     torch.manual_seed(0)
-    loaded = build_model(model_spec(source, tiny_bert), num_classes=3)
+    loaded = build_model(model_spec(source, tiny_bert, tiny_vit), num_classes=3)
     layers = loaded.layers
     config = CONFIGS[strategy]
     knobs, common = config.knobs, config.common
@@ -102,12 +111,12 @@ def test_trainable_sets_and_learning_rates(source: str, strategy: str, tiny_bert
         assert group.size == sum(params[n].numel() for n in group.param_names)
 
 
-@pytest.mark.parametrize("source", ["timm", "hf"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("strategy", BUILTIN)
 def test_checkpoint_restores_the_trained_state(
-    source: str, strategy: str, tiny_bert: Path, tmp_path: Path
+    source: str, strategy: str, tiny_bert: Path, tiny_vit: Path, tmp_path: Path
 ) -> None:
-    spec = model_spec(source, tiny_bert)
+    spec = model_spec(source, tiny_bert, tiny_vit)
     config = CONFIGS[strategy]
     torch.manual_seed(0)
     prepared = prepare(build_model(spec, num_classes=3), config)

@@ -205,22 +205,43 @@ def run_trial(inputs: TrialInputs, config: TrialConfig, trial_id: str) -> list[d
     return session.reports
 
 
+def hf_image_spec(
+    tiny_vit: Path, image_data: dict[str, Path], storage: Path, **sections: Any
+) -> dict[str, Any]:
+    """image_spec with a Hugging Face ViT (its image processor sets the size)."""
+    model = {"source": "hf", "name": str(tiny_vit), "pretrained": True, "image_size": None}
+    return image_spec(image_data, storage, model=model, **sections)
+
+
+def test_hf_image_key_follows_the_image_processor(
+    tiny_vit: Path, image_data: dict[str, Path], tmp_path: Path
+) -> None:
+    inputs = trial_inputs(hf_image_spec(tiny_vit, image_data, tmp_path / "runs"), tmp_path / "run")
+    torch.manual_seed(0)
+    loaded = build_model(inputs.run.spec.model, inputs.run.num_classes)
+    key = feature_key(inputs, loaded, HEAD, torch.device("cpu"))
+    assert key.inputs["preprocessing"] == {"data_config": loaded.preprocessing}
+    assert set(key.inputs["versions"]) == {"torch", "transformers", "timm", "torchvision"}
+    assert key.name == key_name(inputs)
+
+
 @pytest.mark.parametrize("config", [LINEAR_PROBE, PARTIAL], ids=["linear_probe", "partial"])
-@pytest.mark.parametrize("source", ["hf", "timm"])
+@pytest.mark.parametrize("source", ["hf", "timm", "hf-image"])
 def test_cached_trials_match_uncached_ones(
     source: str,
     config: TrialConfig,
     tiny_bert: Path,
+    tiny_vit: Path,
     text_data: dict[str, Path],
     image_data: dict[str, Path],
     tmp_path: Path,
 ) -> None:
-    storage = tmp_path / "runs"
-    spec = (
-        text_spec(tiny_bert, text_data, storage, search={"max_epochs": 3})
-        if source == "hf"
-        else image_spec(image_data, storage, search={"max_epochs": 3})
-    )
+    storage, epochs = tmp_path / "runs", {"max_epochs": 3}
+    spec = {
+        "hf": lambda: text_spec(tiny_bert, text_data, storage, search=epochs),
+        "timm": lambda: image_spec(image_data, storage, search=epochs),
+        "hf-image": lambda: hf_image_spec(tiny_vit, image_data, storage, search=epochs),
+    }[source]()
     uncached = run_trial(trial_inputs(spec, tmp_path / "run", feature_cache="off"), config, "off")
     cached = trial_inputs(spec, tmp_path / "run")
     built = run_trial(cached, config, "first")

@@ -1,5 +1,5 @@
 """GPU-only checks (marked `gpu`; `make test` leaves them out): each strategy trains a step under bf16
-autocast on CUDA, the way the loop does, for both model sources."""
+autocast on CUDA, the way the loop does, for both model sources (and Hugging Face image models)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tests.strategies.test_strategies import BUILTIN, CONFIGS, batch, logits, model_spec
+from tests.strategies.test_strategies import BUILTIN, CONFIGS, SOURCES, batch, logits, model_spec
 from tlsearch.models import build_model
 from tlsearch.strategies.base import prepare
 
@@ -19,11 +19,12 @@ pytestmark = [
 ]
 
 
-@pytest.mark.parametrize("source", ["timm", "hf"])
+@pytest.mark.parametrize("source", SOURCES)
 @pytest.mark.parametrize("strategy", BUILTIN)
-def test_bf16_step_on_cuda(source: str, strategy: str, tiny_bert: Path) -> None:
+def test_bf16_step_on_cuda(source: str, strategy: str, tiny_bert: Path, tiny_vit: Path) -> None:
     torch.manual_seed(0)
-    prepared = prepare(build_model(model_spec(source, tiny_bert), num_classes=3), CONFIGS[strategy])
+    spec = model_spec(source, tiny_bert, tiny_vit)
+    prepared = prepare(build_model(spec, num_classes=3), CONFIGS[strategy])
     model = prepared.model.to("cuda")
     optimizer = torch.optim.AdamW(prepared.optimizer_groups(prepared.model), fused=True)
     inputs = batch(source)

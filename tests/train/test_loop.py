@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from tlsearch.models.layers import is_convolutional
+from tlsearch.space import TrialConfig
 from tlsearch.testing import image_spec, text_spec, trial_config, trial_inputs
 from tlsearch.train.inputs import TrialInputs
 from tlsearch.train.loop import (
@@ -106,6 +107,20 @@ def test_channels_last_trains_a_cnn_like_the_contiguous_layout(image_data: dict,
     plain.prepared.checkpoint.load(plain.model, tmp_path)
     for a, b in zip(auto.trainable, plain.trainable, strict=True):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("config", [FULL, LORA], ids=["full", "lora"])
+def test_a_hugging_face_image_classifier_trains_through_the_loop(
+    config: TrialConfig, tiny_vit: Path, image_data: dict, tmp_path: Path
+) -> None:
+    from tests.train.test_features import hf_image_spec
+
+    spec = hf_image_spec(tiny_vit, image_data, tmp_path / "runs", search={"max_epochs": 1})
+    session = LocalSession()
+    train_trial(trial_inputs(spec, config, tmp_path), session)
+    (report,) = session.reports
+    assert report["strategy"] == config.strategy and report["feature_cache"] == "none"
+    assert report["train_loss"] > 0 and 0.0 <= report["val_accuracy"] <= 1.0
 
 
 @pytest.mark.slow

@@ -2,6 +2,6 @@
 
 from tlsearch.models.layers import LayerMap
 from tlsearch.models.lora_targets import resolve_lora_targets
-from tlsearch.models.sources import LoadedModel, build_model
+from tlsearch.models.sources import LoadedModel, ModelSource, build_model
 
-__all__ = ["LayerMap", "LoadedModel", "build_model", "resolve_lora_targets"]
+__all__ = ["LayerMap", "LoadedModel", "ModelSource", "build_model", "resolve_lora_targets"]

@@ -8,8 +8,9 @@ and trains only the model's tail (tlsearch.models.tails) on it, the one training
 
 - The key is a content hash over everything that changes the features: the model's class, config and
   frozen weights (a hash of the state dict), the boundary (prefix depth), the preprocessing (the
-  tokenizer and max_length, or timm's data config), the data files' sha256 with the columns, labels and
-  subsets read from them, the device kind and precision, and the library versions.
+  tokenizer and max_length, or the image data config), the data files' sha256 with the columns, labels
+  and subsets read from them, the device kind and precision, and the library versions (the model
+  source's `fingerprint` says which config, preprocessing and libraries).
 - Files, not the object store: the run directory is the place every node shares (cluster/README.md);
   files outlive the trial that built them (ASHA kills trial processes, and an object dies with its
   owner), survive `tlsearch resume`, and are memory-mapped, so trials on one node share one copy in the
@@ -47,6 +48,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tlsearch.data.tables import SUBSET_SEED, file_sha256
+from tlsearch.models.base import sha256_json
 from tlsearch.models.sources import LoadedModel
 from tlsearch.models.tails import Tail, TailUnsupported, check_tail, eval_mode, make_tail
 from tlsearch.strategies.base import Prepared
@@ -66,8 +68,6 @@ TOLERANCE = {"cpu": 1e-4, "cuda": 2e-2}
 # The builder holds a cache's rows in memory before writing them (e.g. a ViT's tokens below a block
 # for a large image set would not fit): larger ones are refused, and their trials train uncached.
 MAX_CACHE_BYTES = 16 * 2**30
-# Libraries whose code computes the features, by model source.
-LIBRARIES = {"hf": ("torch", "transformers", "tokenizers"), "timm": ("torch", "timm", "torchvision")}
 
 
 # --- the key ---------------------------------------------------------------------------------
@@ -82,16 +82,17 @@ class FeatureKey:
 def feature_key(inputs: TrialInputs, loaded: LoadedModel, boundary: str, device: torch.device) -> FeatureKey:
     run, data = inputs.run, inputs.run.data
     hashes = run.data_sha256 or {split: file_sha256(data.path(split)) for split in ("train", "validation")}
+    fingerprint = loaded.source.fingerprint(loaded, run.spec.model)
     described = {
         "format": FORMAT_VERSION,
         "boundary": boundary,
         "model": {
-            "source": loaded.source,
+            "source": loaded.source.name,
             "class": f"{type(loaded.model).__module__}.{type(loaded.model).__qualname__}",
-            "config": _sha256_json(_model_config(loaded.model)),
+            "config": fingerprint.config,
             "frozen_weights": weights_sha256(loaded.model, loaded.head_modules),
         },
-        "preprocessing": _preprocessing(loaded, run.spec.model.max_length),
+        "preprocessing": fingerprint.preprocessing,
         "data": {
             "train_sha256": hashes["train"],
             "validation_sha256": hashes["validation"],
@@ -103,9 +104,9 @@ def feature_key(inputs: TrialInputs, loaded: LoadedModel, boundary: str, device:
             "subset_seed": SUBSET_SEED,
         },
         "compute": {"device": device.type, "autocast": "bfloat16" if device.type == "cuda" else None},
-        "versions": {lib: _version(lib) for lib in LIBRARIES[loaded.source]},
+        "versions": {lib: _version(lib) for lib in fingerprint.libraries},
     }
-    digest = _sha256_json(described)[:20]
+    digest = sha256_json(described)[:20]
     return FeatureKey(f"{boundary.replace(':', '')}-{digest}", described)
 
 
@@ -119,35 +120,6 @@ def weights_sha256(model: nn.Module, head_modules: Sequence[str]) -> str:
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(memoryview(tensor.reshape(-1).view(torch.uint8).numpy()))
     return digest.hexdigest()
-
-
-def _model_config(model: nn.Module) -> Any:
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "to_dict"):
-        return config.to_dict()  # Hugging Face
-    return dict(getattr(model, "pretrained_cfg", {}) or {})  # timm
-
-
-def _preprocessing(loaded: LoadedModel, max_length: int) -> dict[str, Any]:
-    if loaded.source != "hf":
-        return {"data_config": loaded.preprocessing}  # timm: input size, interpolation, crop, mean, std
-    tokenizer = loaded.preprocessing
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        state = json.loads(backend.to_str())
-        # Set by each call (truncation=True, max_length=...), not properties of the tokenizer.
-        state.pop("truncation", None)
-        state.pop("padding", None)
-    else:
-        state = {"vocab": sorted(tokenizer.get_vocab().items())}
-    state["class"] = type(tokenizer).__name__
-    state["special_tokens"] = tokenizer.special_tokens_map
-    state["padding_side"] = tokenizer.padding_side
-    return {"tokenizer": _sha256_json(state), "max_length": max_length}
-
-
-def _sha256_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _version(library: str) -> str:
@@ -396,9 +368,11 @@ def _use_feature_cache(
     owner = {"trial_id": inputs.trial_id, "rank": rank, "node": node_id(), "device": device.type}
 
     def build(directory: Path) -> dict[str, Any]:
-        batch_size = spec.training.eval_batch_size
+        batch_size, logits = spec.training.eval_batch_size, loaded.source.logits
         to_device = ToDevice(device, loaded.preprocessing)
-        built = _build(directory, tail, prepared, make_datasets(), to_device, batch_size, loader_workers)
+        built = _build(
+            directory, tail, logits, prepared, make_datasets(), to_device, batch_size, loader_workers
+        )
         return built | {"key": key.name, "inputs": key.inputs}
 
     manifest, built = store.obtain(key.name, build, owner)
@@ -431,6 +405,7 @@ def _use_feature_cache(
 def _build(
     directory: Path,
     tail: Tail,
+    logits: Callable[[nn.Module, Any], torch.Tensor],
     prepared: Prepared,
     datasets: tuple[Any, Any],
     to_device: ToDevice,
@@ -450,7 +425,7 @@ def _build(
                 probe, _ = train_set.collate([train_set[i] for i in range(min(PROBE_ROWS, len(train_set)))])
                 probe = to_device(probe)
                 try:
-                    check_tail(model, tail, probe, prepared.train_mode, TOLERANCE[device.type])
+                    check_tail(model, tail, probe, prepared.train_mode, TOLERANCE[device.type], logits=logits)
                 except TailUnsupported as exc:
                     return {"supported": False, "reason": str(exc), "splits": {}}
                 with torch.no_grad(), eval_mode(model):

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
 from tlsearch.models.layers import is_convolutional
-from tlsearch.models.sources import LoadedModel
+from tlsearch.models.sources import LoadedModel, ModelSource
 from tlsearch.strategies.base import Prepared, prepare
 from tlsearch.train import process_cache
 from tlsearch.train.batches import ToDevice
@@ -78,11 +78,9 @@ def build_datasets(inputs: TrialInputs, loaded: LoadedModel) -> tuple[Any, Any]:
     return ImageDataset(train, transform), ImageDataset(validation, transform)
 
 
-def _forward(model: nn.Module, batch: Any, to_device: ToDevice) -> torch.Tensor:
-    batch = to_device(batch)
-    if isinstance(batch, dict):
-        return model(**batch).logits
-    return model(batch)
+def _forward(model: nn.Module, batch: Any, to_device: ToDevice, source: ModelSource) -> torch.Tensor:
+    """The logits of a loader's batch: the model source knows how its models (and their tails) take one."""
+    return source.logits(model, to_device(batch))
 
 
 def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
@@ -124,6 +122,7 @@ class Training:
     mixed_precision: bool  # bf16 autocast (on GPU)
     channels_last: bool  # image batches enter in the model's channels-last layout
     to_device: ToDevice  # a loader's batch onto the device (images normalised there)
+    source: ModelSource  # feeds the model (or its tail) a batch (`_forward`)
     host_memory_kept: bool  # freed host memory stays in the process (tlsearch/train/host_memory.py)
     # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
     # with cached features of its frozen prefix, and `model` is that tail.
@@ -258,6 +257,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         mixed_precision=on_gpu,
         channels_last=channels_last,
         to_device=ToDevice(session.device, loaded.preprocessing, channels_last),
+        source=loaded.source,
         host_memory_kept=host_memory_kept,
         feature_cache=cache,
         loop_started_at=loop_started_at,
@@ -283,7 +283,7 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
             t.first_step_at = time.time()
         target = target.to(t.device, non_blocking=True)
         with t.autocast():
-            loss = F.cross_entropy(_forward(t.model, batch, t.to_device).float(), target)
+            loss = F.cross_entropy(_forward(t.model, batch, t.to_device, t.source).float(), target)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip_norm is not None:
@@ -304,7 +304,7 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
         training.poll()
         with training.autocast():
             # Kept on the device until the end: one copy to the host instead of a stall per batch.
-            logits.append(_forward(model, batch, training.to_device).float())
+            logits.append(_forward(model, batch, training.to_device, training.source).float())
         targets.append(target)
     # A rank may hold no validation rows at all (fewer rows than workers).
     local_logits = torch.cat(logits).cpu() if logits else torch.zeros((0, num_classes))
