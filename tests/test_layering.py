@@ -1,4 +1,10 @@
-"""One-way data flow: lower layers never import higher ones; spec and space import neither torch nor ray."""
+"""One-way data flow: lower layers never import higher ones; spec and space import neither torch nor ray.
+
+A strategy's declaration (`tlsearch/strategies/<name>/__init__.py`: its knobs and registration) and the
+package that registers the built-in ones (`tlsearch/strategies/__init__.py`) belong to the spec layer:
+specs name strategies, and are validated without torch. The rest of a strategy (`apply.py`, the shared
+`base.py` and `formats.py`) is the strategies layer.
+"""
 
 from __future__ import annotations
 
@@ -19,11 +25,28 @@ LAYERS = [
 BASE = {"errors", "registry", "__init__", "__main__"}  # usable everywhere
 
 
+def is_declaration(parts: list[str]) -> bool:
+    """`tlsearch.strategies` or `tlsearch.strategies.<name>` where <name> is a strategy's package."""
+    if parts[:2] != ["tlsearch", "strategies"]:
+        return False
+    return len(parts) == 2 or (
+        len(parts) == 3 and (PACKAGE / "strategies" / parts[2] / "__init__.py").exists()
+    )
+
+
 def layer_of(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "tlsearch" or len(parts) < 2:
         return None
-    return parts[1]
+    return "spec" if is_declaration(parts) else parts[1]
+
+
+def layer_of_file(path: Path) -> str:
+    parts = ["tlsearch", *path.relative_to(PACKAGE).with_suffix("").parts]
+    if parts == ["tlsearch", "__init__"]:
+        return "__init__"
+    parts = parts[:-1] if parts[-1] == "__init__" else parts
+    return layer_of(".".join(parts)) or parts[-1]
 
 
 def imports(path: Path) -> set[str]:
@@ -34,28 +57,38 @@ def imports(path: Path) -> set[str]:
             found |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module:
             found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}  # `from pkg import module`
     return found
 
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_upward_imports(path: Path) -> None:
-    own = path.relative_to(PACKAGE).parts[0].removesuffix(".py")
+    own = layer_of_file(path)
     if own in BASE:
         return
     rank = LAYERS.index(own)
     for module in imports(path):
         target = layer_of(module)
-        if target is None or target in BASE:
+        if target is None or target in BASE or target not in LAYERS:
             continue
         assert LAYERS.index(target) <= rank, (
             f"{path.name} ({own}) imports {module} ({target}): an upward import"
         )
 
 
+def test_strategy_declarations_are_spec_level_and_the_rest_is_not() -> None:
+    assert layer_of_file(PACKAGE / "strategies" / "__init__.py") == "spec"
+    assert layer_of_file(PACKAGE / "strategies" / "lora" / "__init__.py") == "spec"
+    assert layer_of_file(PACKAGE / "strategies" / "lora" / "apply.py") == "strategies"
+    assert layer_of_file(PACKAGE / "strategies" / "base.py") == "strategies"
+
+
 def test_spec_and_space_load_without_torch_or_ray() -> None:
     code = (
-        "import sys; import tlsearch.spec, tlsearch.space; "
-        "bad = [m for m in ('torch', 'ray', 'timm', 'transformers') if m in sys.modules]; print(bad); "
+        "import sys; import tlsearch.spec, tlsearch.space, tlsearch.strategies; "
+        "from tlsearch.spec.strategy import STRATEGIES; assert len(STRATEGIES) >= 4; "
+        "heavy = ('torch', 'ray', 'timm', 'transformers', 'peft'); "
+        "bad = [m for m in heavy if m in sys.modules]; print(bad); "
         "raise SystemExit(1 if bad else 0)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

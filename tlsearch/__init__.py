@@ -1,3 +1,3 @@
 """tlsearch: distributed hyperparameter search for transfer learning on Ray."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -8,6 +8,10 @@
   best.json         the best trial
   spec.resolved.yaml
 Everything here is derived from the two JSONL logs, so a resumed search continues them.
+
+The layout of a run directory (these files, Tune's experiment state with the pickled searcher, the
+checkpoints) has a version, recorded in spec.resolved.yaml (`resolved.layout_version`; none: 1,
+tlsearch 0.1). `tlsearch resume` continues only runs of this version; `tlsearch report` reads any.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ TRIALS_TABLE = "trials.parquet"
 EPOCHS_TABLE = "epochs.parquet"
 BEST_FILE = "best.json"
 RESOLVED_SPEC = "spec.resolved.yaml"
+# 2: strategies as packages, typed trial configs, the searcher's policy in parts (tlsearch 0.2).
+LAYOUT_VERSION = 2
 
 STATUSES = ("completed", "stopped_early", "error", "running")
 METRICS = tuple(vocab.METRICS)

@@ -13,11 +13,12 @@ from typing import Any
 
 import yaml
 
+from tlsearch import __version__
 from tlsearch.data.builtin import materialize
 from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
 from tlsearch.errors import UserInputError
 from tlsearch.models import build_model
-from tlsearch.results.files import RESOLVED_SPEC
+from tlsearch.results.files import LAYOUT_VERSION, RESOLVED_SPEC
 from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
 from tlsearch.spec import Spec
@@ -146,6 +147,7 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
             if knobs.knob(knob).at_most_blocks:  # a default range clipped to the model's blocks: as searched
                 document["strategies"][strategy][knob] = _describe(dim)
     document["resolved"] = {
+        "layout_version": LAYOUT_VERSION,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
         "data": {
@@ -178,9 +180,20 @@ def _describe(dim: Any) -> Any:
 
 
 def read_resolved_spec(run_dir: Path) -> Spec:
+    """The spec a run was started with, refused (exit 2) when another layout version wrote the run:
+    its pickled search state and checkpoints are this version's only."""
     path = run_dir / RESOLVED_SPEC
     if not path.exists():
         raise UserInputError(f"{run_dir} is not a tlsearch run directory (no {RESOLVED_SPEC})")
     document = yaml.safe_load(path.read_text())
-    document.pop("resolved", None)
+    record = document.pop("resolved", None) or {}
+    layout = record.get("layout_version", 1)
+    if layout != LAYOUT_VERSION:
+        wrote = record.get("versions", {}).get("tlsearch", "an older tlsearch")
+        raise UserInputError(
+            f"{run_dir} was written by tlsearch {wrote} in run-directory layout {layout}; this tlsearch "
+            f"({__version__}) resumes layout {LAYOUT_VERSION} only. Its results stay readable "
+            f"(`tlsearch report {run_dir}`); finish it with the tlsearch that started it "
+            f"(pip install tlsearch=={wrote}), or start a new search."
+        )
     return validate_spec(document, source=str(path))
