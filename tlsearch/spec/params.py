@@ -20,9 +20,10 @@ Kind = Literal["float", "int", "str"]
 
 
 class Strict(BaseModel):
-    """A spec section: unknown keys rejected, frozen once validated."""
+    """A spec section: unknown keys rejected, frozen once validated; each field's docstring is its
+    description (docs/spec.md is generated from them)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Param(BaseModel):
