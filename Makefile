@@ -28,5 +28,6 @@ browser:
 		echo "chromium not installed: the report's browser test will be skipped"
 
 test: setup browser
-	$(VENV)/bin/ruff check tlsearch tests benchmarks
+	$(VENV)/bin/ruff check tlsearch tests benchmarks docs
+	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)

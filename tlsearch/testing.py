@@ -61,8 +61,8 @@ def make_tiny_bert(
         num_attention_heads=heads,
         intermediate_size=intermediate,
         max_position_embeddings=max_positions,
-        num_labels=2,
     )
+    config.num_labels = 2  # PretrainedConfig's keyword, which the configs' signatures do not list
     import torch
 
     torch.manual_seed(0)
@@ -94,8 +94,8 @@ def make_tiny_vit(
         num_hidden_layers=layers,
         num_attention_heads=heads,
         intermediate_size=intermediate,
-        num_labels=2,
     )
+    config.num_labels = 2  # PretrainedConfig's keyword, which the configs' signatures do not list
     directory.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     ViTForImageClassification(config).save_pretrained(directory)

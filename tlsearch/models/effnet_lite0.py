@@ -82,7 +82,8 @@ def efficientnet_lite0_state_dict() -> dict[str, torch.Tensor]:
     if len(src) != len(target):
         raise ValueError(f"package has {len(src)} tensors, timm {TIMM_ARCH} has {len(target)}")
     # Package blocks are numbered flat (_blocks.0.._blocks.15); timm nests them per stage.
-    flat_to_block = [(s, i) for s, stage in enumerate(skeleton.blocks) for i in range(len(stage))]
+    stages: Any = skeleton.blocks
+    flat_to_block = [(s, i) for s, stage in enumerate(stages) for i in range(len(stage))]
 
     out: dict[str, torch.Tensor] = {}
     for (src_key, tensor), (dst_key, ref) in zip(src.items(), target.items(), strict=True):
@@ -112,7 +113,7 @@ def load_efficientnet_lite0(num_classes: int | None = None, **timm_kwargs: Any) 
     if "pretrained" in timm_kwargs or "num_classes" in timm_kwargs:
         raise TypeError("pass num_classes as an argument; pretrained is always the package weights")
     # Build with the ImageNet head so every tensor loads strictly, then replace the head.
-    model = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=IMAGENET_CLASSES, **timm_kwargs)
+    model: Any = timm.create_model(TIMM_ARCH, pretrained=False, num_classes=IMAGENET_CLASSES, **timm_kwargs)
     model.load_state_dict(efficientnet_lite0_state_dict(), strict=True)
     if num_classes is not None and num_classes != IMAGENET_CLASSES:
         model.reset_classifier(num_classes)

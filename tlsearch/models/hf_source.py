@@ -65,7 +65,9 @@ class HuggingFaceSource:
                     model = auto.from_pretrained(location, config=config, ignore_mismatched_sizes=True)
                 else:
                     model = auto.from_config(config)
-            preprocessing = _image_preprocessing(location, config, spec) if images else _tokenizer(location)
+            preprocessing: Any = (
+                _image_preprocessing(location, config, spec) if images else _tokenizer(location)
+            )
         except (OSError, ValueError, KeyError) as exc:
             raise UserInputError(f"cannot load Hugging Face model `{spec.name}` ({location}): {exc}") from exc
         if not images and preprocessing.pad_token is None:
@@ -76,9 +78,9 @@ class HuggingFaceSource:
             _fresh_head(model, head)
         return LoadedModel(model, head, self.layer_map(model, head), preprocessing, source=self)
 
-    def layer_map(self, model: nn.Module, head_modules: tuple[str, ...]) -> LayerMap:
+    def layer_map(self, model: Any, head_modules: tuple[str, ...]) -> LayerMap:
         """Embeddings 0, `<blocks>.i` -> i + 1, the rest (final norm, pooler) on top."""
-        prefix = model.base_model_prefix  # type: ignore[attr-defined]
+        prefix = model.base_model_prefix
         blocks_name, blocks = _find_blocks(model.get_submodule(prefix))
         blocks_name = f"{prefix}.{blocks_name}"
         head = head_param_names(model, head_modules)
@@ -163,7 +165,7 @@ def _tokenizer(location: str) -> Any:
 
 def _head_modules(model: nn.Module) -> tuple[str, ...]:
     """The new head: the model's children beside its base model that hold parameters (`classifier`)."""
-    prefix = model.base_model_prefix  # type: ignore[attr-defined]
+    prefix = model.base_model_prefix
     return tuple(
         name
         for name, child in model.named_children()
@@ -174,7 +176,7 @@ def _head_modules(model: nn.Module) -> tuple[str, ...]:
 def _fresh_head(model: nn.Module, head_modules: tuple[str, ...]) -> None:
     """Re-initialise the head as transformers initialises a new one (normal(0, initializer_range),
     zero bias): a checkpoint that already has a classifier of the right size must not leak it in."""
-    std = getattr(model.config, "initializer_range", 0.02)  # type: ignore[union-attr]
+    std = getattr(model.config, "initializer_range", 0.02)
     with torch.no_grad():
         for name in head_modules:
             for module in model.get_submodule(name).modules():
@@ -183,7 +185,7 @@ def _fresh_head(model: nn.Module, head_modules: tuple[str, ...]) -> None:
                     if module.bias is not None:
                         module.bias.zero_()
                 elif hasattr(module, "reset_parameters") and module is not model:
-                    module.reset_parameters()
+                    module.reset_parameters()  # type: ignore[operator]
 
 
 def _tokenizer_sha256(tokenizer: Any) -> str:
@@ -361,7 +363,7 @@ class _StoredHiddenStates(nn.Module):
 
 
 def _head_tail(loaded: LoadedModel) -> Tail:
-    model = loaded.model
+    model: Any = loaded.model  # a transformers model: its attributes are not typed
     base = model.base_model
     images = _takes_images(model)
 
@@ -381,7 +383,7 @@ def _head_tail(loaded: LoadedModel) -> Tail:
 
 
 def _block_tail(loaded: LoadedModel, index: int) -> Tail:
-    model = loaded.model
+    model: Any = loaded.model
     blocks_path, blocks = _block_list(model, loaded.layers.block_prefixes)
     embeddings_path = _embeddings_path(model)
     tail = replaced(
@@ -427,7 +429,7 @@ def _block_list(model: nn.Module, prefixes: tuple[str, ...]) -> tuple[str, nn.Mo
     return path, blocks
 
 
-def _embeddings_path(model: nn.Module) -> str:
+def _embeddings_path(model: Any) -> str:
     """The base model's child that holds the input embeddings (`bert.embeddings`, `vit.embeddings`)."""
     prefix, target = model.base_model_prefix, model.get_input_embeddings()
     for name, child in model.base_model.named_children():

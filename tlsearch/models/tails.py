@@ -112,7 +112,9 @@ def replaced(root: nn.Module, replacements: dict[str, nn.Module]) -> nn.Module:
         for name in parents:
             below = f"{here}.{name}" if here else name
             if below not in copies:
-                copies[below] = shallow_copy(copies[here]._modules[name])
+                child = copies[here]._modules[name]
+                assert child is not None, below
+                copies[below] = shallow_copy(child)
                 copies[here]._modules[name] = copies[below]
             here = below
         copies[here]._modules[leaf] = replacement

@@ -214,7 +214,7 @@ def _block_prefixes(layer_of: dict[str, int], num_blocks: int) -> tuple[str, ...
 
 
 def _head_tail(loaded: LoadedModel) -> Tail:
-    model = loaded.model
+    model: Any = loaded.model  # a timm model: forward_features, get_classifier, ... are not typed
     # timm applies dropout to the pre-logits features, in train mode only: a ViT with its `head_drop`,
     # most CNNs with F.dropout(p=drop_rate). check_tail's train-mode comparison confirms the rate.
     head_drop = getattr(model, "head_drop", None)
@@ -232,17 +232,18 @@ def _head_tail(loaded: LoadedModel) -> Tail:
 class _TimmTail(nn.Module):
     """The blocks above a boundary, then what forward_features and forward_head run after them."""
 
-    def __init__(self, above: list[nn.Module], head_side: nn.Module):
+    def __init__(self, above: list[nn.Module], head_side: Any):
         super().__init__()
         self.above = nn.Sequential(*above)  # the remaining blocks, then forward_features' last modules
-        self.head_side = head_side  # the model without what forward_features runs: forward_head's own
+        # The model without what forward_features runs: forward_head's own (an untyped timm method).
+        self.head_side: Any = head_side
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head_side.forward_head(self.above(x))
 
 
 def _block_tail(loaded: LoadedModel, index: int) -> Tail:
-    model = loaded.model
+    model: Any = loaded.model
     blocks = _block_modules(model, loaded.layers, index)
     # Which top-level modules forward_features runs, in order: those after the last block's container
     # run above the blocks (ViT: norm); the ones it never runs belong to forward_head.
@@ -275,7 +276,7 @@ def _block_modules(model: nn.Module, layers: LayerMap, index: int) -> list[nn.Mo
     return modules
 
 
-def _forward_features_order(model: nn.Module, input_size: tuple[int, ...]) -> list[str]:
+def _forward_features_order(model: Any, input_size: tuple[int, ...]) -> list[str]:
     """Names of the top-level modules forward_features runs, in the order they finish (one probe image)."""
     done: list[str] = []
     handles = [

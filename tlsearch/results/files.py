@@ -130,8 +130,8 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
     for trial_id in abandoned_trials(run_dir):
         starts.pop(trial_id, None)
     by_trial: dict[str, list[dict[str, Any]]] = {}
-    for row in epoch_rows(run_dir):
-        by_trial.setdefault(row["trial_id"], []).append(row)
+    for epoch_row in epoch_rows(run_dir):
+        by_trial.setdefault(epoch_row["trial_id"], []).append(epoch_row)
 
     out = []
     for trial_id, start in starts.items():
@@ -148,8 +148,7 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
         row["error"] = end.get("error") if end else None
         row["epochs"] = epochs[-1]["epoch"] if epochs else 0
         for name in METRICS:
-            values = [_finite(e.get(name)) for e in epochs]
-            values = [v for v in values if v is not None]
+            values = [v for v in (_finite(e.get(name)) for e in epochs) if v is not None]
             row[name] = _finite(epochs[-1].get(name)) if epochs else None
             pick = min if vocab.METRICS[name] == "min" else max
             row[f"best_{name}"] = pick(values) if values else None
@@ -162,7 +161,7 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
         # Seconds from Tune starting the trial (the driver's clock) to the start of its first training step.
         first_step = row.get("first_step_at")
         started = [t for t in start_times.get(trial_id, []) if first_step and t <= first_step]
-        row["startup_s"] = first_step - max(started) if started else None
+        row["startup_s"] = first_step - max(started) if first_step and started else None
         out.append(row)
     return out
 

@@ -278,7 +278,7 @@ def _importances(report: Report) -> tuple[dict[str, dict[str, float]], dict[str,
 # --- figures -------------------------------------------------------------------------------
 
 
-def _pyplot():  # type: ignore[no-untyped-def]
+def _pyplot() -> Any:
     import matplotlib
 
     matplotlib.use("Agg")  # no display: render to files only

@@ -44,6 +44,7 @@ class Dim:
     def suggest(self, trial: optuna.Trial, name: str) -> Any:
         if self.choices is not None:
             return trial.suggest_categorical(name, list(self.choices))
+        assert self.low is not None and self.high is not None  # a range
         if self.kind == "int":
             return trial.suggest_int(
                 name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
@@ -54,8 +55,8 @@ class Dim:
         """Every value the knob can take, or None where they are not few and discrete (a float range)."""
         if self.choices is not None:
             return list(self.choices)
-        if self.kind == "int" and not self.log:
-            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))  # type: ignore[arg-type]
+        if self.kind == "int" and not self.log and self.low is not None and self.high is not None:
+            return list(range(int(self.low), int(self.high) + 1, int(self.step or 1)))
         return None
 
     def default(self) -> Any:
@@ -147,8 +148,9 @@ def build_space(spec: Spec, num_blocks: int | None = None) -> SearchSpace:
 
 
 def _at_most(param: Param, num_blocks: int, where: str, *, explicit: bool) -> Param:
-    values = list(param.choices) if param.choices is not None else [param.low, param.high]
-    if max(values) <= num_blocks:  # type: ignore[type-var]
+    """An integer knob's range bounded by the model's block count."""
+    values = [int(v) for v in (param.choices or (param.low, param.high)) if v is not None]
+    if max(values) <= num_blocks:
         return param
     if explicit:
         raise UserInputError(
@@ -156,9 +158,9 @@ def _at_most(param: Param, num_blocks: int, where: str, *, explicit: bool) -> Pa
             f"is {param.describe()}"
         )
     if param.choices is not None:
-        kept = tuple(c for c in param.choices if c <= num_blocks) or (num_blocks,)  # type: ignore[operator]
+        kept = tuple(c for c in values if c <= num_blocks) or (num_blocks,)
         return Param(choices=kept)
-    return Param(low=min(param.low, num_blocks), high=num_blocks)  # type: ignore[type-var]
+    return Param(low=min(values[0], num_blocks), high=num_blocks)
 
 
 def seed_points(spec: Spec, space: SearchSpace) -> list[dict[str, Any]]:
@@ -169,7 +171,7 @@ def seed_points(spec: Spec, space: SearchSpace) -> list[dict[str, Any]]:
     if seeds == "default":
         points = [space.default_point(s) for s in space.strategy_names()]
     else:
-        points = [space.default_point(seed.strategy, seed.knobs()) for seed in seeds]  # type: ignore[union-attr]
+        points = [space.default_point(seed.strategy, seed.knobs()) for seed in seeds]
     # Enqueue only what the space suggests; constants come back from the space function itself.
     return [{k: v for k, v in p.items() if space.is_suggested(k)} for p in points]
 

@@ -23,7 +23,7 @@ class TrialConfig(Generic[K]):
     knobs: K
 
     @classmethod
-    def parse(cls, config: dict[str, Any]) -> TrialConfig[Any]:
+    def parse(cls, config: dict[str, Any]) -> TrialConfig[Knobs]:
         """Accepts Tune's nested dict (`{"lora": {"rank": 8}}`) or flat Optuna names (`lora/rank`);
         the knobs must be exactly the strategy's and the common ones."""
         flat = {k: _plain(v) for k, v in flatten(config).items()}
@@ -35,11 +35,8 @@ class TrialConfig(Generic[K]):
         if len(own) + len(common) != len(flat):
             raise ValueError(f"trial config does not match the {strategy} space: {sorted(flat)}")
         try:
-            return cls(
-                strategy,
-                CommonKnobs.model_validate(common),
-                STRATEGIES.get(strategy).knobs.model_validate(own),
-            )
+            knobs = STRATEGIES.get(strategy).knobs.model_validate(own)
+            return TrialConfig(strategy, CommonKnobs.model_validate(common), knobs)
         except ValidationError as exc:
             raise ValueError(f"trial config does not match the {strategy} space: {exc}") from None
 

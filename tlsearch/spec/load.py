@@ -10,7 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from tlsearch.errors import SpecError
 from tlsearch.registry import suggest
-from tlsearch.spec.model import Spec, cross_checks
+from tlsearch.spec.model import Spec, StrategiesSpec, cross_checks
 
 
 def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Spec:
@@ -108,12 +108,12 @@ def _path(loc: tuple[Any, ...]) -> str:
 
 def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model class that owns the keys at `loc` (for listing the allowed keys)."""
-    cls: Any = Spec
+    cls: type[BaseModel] | None = Spec
     for part in loc:
         if isinstance(part, int) or cls is None:
             continue
-        if hasattr(cls, "section_model"):  # keys looked up in a registry (StrategiesSpec)
-            cls = cls.section_model(part)
+        if cls is StrategiesSpec:  # its keys are looked up in the strategies' registry
+            cls = StrategiesSpec.section_model(part)
             continue
         field = cls.model_fields.get(part)
         if field is None:
@@ -125,7 +125,7 @@ def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
 def _allowed_keys(owner: type[BaseModel] | None) -> list[str]:
     if owner is None:
         return []
-    return owner.section_keys() if hasattr(owner, "section_keys") else list(owner.model_fields)
+    return StrategiesSpec.section_keys() if owner is StrategiesSpec else list(owner.model_fields)
 
 
 def _first_model(annotation: Any) -> type[BaseModel] | None:

@@ -577,7 +577,8 @@ def _check_time_attr(scheduler: SchedulerSpec) -> list[tuple[str, str]]:
 def _check_seed_configs(spec: Spec) -> list[tuple[str, str]]:
     problems = []
     enabled = spec.strategies.enabled()
-    for i, seed in enumerate(spec.search.seed_configs):  # type: ignore[arg-type]
+    assert isinstance(spec.search.seed_configs, list)
+    for i, seed in enumerate(spec.search.seed_configs):
         where = f"search.seed_configs[{i}]"
         if seed.strategy not in enabled:
             problems.append(

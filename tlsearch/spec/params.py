@@ -74,8 +74,9 @@ class Param(BaseModel):
             return preferred
         if self.choices is not None:
             return self.choices[0]
-        clipped = min(max(preferred, self.low), self.high)  # type: ignore[type-var]
-        return type(self.low)(clipped) if isinstance(self.low, int) else clipped
+        assert self.low is not None and self.high is not None and isinstance(preferred, int | float)
+        clipped = min(max(preferred, self.low), self.high)
+        return int(clipped) if isinstance(self.low, int) else clipped
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -162,7 +163,7 @@ class Bounds:
                         f"{_fmt(p.choices)}.{hint}"
                     )
                 return p
-            if not all(self._type_ok(c) and self._in_bounds(c) for c in p.choices):
+            if not all(self._type_ok(c) and self._in_bounds(c) for c in p.choices):  # type: ignore[arg-type]
                 what = f"{noun} {rule}".strip()
                 label = "value" if len(p.choices) == 1 else "choices"
                 shown = _fmt(p.choices) if len(p.choices) > 1 else repr(p.choices[0])

@@ -103,7 +103,7 @@ class Knobs(BaseModel):
         annotation = cls.model_fields[name].annotation
         if annotation not in _KINDS:
             raise TypeError(f"{cls.__name__}.{name}: a knob is a float, an int or a str, not {annotation}")
-        return _KINDS[annotation]  # type: ignore[index]
+        return _KINDS[annotation]
 
 
 class CommonKnobs(Knobs):

@@ -93,7 +93,7 @@ class Prepared:
                 raise RuntimeError(
                     f"parameter group {group.name}: {missing[:3]} are not in the module that trains"
                 )
-            found = [params[renamed[n]] for n in group.param_names]  # type: ignore[index]
+            found = [params[renamed[n]] for n in group.param_names]
             groups.append(
                 {"params": found, "lr": group.lr, "weight_decay": group.weight_decay, "name": group.name}
             )
@@ -106,7 +106,7 @@ def implementation(strategy: str) -> ModuleType:
 
 def prepare(loaded: LoadedModel, config: TrialConfig) -> Prepared:
     """Apply the trial's strategy to a freshly loaded model."""
-    return implementation(config.strategy).apply(loaded, config.knobs, config.common)  # type: ignore[no-any-return]
+    return implementation(config.strategy).apply(loaded, config.knobs, config.common)
 
 
 def check(strategy: str, probe: LoadedModel, dims: dict[str, Dim]) -> None:

@@ -14,7 +14,7 @@ tlsearch.train.checkpoint), and the format writes whatever it was given.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -77,7 +77,7 @@ class PeftAdapter(TrainableWeights):
         from peft import set_peft_model_state_dict
         from safetensors.torch import load_file
 
-        result = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
+        result: Any = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
         if result.unexpected_keys:
             raise RuntimeError(
                 f"adapter does not fit the model: unexpected keys {result.unexpected_keys[:5]}"

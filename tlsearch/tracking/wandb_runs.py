@@ -155,7 +155,7 @@ class WandbTracker:
             tags=list(self.spec.tags),
             config=config,
             dir=str(self.run_dir),
-            mode=self.mode,
+            mode=self.mode,  # type: ignore[arg-type]  # checked by resolve_mode
             reinit="create_new",  # many runs open at once in this one process
             settings=wandb.Settings(
                 console="off",  # the driver's console is not the trial's
@@ -223,7 +223,8 @@ class WandbTracker:
         run = self._init(search_run_id(self.search), f"search-{self.search}", "search", config)
         columns = list(dict.fromkeys(k for row in table for k in row))
         leaderboard = wandb.Table(
-            columns=columns, data=[[_cell(row.get(c)) for c in columns] for row in table]
+            columns=[*columns],
+            data=[[_cell(row.get(c)) for c in columns] for row in table],
         )
         run.log(
             {"leaderboard": leaderboard, **{name: wandb.Image(str(path)) for name, path in images.items()}}

@@ -121,7 +121,7 @@ def restore(
 
 
 def read_meta(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((Path(checkpoint) / META_FILE).read_text())  # type: ignore[no-any-return]
+    return json.loads((Path(checkpoint) / META_FILE).read_text())
 
 
 @contextlib.contextmanager

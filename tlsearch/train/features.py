@@ -473,11 +473,11 @@ def _extract(
     if not counts:
         return np.concatenate(parts), np.concatenate(targets), None
     # Text below a block: rows padded on the right to the longest row, zeros past each row's end.
-    lengths = np.concatenate(counts)
-    out = np.zeros((len(lengths), int(lengths.max()), *parts[0].shape[2:]), dtype=np.float32)
+    row_lengths = np.concatenate(counts)
+    out = np.zeros((len(row_lengths), int(row_lengths.max()), *parts[0].shape[2:]), dtype=np.float32)
     row = 0
     for part in parts:
-        for features in part:
-            out[row, : lengths[row]] = features[: lengths[row]]
+        for row_features in part:
+            out[row, : row_lengths[row]] = row_features[: row_lengths[row]]
             row += 1
-    return out, np.concatenate(targets), lengths
+    return out, np.concatenate(targets), row_lengths

@@ -24,7 +24,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
 from tlsearch.models.layers import is_convolutional
@@ -50,7 +50,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def warmup_cosine(warmup_steps: int, total_steps: int):  # type: ignore[no-untyped-def]
+def warmup_cosine(warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -186,10 +186,12 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
 
     model_ready = time.time()
 
-    def trial_datasets() -> tuple[Dataset, Dataset]:
+    def trial_datasets() -> tuple[Any, Any]:  # (train, validation): each has its own `collate`
         key = process_cache.dataset_key(run.data, spec.model)
-        return process_cache.datasets(key, lambda: build_datasets(inputs, loaded))  # type: ignore[no-any-return]
+        return process_cache.datasets(key, lambda: build_datasets(inputs, loaded))
 
+    train_set: Any
+    val_set: Any
     workers = loader_workers(run)
     # A frozen prefix (linear probe, partial) runs once per search: train its tail on stored features.
     cache = use_feature_cache(inputs, loaded, prepared, session, trial_datasets, workers)
@@ -207,14 +209,14 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
     if cache.datasets is None:
         train_set, val_set = trial_datasets()
 
-    sampler = DistributedSampler(
+    sampler: DistributedSampler[Any] = DistributedSampler(
         train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
     )
     train_loader = DataLoader(
         train_set,
         batch_size=config.common.batch_size,
         sampler=sampler,
-        collate_fn=train_set.collate,  # type: ignore[attr-defined]
+        collate_fn=train_set.collate,
         num_workers=workers,
         pin_memory=on_gpu,
         persistent_workers=workers > 0,
@@ -223,11 +225,11 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         generator=torch.Generator().manual_seed(spec.seed),
     )
     # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
-    val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))  # type: ignore[arg-type]
+    val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))
     val_loader = DataLoader(
         val_shard,
         batch_size=spec.training.eval_batch_size,
-        collate_fn=val_set.collate,  # type: ignore[attr-defined]
+        collate_fn=val_set.collate,
         num_workers=workers,
         pin_memory=on_gpu,
         persistent_workers=workers > 0,
@@ -400,7 +402,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 raise TrainingDiverged(f"training diverged at epoch {epoch + 1}: train_loss={train_loss}")
 
             logits, targets = evaluate(training, session, run.num_classes)
-            metrics = classification_metrics(logits, targets, run.num_classes)
+            metrics: dict[str, Any] = dict(classification_metrics(logits, targets, run.num_classes))
             wall_s = wall_before + (time.time() - resumed_at)
             metrics.update(
                 static,
@@ -420,9 +422,9 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 first_step_at=training.first_step_at,
                 host_rss_gib=resident_gib(),  # rank 0's process at the epoch's end
             )
-            checkpoint = None
+            epoch_checkpoint = None
             if session.world_rank == 0:
-                checkpoint = EpochCheckpoint.take(
+                epoch_checkpoint = EpochCheckpoint.take(
                     prepared,  # the whole model's names, cached features or not
                     optimizer,
                     scheduler,
@@ -439,7 +441,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 )
             # Between epochs, not training: `checkpoint_save_s` (what the training thread spent on the
             # checkpoint) is part of what keeps the device idle.
-            session.report(metrics, checkpoint, epoch + 1)
+            session.report(metrics, epoch_checkpoint, epoch + 1)
     except BaseException:
         # The report in flight (the previous epoch's) still reaches Tune if it can; this error wins.
         with contextlib.suppress(BaseException):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,7 +28,7 @@ def classification_metrics(logits: torch.Tensor, targets: torch.Tensor, num_clas
     }
 
 
-def _roc_auc(y: np.ndarray, probs: np.ndarray, num_classes: int, roc_auc_score) -> float:  # type: ignore[no-untyped-def]
+def _roc_auc(y: np.ndarray, probs: np.ndarray, num_classes: int, roc_auc_score: Any) -> float:
     """Binary: AUC of the positive class. Multiclass: macro one-vs-rest AUC over the classes that
     appear in the validation set with both positives and negatives (NaN when none does)."""
     if num_classes == 2:

@@ -22,7 +22,7 @@ def apply(loaded: LoadedModel, knobs: LoraKnobs, common: CommonKnobs) -> Prepare
     freeze_except(loaded.model, set(loaded.layers.head_params))
     peft_config = LoraConfig(
         r=knobs.rank,
-        lora_alpha=knobs.alpha,
+        lora_alpha=knobs.alpha,  # type: ignore[arg-type]  # peft annotates an int; alphas may be any number
         lora_dropout=knobs.dropout,
         target_modules=targets,
         modules_to_save=list(loaded.head_modules),
