@@ -9,6 +9,7 @@ specs name strategies, and are validated without torch. The rest of a strategy (
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,24 @@ def test_spec_and_space_load_without_torch_or_ray() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def module_name(path: Path) -> str:
+    parts = ["tlsearch", *path.relative_to(PACKAGE).with_suffix("").parts]
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_every_module_of_the_package_is_used_by_the_package() -> None:
+    """Code only benchmarks or tests use lives with them (or in tlsearch.testing, which exists for tests)."""
+    sources = {module_name(p): p.read_text() for p in PACKAGE.rglob("*.py")}
+    referenced: set[str] = set()
+    for name, path in ((module_name(p), p) for p in PACKAGE.rglob("*.py")):
+        if name == "tlsearch.testing":
+            continue
+        referenced |= imports(path)
+        referenced |= set(re.findall(r"[\"'](tlsearch(?:\.\w+)+)[\"']", sources[name]))  # by name
+    # Importing a module runs its packages' __init__ too.
+    referenced |= {ref.rsplit(".", k)[0] for ref in referenced for k in range(1, ref.count(".") + 1)}
+    entry_points = {"tlsearch", "tlsearch.__main__", "tlsearch.cli", "tlsearch.testing"}
+    unused = sorted(m for m in sources if m not in entry_points and m not in referenced)
+    assert not unused, f"imported by nothing in the package: {unused}"
