@@ -161,7 +161,7 @@ def search_algorithms(
     spec: Spec, space: SearchSpace, study_name: str, storage: optuna.storages.BaseStorage | None
 ) -> tuple[StudySearch, Any]:
     """The searcher (Optuna study, sampler, seed configs) and the Tune scheduler of a search. The
-    learning-curve replay (tlsearch/search/replay.py) drives the very same pair."""
+    learning-curve replay (benchmarks/replay.py) drives the very same pair."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.search
