@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serial
 
 from tlsearch.registry import suggest
 from tlsearch.spec import vocab
+from tlsearch.spec.objective import Objective
 from tlsearch.spec.params import Bounds, Param, knob
 
 
@@ -231,6 +232,11 @@ class SearchSpec(Strict):
     @property
     def resolved_mode(self) -> str:
         return self.mode or vocab.METRICS[self.metric]
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """What the search optimises: one objective, `metric` in `mode` (tlsearch/spec/objective.py)."""
+        return (Objective(self.metric, self.resolved_mode),)
 
 
 class ResourcesSpec(Strict):
