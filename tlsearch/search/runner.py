@@ -15,12 +15,14 @@ from tlsearch.errors import UserInputError
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, spent_device_s, write_tables
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
+from tlsearch.search.policy.promotion import AshaRungs
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
-from tlsearch.search.study import AshaRungs, StudySearch, close_orphans
+from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
+from tlsearch.spec.objective import primary
 from tlsearch.tracking.wandb_runs import WandbTracker
 from tlsearch.train.inputs import RunContext
 
@@ -165,28 +167,27 @@ def search_algorithms(
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.search
-    metric, mode = s.metric, s.resolved_mode
     asha = s.scheduler
+    objective = primary(s.objectives)  # what ASHA ranks trials by
     seconds = asha.time_attr == "device_s"
     # One set of settings for Ray's ASHA and the searcher's mirror of its rungs (promotion).
     rung_settings = {
         "time_attr": asha.time_attr,
-        "metric": metric,
-        "mode": mode,
         "max_t": asha.max_t_s if seconds else s.max_epochs,
         "grace_period": asha.grace_period_s if seconds else asha.grace_period,
         "reduction_factor": asha.reduction_factor,
     }
     scheduler = (
         # stop_last_trials=False: trials that reach max_epochs end normally (DESIGN.md §2)
-        ASHAScheduler(**rung_settings, stop_last_trials=False) if asha.type == "asha" else FIFOScheduler()
+        ASHAScheduler(**rung_settings, metric=objective.metric, mode=objective.mode, stop_last_trials=False)
+        if asha.type == "asha"
+        else FIFOScheduler()
     )
     promote = asha.type == "asha" and asha.promote and s.skip_duplicates
-    rungs = AshaRungs(**rung_settings) if promote else None
+    rungs = AshaRungs(**rung_settings, objective=objective) if promote else None
     searcher = StudySearch(
         space=space,
-        metric=metric,
-        mode=mode,
+        objectives=s.objectives,
         points_to_evaluate=seed_points(spec, space) or None,
         sampler=make_sampler(spec),
         study_name=study_name,
