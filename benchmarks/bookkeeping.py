@@ -90,9 +90,7 @@ def measure(
         run_dir.mkdir()
         s = spec.search
         callbacks.append(
-            ResultsRecorder(
-                str(run_dir), s.metric, s.resolved_mode, s.max_epochs, spec.name, WandbSpec(mode="disabled")
-            )
+            ResultsRecorder(str(run_dir), s.objectives, s.max_epochs, spec.name, WandbSpec(mode="disabled"))
         )
     rss_before = current_rss_mib()
     cpu_before = driver_cpu_s()

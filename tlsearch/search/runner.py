@@ -204,7 +204,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     from ray import tune
 
     spec = resolved.spec
-    metric, mode = spec.search.metric, spec.search.resolved_mode
+    objective = primary(spec.search.objectives)  # what checkpoints are kept by
     use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
     storage_path, experiment_name = experiment_location(spec, run_dir)
     experiment_dir = f"{storage_path}/{experiment_name}"
@@ -251,8 +251,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             callbacks=[
                 ResultsRecorder(
                     str(run_dir),
-                    metric,
-                    mode,
+                    s.objectives,
                     s.max_epochs,
                     spec.name,
                     spec.tracking.wandb,
@@ -261,8 +260,8 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             ],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
-                checkpoint_score_attribute=metric,
-                checkpoint_score_order=mode,
+                checkpoint_score_attribute=objective.metric,
+                checkpoint_score_order=objective.mode,
             ),
             # Multi-worker trials retry inside Ray Train (from the Train checkpoint); retrying the
             # trial driver too would multiply attempts.
@@ -280,7 +279,8 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
     if restore:
         forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
     spec = resolved.spec
-    trials = write_tables(run_dir, spec.search.metric, spec.search.resolved_mode, spec.search.max_epochs)
+    best = primary(spec.search.objectives)  # what the best trial is by
+    trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
     outcome = Outcome(run_dir, trials, spec.search.num_samples)
     if not outcome.interrupted:
         close_orphans(resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir))
@@ -295,13 +295,14 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
     tracker = WandbTracker(run_dir, spec.name, spec.tracking.wandb)
     if not tracker.enabled:
         return
-    metric = spec.search.metric
+    objective = primary(spec.search.objectives)
+    metric = objective.metric
     best = report.best or {}
     statuses = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped_early", "error")}
     config = {
         "search": spec.name,
         "metric": metric,
-        "mode": spec.search.resolved_mode,
+        "mode": objective.mode,
         "num_samples": spec.search.num_samples,
         "max_epochs": spec.search.max_epochs,
         "strategies": spec.strategies.enabled(),
