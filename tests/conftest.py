@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
@@ -15,10 +14,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+# Imported as the session starts: it turns on Ray's token auth for this process, which Ray reads
+# before any test's driver connects (a session of tests/benchmarks alone collects no integration
+# conftest of its own).
+from tests.integration.conftest import LocalCluster
 from tlsearch.testing import image_rows, make_tiny_bert, text_rows, write_parquet
-
-if TYPE_CHECKING:
-    from tests.integration.conftest import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -46,10 +46,7 @@ def image_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[LocalCluster]:
-    """One cluster a session, whichever directory's tests ask first. LocalCluster is imported here:
-    importing it turns on Ray's token auth for this process, which sessions without it do not need."""
-    from tests.integration.conftest import LocalCluster
-
+    """One cluster a session, whichever directory's tests ask first."""
     cluster = LocalCluster(num_cpus=4)
     try:
         yield cluster
