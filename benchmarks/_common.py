@@ -46,6 +46,14 @@ def environment() -> dict[str, Any]:
     }
 
 
+def ray_runtime_env() -> dict[str, Any]:
+    """The `runtime_env` of a benchmark's ray.init. Ray workers unpickle a trainable of benchmarks/
+    (benchmarks.replay.replay_trial) by importing it, and Ray gives them the driver's working
+    directory, not its sys.path: with the repository on PYTHONPATH a script runs from any directory."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
+    return {"env_vars": {"PYTHONPATH": path}}
+
+
 def _memory_gib() -> float | None:
     try:
         pages, size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")

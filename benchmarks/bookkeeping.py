@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/bookkeeping.py --quick    # 100 trials, 8 at once, 2 nodes × 4 CPUs
 
 The nodes are `ray.cluster_utils.Cluster` nodes on this machine (logical CPUs). Trials cost nothing:
-the learning-curve replay trainable (tlsearch/search/replay.py) reports a recorded configuration's
+the learning-curve replay trainable (benchmarks/replay.py) reports a recorded configuration's
 epochs without training or sleeping, with `reuse_actors=True`, under the demo spec's searcher and
 scheduler (TPE + ASHA, built by tlsearch.search.runner.search_algorithms). What is left is the
 driver's work: Tune's loop, the searcher, the scheduler, result logging, and tlsearch's own
@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import ROOT, write_result
+from benchmarks._common import ROOT, ray_runtime_env, write_result
 from benchmarks.learning_curves import DEMO_SPEC, GRID, TABLE, synthetic_curves
 
 
@@ -76,8 +76,8 @@ def measure(
     log: Any = print,
 ) -> dict[str, Any]:
     """One replayed search of `trials` zero-cost trials on the connected cluster."""
+    from benchmarks.replay import replay_spec, run_replay
     from tlsearch.search.recorder import ResultsRecorder
-    from tlsearch.search.replay import replay_spec, run_replay
     from tlsearch.spec.model import WandbSpec
 
     # Repeats on: 1,000 trials from a table of 28 configurations (with `skip_duplicates` the search
@@ -90,9 +90,7 @@ def measure(
         run_dir.mkdir()
         s = spec.search
         callbacks.append(
-            ResultsRecorder(
-                str(run_dir), s.metric, s.resolved_mode, s.max_epochs, spec.name, WandbSpec(mode="disabled")
-            )
+            ResultsRecorder(str(run_dir), s.objectives, s.max_epochs, spec.name, WandbSpec(mode="disabled"))
         )
     rss_before = current_rss_mib()
     cpu_before = driver_cpu_s()
@@ -170,7 +168,7 @@ def main() -> None:
 
     import ray
 
-    from tlsearch.search.replay import LearningCurves
+    from benchmarks.replay import LearningCurves
 
     base = yaml.safe_load(DEMO_SPEC.read_text())
     real = args.table.exists() and not args.quick
@@ -178,7 +176,7 @@ def main() -> None:
     started = time.time()
     cluster = start_cluster(nodes, cpus)
     try:
-        ray.init(address=cluster.address, log_to_driver=False)
+        ray.init(address=cluster.address, log_to_driver=False, runtime_env=ray_runtime_env())
         figures = measure(curves, base, trials=trials, concurrent=concurrent, recorder=not args.no_recorder)
     finally:
         ray.shutdown()

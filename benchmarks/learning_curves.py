@@ -179,7 +179,7 @@ def record(
     base: dict[str, Any], grid: dict[str, dict[str, Any]], out: Path, *, keep_run: bool = False
 ) -> Any:
     """Run the recording search, write the table to `out`, return (table, seconds, run directory)."""
-    from tlsearch.search.replay import LearningCurves, curves_from_run
+    from benchmarks.replay import LearningCurves, curves_from_run
     from tlsearch.search.runner import run_search
 
     storage = tempfile.mkdtemp(prefix="tlsearch-curves-")
@@ -210,7 +210,7 @@ def synthetic_curves(grid: dict[str, dict[str, Any]], max_epochs: int, seed: int
     import math
     import random
 
-    from tlsearch.search.replay import LearningCurves
+    from benchmarks.replay import LearningCurves
 
     rng = random.Random(seed)
     common = {f"common/{k}": v for k, v in grid.get("common", {}).items() if not isinstance(v, list)}

@@ -11,7 +11,7 @@ The full run replays 140 searches of 100 trials (grid search: one pass over the 
 Ray cluster of --max-concurrent CPUs: about 13 minutes on a quiet 2-core machine (the wide
 table at 500 trials per search: 29).
 
-`--engine events` runs the same searches without Tune's controller (tlsearch.search.replay.
+`--engine events` runs the same searches without Tune's controller (benchmarks/replay.py,
 simulate_replay: the same searcher and scheduler, called in Tune's order, each trial on its own
 simulated device clock; with one trial at a time it gives the Tune replay's sequence exactly):
 about a second per search, so 200 seeds per policy, where ten sample a long-tailed cost only
@@ -58,7 +58,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import RESULTS, ROOT, environment, write_result
+from benchmarks._common import RESULTS, ROOT, environment, ray_runtime_env, write_result
 from benchmarks.learning_curves import DEMO_SPEC, GRID, TABLE, synthetic_curves
 
 # name -> (description, search-section changes). Every policy gets `sampler.seed` = the seed.
@@ -135,7 +135,7 @@ def cost_aware_scheduler(curves: Any, scheduler: dict[str, Any]) -> dict[str, An
 
 
 def policy_spec(name: str, base: dict[str, Any], curves: Any, seed: int, num_samples: int) -> Any:
-    from tlsearch.search.replay import grid_seed_configs, replay_spec
+    from benchmarks.replay import grid_seed_configs, replay_spec
 
     changes = dict(POLICIES[name][1])
     changes.pop("restart_promoted", None)  # the replay's, not the spec's (continues_promoted)
@@ -226,7 +226,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Replay every policy with every seed, through Tune on the connected Ray cluster (`engine`
     "tune") or by simulate_replay's event clock ("events": no cluster); the figures as a dict."""
-    from tlsearch.search.replay import Trace, run_replay, simulate_replay
+    from benchmarks.replay import Trace, run_replay, simulate_replay
 
     metric = base["search"]["metric"]
     from tlsearch.spec import vocab
@@ -694,7 +694,7 @@ def main() -> None:
 
     import ray
 
-    from tlsearch.search.replay import LearningCurves
+    from benchmarks.replay import LearningCurves
 
     base = yaml.safe_load(args.spec.read_text())
     if args.quick:
@@ -717,6 +717,7 @@ def main() -> None:
             include_dashboard=False,  # replayed trials start no Ray Train workers
             log_to_driver=False,
             _node_ip_address="127.0.0.1",
+            runtime_env=ray_runtime_env(),
         )
     else:
         import optuna

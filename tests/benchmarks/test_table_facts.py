@@ -88,8 +88,8 @@ def test_random_order_with_perfect_stopping_is_the_mean_over_every_order() -> No
 def test_random_search_simulated_matches_explicit_draws_and_the_closed_form() -> None:
     """The vectorised simulation against trial-by-trial random search on a small full grid whose
     strategies have different numbers of configurations (so draws are not uniform over them)."""
+    from benchmarks.replay import LearningCurves
     from benchmarks.search_efficiency import draw_probabilities, random_search_simulated
-    from tlsearch.search.replay import LearningCurves
 
     rows = []
     grid = {"linear_probe": ("linear_probe/head_lr", [0.01, 0.03, 0.1]), "full": ("full/head_lr", [0.001])}

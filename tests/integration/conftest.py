@@ -1,4 +1,5 @@
-"""A real Ray cluster on loopback for the integration tests, started as a child process.
+"""A real Ray cluster on loopback for the integration tests, started as a child process (the
+`ray_cluster` and `ray_connected` fixtures in tests/conftest.py start one a session).
 
 Never `ray stop` (it would end every Ray process on the machine): the head runs under
 `ray start --block` and is ended by its process id.
@@ -15,10 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray >= 2.59 enables token authentication for clusters started with `ray start`; drivers and the
@@ -150,24 +148,3 @@ class WorkerNode(RayNode):
             *node_ports(),
         ]
         super().__init__(args, env, "worker")
-
-
-@pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[LocalCluster]:
-    cluster = LocalCluster(num_cpus=4)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-
-
-@pytest.fixture
-def ray_connected(ray_cluster: LocalCluster) -> Iterator[LocalCluster]:
-    """This test process attached to the cluster as a driver (for in-process searches)."""
-    import ray
-
-    ray.init(address=ray_cluster.address, log_to_driver=False)
-    try:
-        yield ray_cluster
-    finally:
-        ray.shutdown()

@@ -11,8 +11,10 @@ from ray.tune.experiment import Trial
 from tlsearch.results.files import EPOCHS_LOG, TRIALS_TABLE, read_jsonl
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.spec.model import WandbSpec
+from tlsearch.spec.objective import Objective
 
 CONFIG = {"strategy": "linear_probe", "linear_probe": {"head_lr": 0.01}}
+OBJECTIVES = (Objective("val_f1_macro", "max"),)
 
 
 def finish(recorder: ResultsRecorder, trial_id: str) -> None:
@@ -29,7 +31,7 @@ def rows(run_dir: Path) -> int:
 
 
 def test_tables_are_rewritten_now_and_then_and_always_at_the_end(tmp_path: Path) -> None:
-    recorder = ResultsRecorder(str(tmp_path), "val_f1_macro", "max", 2, "s", WandbSpec(mode="disabled"))
+    recorder = ResultsRecorder(str(tmp_path), OBJECTIVES, 2, "s", WandbSpec(mode="disabled"))
     finish(recorder, "t00")
     assert rows(tmp_path) == 1  # the first finished trial is on disk at once
     for i in range(1, 40):

@@ -11,9 +11,11 @@ from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
 from tlsearch.results.study import make_storage, open_storage, storage_description
-from tlsearch.search.study import MAX_REDRAWS, StudySearch, close_orphans, tpe_acquisition
+from tlsearch.search.policy.duplicates import MAX_REDRAWS
+from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.space import Continuation, build_space, make_sampler
 from tlsearch.spec import Spec, validate_spec
+from tlsearch.spec.objective import Objective
 
 SPEC = validate_spec(
     {
@@ -27,8 +29,7 @@ SPEC = validate_spec(
 def searcher(run_dir: Path, spec: Spec = SPEC, study_name: str = "s-1", **options: Any) -> StudySearch:
     return StudySearch(
         space=build_space(spec, num_blocks=6),
-        metric="val_accuracy",
-        mode="max",
+        objectives=(Objective("val_accuracy", "max"),),
         sampler=make_sampler(spec),
         study_name=study_name,
         storage=make_storage(None, run_dir),
@@ -115,7 +116,7 @@ def test_no_configuration_is_trained_twice(tmp_path: Path) -> None:
 def test_redraws_where_the_space_cannot_be_listed(tmp_path: Path) -> None:
     """A float range with a step is not listed: repeated draws are redrawn at random instead."""
     search = discrete_searcher(tmp_path, head_lr={"low": 0.1, "high": 0.3, "step": 0.1})
-    assert search._untried() is None
+    assert search._listed.untried(search.study) is None
     assert len(_take_all_six(search)) == 6
     before = search.duplicates_skipped
     assert search.suggest("t6") is not None  # exhausted after MAX_REDRAWS draws
@@ -138,98 +139,7 @@ def test_a_stopped_trial_keeps_the_value_it_was_stopped_on(tmp_path: Path) -> No
     assert pruned.intermediate_values == {1: 0.5, 2: 0.45} and pruned.last_step == 2
 
 
-def test_tpe_runs_the_untried_configuration_its_model_ranks_highest(tmp_path: Path) -> None:
-    """Ten configurations; after five, TPE's next one is the untried configuration with the largest
-    l(x)/g(x): the best one's head LR with the other batch size. (TPE's own draw would repeat the
-    best configuration, which the searcher would replace with an untried one at random.)"""
-    search = discrete_searcher(tmp_path, head_lr=(0.0001, 0.001, 0.01, 0.1, 1.0))
-    history = {(0.1, 16): 0.9, (0.0001, 16): 0.1, (0.001, 16): 0.2, (0.01, 32): 0.3, (1.0, 16): 0.25}
-    for i, ((head_lr, batch_size), accuracy) in enumerate(history.items()):
-        search._ot_study.enqueue_trial({"linear_probe/head_lr": head_lr, "common/batch_size": batch_size})
-        run(search, f"h{i}", [accuracy])
-    untried = search._untried()
-    assert untried is not None and len(untried) == 5
-    scores = tpe_acquisition(search._ot_study, search._ot_study.sampler, untried)
-    assert scores is not None
-    ranked = sorted(zip(scores, untried, strict=True), key=lambda pair: pair[0], reverse=True)
-    assert ranked[0][1] == {"linear_probe/head_lr": 0.1, "common/batch_size": 32}
-
-    config = search.suggest("next")
-    assert (config["linear_probe"]["head_lr"], config["common"]["batch_size"]) == (0.1, 32)
-    assert search.duplicates_skipped == 0
-
-
-def test_no_ranking_without_a_tpe_model(tmp_path: Path) -> None:
-    """Before TPE's start-up trials are done, or with the random sampler, untried picks are random."""
-    search = discrete_searcher(tmp_path)
-    points = search._untried()
-    assert points is not None
-    assert tpe_acquisition(search._ot_study, search._ot_study.sampler, points) is None  # no trials yet
-    assert tpe_acquisition(search._ot_study, optuna.samplers.RandomSampler(seed=0), points) is None
-
-
-def test_ranking_falls_back_when_tpe_internals_differ(tmp_path: Path, monkeypatch: Any) -> None:
-    """The ranking reads TPESampler's internals: where they are not what it expects, it says so once
-    and returns None (the searcher then lets TPE draw as usual)."""
-    import tlsearch.search.study as study_module
-
-    monkeypatch.setattr(study_module, "_warned_tpe_internals", False)
-    search = discrete_searcher(tmp_path)
-    for i in range(3):
-        run(search, f"t{i}", [0.1 * i])
-    points = search._untried()
-    assert points and tpe_acquisition(search._ot_study, search._ot_study.sampler, points) is not None
-    sampler = search._ot_study.sampler
-    monkeypatch.setattr(sampler, "_build_parzen_estimator", None)  # an Optuna without this method
-    with pytest.warns(UserWarning, match="cannot rank untried configurations"):
-        assert tpe_acquisition(search._ot_study, sampler, points) is None
-    assert tpe_acquisition(search._ot_study, sampler, points) is None  # warned once
-
-
 # --- ASHA's promotion once a listed space has been tried in full -------------------------------
-
-
-def test_asha_rungs_mirror_rays_bracket() -> None:
-    """The searcher's copy of ASHA's rungs records what Ray's AsyncHyperBandScheduler records, on
-    the same results in the same order (epochs and device-seconds; max and min)."""
-    import random
-
-    from ray.tune.schedulers import ASHAScheduler
-
-    from tlsearch.search.study import AshaRungs
-
-    for time_attr, grace, top, rf, mode in [
-        ("epoch", 1, 4, 3.0, "max"),
-        ("epoch", 1, 8, 2.0, "min"),
-        ("device_s", 12.5, 300.0, 2.5, "max"),
-    ]:
-        scheduler = ASHAScheduler(
-            time_attr=time_attr, metric="m", mode=mode, max_t=top, grace_period=grace,
-            reduction_factor=rf, stop_last_trials=False,
-        )  # fmt: skip
-        rungs = AshaRungs(time_attr, "m", mode, grace, top, rf)
-        bracket = scheduler._brackets[0]  # Ray's internals: what the mirror must agree with
-        assert rungs.milestones == [milestone for milestone, _ in bracket._rungs]
-        rng = random.Random(0)
-        clocks = {f"t{i}": 0.0 for i in range(12)}
-        for trial_id in clocks:
-            scheduler.on_trial_add(None, _FakeTrial(trial_id))
-        stopped = set()
-        for _ in range(200):
-            trial_id = rng.choice([t for t in clocks if t not in stopped] or ["none"])
-            if trial_id == "none":
-                break
-            clocks[trial_id] += 1 if time_attr == "epoch" else rng.uniform(5, 60)
-            result = {time_attr: clocks[trial_id], "m": rng.random()}
-            trial = _FakeTrial(trial_id)
-            if scheduler.on_trial_result(None, trial, result) == "STOP":
-                stopped.add(trial_id)
-            rungs.record(trial_id, result)
-        # Both signed so that larger is better.
-        assert {m: rec for m, rec in rungs.recorded.items() if rec} == {
-            m: rec for m, rec in bracket._rungs if rec
-        }
-        assert stopped and len(rungs.recorded) > 1  # the test exercised cuts and several rungs
 
 
 class _FakeTrial:
@@ -333,15 +243,46 @@ def test_a_stopped_configuration_asha_would_keep_now_runs_again(tmp_path: Path) 
     assert [t.state for t in promoted] == [TrialState.COMPLETE] * 2 and promoted[1].value == 0.99
 
 
-def test_promotion_after_a_restore(tmp_path: Path) -> None:
-    """The mirrored rungs travel with the searcher's state (Tuner.restore), as ASHA's with Tune's."""
+def as_pickled_at_c42b4cf(state: dict[str, Any]) -> dict[str, Any]:
+    """A searcher's state as c42b4cf pickled it, before the policy parts: their state as attributes
+    of its own, and rungs with a metric and a mode."""
+    from tlsearch.search.study import AshaRungs
+
+    state = dict(state)
+    duplicates, listed, promotion = state.pop("_duplicates"), state.pop("_listed"), state.pop("_promotion")
+    del state["_objective"]
+    rungs = AshaRungs.__new__(AshaRungs)
+    objective = promotion.rungs.objective
+    rungs.__dict__.update(vars(promotion.rungs) | {"metric": objective.metric, "mode": objective.mode})
+    del rungs.__dict__["objective"]
+    return state | {
+        "_skip_duplicates": duplicates.enabled,
+        "duplicates_skipped": duplicates.skipped,
+        "_all_points": listed.points,
+        "_rungs": rungs,
+        "_promoted": promotion.promoted,
+    }
+
+
+@pytest.mark.parametrize("pickled", ["now", "at c42b4cf", "at c42b4cf, whole"])
+def test_promotion_after_a_restore(tmp_path: Path, pickled: str) -> None:
+    """The mirrored rungs travel with the searcher's state (Tuner.restore), as ASHA's with Tune's;
+    also from a searcher pickled before the policy parts (a search resumed across the upgrade: its
+    state through restore, or the whole searcher as Tune's experiment state holds it)."""
     import pickle
 
     search, scheduler = six_configs_in_order(tmp_path, [A, B, C, D, E, F])
     assert len(drive(search, scheduler, CURVES, trials=6)) == 6
-    search.save(str(tmp_path / "searcher.pkl"))
+    path = tmp_path / "searcher.pkl"
+    search.save(str(path))
     restored = StudySearch.__new__(StudySearch)  # Tune unpickles the searcher, then restores its state
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    if pickled != "now":
+        restored.__dict__.update(as_pickled_at_c42b4cf(pickle.loads(path.read_bytes())))
+        path.write_bytes(pickle.dumps(restored.__dict__))
+    if pickled == "at c42b4cf, whole":
+        restored = pickle.loads(pickle.dumps(restored))
+    else:
+        restored.restore(str(path))
     suggested: list = []
     ran = drive(restored, pickle.loads(pickle.dumps(scheduler)), CURVES, first=6, suggested=suggested)
     assert ran == [(B, 2), (C, 2)] and restored.promotions == 2

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from tlsearch.results.files import (
 )
 from tlsearch.space.trial_config import flatten
 from tlsearch.spec.model import WandbSpec
+from tlsearch.spec.objective import Objective, primary
 from tlsearch.tracking.wandb_runs import WandbTracker, runs_to_catch_up
 from tlsearch.train.checkpoint import META_FILE
 
@@ -57,8 +59,7 @@ class ResultsRecorder(Callback):
     def __init__(
         self,
         run_dir: str,
-        metric: str,
-        mode: str,
+        objectives: Sequence[Objective],
         max_epochs: int,
         search: str,
         wandb: WandbSpec,
@@ -66,7 +67,7 @@ class ResultsRecorder(Callback):
     ):
         self.run_dir = run_dir
         self.checkpoint_root = checkpoint_root  # `checkpoint_storage`: gives checkpoint paths their scheme
-        self.metric, self.mode, self.max_epochs = metric, mode, max_epochs
+        self.objectives, self.max_epochs = tuple(objectives), max_epochs
         self.search, self.wandb = search, wandb
         self._tracker: WandbTracker | None = None
         self._next_rewrite = 0.0  # time.monotonic() before which a finished trial skips the rewrite
@@ -87,8 +88,13 @@ class ResultsRecorder(Callback):
     def _event(self, record: dict[str, Any]) -> None:
         append_jsonl(self._dir / EVENTS_LOG, {"time": time.time(), **record})
 
+    @property
+    def _best(self) -> Objective:
+        """What a trial's best epoch and the best trial are by, in the tables."""
+        return primary(self.objectives)
+
     def rewrite(self) -> list[dict[str, Any]]:
-        return write_tables(self._dir, self.metric, self.mode, self.max_epochs)
+        return write_tables(self._dir, self._best.metric, self._best.mode, self.max_epochs)
 
     def _rewrite_now_and_then(self) -> list[dict[str, Any]] | None:
         if time.monotonic() < self._next_rewrite:
@@ -159,7 +165,7 @@ class ResultsRecorder(Callback):
         if not self.tracker.enabled:
             return
         if rows is None:
-            rows = trial_rows(self._dir, self.metric, self.mode, self.max_epochs)
+            rows = trial_rows(self._dir, self._best.metric, self._best.mode, self.max_epochs)
         row = next((t for t in rows if t["trial_id"] == trial_id), None)
         if row is not None:
             self._finish_run(row)

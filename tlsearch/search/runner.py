@@ -15,12 +15,14 @@ from tlsearch.errors import UserInputError
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, spent_device_s, write_tables
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
+from tlsearch.search.policy.promotion import AshaRungs
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
-from tlsearch.search.study import AshaRungs, StudySearch, close_orphans
+from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
+from tlsearch.spec.objective import primary
 from tlsearch.tracking.wandb_runs import WandbTracker
 from tlsearch.train.checkpoint import CheckpointLayout
 from tlsearch.train.inputs import RunContext
@@ -161,32 +163,31 @@ def search_algorithms(
     spec: Spec, space: SearchSpace, study_name: str, storage: optuna.storages.BaseStorage | None
 ) -> tuple[StudySearch, Any]:
     """The searcher (Optuna study, sampler, seed configs) and the Tune scheduler of a search. The
-    learning-curve replay (tlsearch/search/replay.py) drives the very same pair."""
+    learning-curve replay (benchmarks/replay.py) drives the very same pair."""
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     s = spec.search
-    metric, mode = s.metric, s.resolved_mode
     asha = s.scheduler
+    objective = primary(s.objectives)  # what ASHA ranks trials by
     seconds = asha.time_attr == "device_s"
     # One set of settings for Ray's ASHA and the searcher's mirror of its rungs (promotion).
     rung_settings = {
         "time_attr": asha.time_attr,
-        "metric": metric,
-        "mode": mode,
         "max_t": asha.max_t_s if seconds else s.max_epochs,
         "grace_period": asha.grace_period_s if seconds else asha.grace_period,
         "reduction_factor": asha.reduction_factor,
     }
     scheduler = (
         # stop_last_trials=False: trials that reach max_epochs end normally (DESIGN.md §2)
-        ASHAScheduler(**rung_settings, stop_last_trials=False) if asha.type == "asha" else FIFOScheduler()
+        ASHAScheduler(**rung_settings, metric=objective.metric, mode=objective.mode, stop_last_trials=False)
+        if asha.type == "asha"
+        else FIFOScheduler()
     )
     promote = asha.type == "asha" and asha.promote and s.skip_duplicates
-    rungs = AshaRungs(**rung_settings) if promote else None
+    rungs = AshaRungs(**rung_settings, objective=objective) if promote else None
     searcher = StudySearch(
         space=space,
-        metric=metric,
-        mode=mode,
+        objectives=s.objectives,
         points_to_evaluate=seed_points(spec, space) or None,
         sampler=make_sampler(spec),
         study_name=study_name,
@@ -203,7 +204,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     from ray import tune
 
     spec = resolved.spec
-    metric, mode = spec.search.metric, spec.search.resolved_mode
+    objective = primary(spec.search.objectives)  # what checkpoints are kept by
     use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
     storage_path, experiment_name = experiment_location(spec, run_dir)
     experiment_dir = f"{storage_path}/{experiment_name}"
@@ -250,8 +251,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             callbacks=[
                 ResultsRecorder(
                     str(run_dir),
-                    metric,
-                    mode,
+                    s.objectives,
                     s.max_epochs,
                     spec.name,
                     spec.tracking.wandb,
@@ -260,8 +260,8 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             ],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
-                checkpoint_score_attribute=metric,
-                checkpoint_score_order=mode,
+                checkpoint_score_attribute=objective.metric,
+                checkpoint_score_order=objective.mode,
             ),
             # Multi-worker trials retry inside Ray Train (from the Train checkpoint); retrying the
             # trial driver too would multiply attempts.
@@ -279,7 +279,8 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
     if restore:
         forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
     spec = resolved.spec
-    trials = write_tables(run_dir, spec.search.metric, spec.search.resolved_mode, spec.search.max_epochs)
+    best = primary(spec.search.objectives)  # what the best trial is by
+    trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
     outcome = Outcome(run_dir, trials, spec.search.num_samples)
     if not outcome.interrupted:
         close_orphans(resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir))
@@ -294,13 +295,14 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
     tracker = WandbTracker(run_dir, spec.name, spec.tracking.wandb)
     if not tracker.enabled:
         return
-    metric = spec.search.metric
+    objective = primary(spec.search.objectives)
+    metric = objective.metric
     best = report.best or {}
     statuses = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped_early", "error")}
     config = {
         "search": spec.name,
         "metric": metric,
-        "mode": spec.search.resolved_mode,
+        "mode": objective.mode,
         "num_samples": spec.search.num_samples,
         "max_epochs": spec.search.max_epochs,
         "strategies": spec.strategies.enabled(),

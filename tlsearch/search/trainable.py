@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from tlsearch.space.trial_config import Continuation, TrialConfig
+from tlsearch.spec.objective import primary
 from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
@@ -88,8 +89,8 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
             callbacks=[TuneReportCallback()],
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
-                checkpoint_score_attribute=spec.search.metric,
-                checkpoint_score_order=spec.search.resolved_mode,
+                checkpoint_score_attribute=primary(spec.search.objectives).metric,
+                checkpoint_score_order=primary(spec.search.objectives).mode,
             ),
             failure_config=ray.train.FailureConfig(
                 max_failures=spec.search.max_failures, controller_failure_limit=TRAIN_CONTROLLER_FAILURE_LIMIT

@@ -22,6 +22,7 @@ from pydantic_core import InitErrorDetails
 
 from tlsearch.registry import suggest
 from tlsearch.spec import vocab
+from tlsearch.spec.objective import Objective
 from tlsearch.spec.params import Strict
 from tlsearch.spec.strategy import COMMON, STRATEGIES, CommonKnobs
 
@@ -251,6 +252,11 @@ class SearchSpec(Strict):
     @property
     def resolved_mode(self) -> str:
         return self.mode or vocab.METRICS[self.metric]
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        """What the search optimises: one objective, `metric` in `mode` (tlsearch/spec/objective.py)."""
+        return (Objective(self.metric, self.resolved_mode),)
 
 
 class ResourcesSpec(Strict):

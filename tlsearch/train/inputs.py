@@ -49,5 +49,5 @@ class TrialInputs:
     started_at: float  # wall clock at the trial function's start: wall_s includes set-up
     driver_node: str = ""  # node of the Tune trial actor (the trial driver)
     # A checkpoint of another trial to start from (a path or a URI): the trial continues that one's
-    # training (ASHA's promotion). Its own checkpoint, on a retry, comes first.
+    # training (ASHA's promotion, search/policy/promotion.py). Its own checkpoint, on a retry, comes first.
     continues_from: str | None = None

@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from benchmarks.learning_curves import DEMO_SPEC, GRID, QUICK_GRID, quick_base, record, synthetic_curves
+from benchmarks.replay import grid_seed_configs, replay_spec, run_replay
 from benchmarks.search_efficiency import evaluate
 from tests.integration.conftest import LocalCluster
-from tlsearch.search.replay import grid_seed_configs, replay_spec, run_replay
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -84,7 +84,7 @@ def test_the_simulated_replay_is_tunes_with_one_trial_at_a_time(
 ) -> None:
     """Without Tune's controller, the same searcher and scheduler called in Tune's order: with one
     slot, the same trials and epochs in the same order as the replay through Tune."""
-    from tlsearch.search.replay import simulate_replay
+    from benchmarks.replay import simulate_replay
 
     base = yaml.safe_load(DEMO_SPEC.read_text())
     curves = synthetic_curves(GRID, max_epochs=4, seed=5)  # 28 configurations
@@ -106,7 +106,7 @@ def test_promotion_through_tune_once_the_space_is_tried_in_full(
     keep now runs again. Through Tune the same as the simulated replay with one slot; with two,
     Tune waits while the searcher has nothing yet (a running trial may make one promotable), and
     the search ends by itself before num_samples."""
-    from tlsearch.search.replay import simulate_replay
+    from benchmarks.replay import simulate_replay
 
     base = yaml.safe_load(DEMO_SPEC.read_text())
     curves = synthetic_curves(GRID, max_epochs=4, seed=1)  # two promotions with one slot

@@ -6,8 +6,9 @@ search builds (`search_algorithms`), over the space of a spec whose knobs take e
 values, with a Tune function trainable that reports the sampled configuration's recorded epochs
 instead of training: search policies are compared on what they would have spent, in seconds.
 
-The trainable is module level (Ray workers import it by reference); this module does not import
-torch, so trial actors stay small.
+The trainable is module level: Ray workers import it by reference, from the driver's working
+directory (the repository root, where the tests run) or the PYTHONPATH of benchmarks/_common.py's
+`ray_runtime_env`. This module does not import torch, so trial actors stay small.
 """
 
 from __future__ import annotations
@@ -433,8 +434,9 @@ def simulate_replay(
     trial at that moment. So a cheap trial's epochs arrive before an expensive one's, as in a real
     search. (`run_replay` reports epochs as fast as Ray delivers them: two concurrent trials
     interleave by Ray's timing, not by what their epochs cost.) With one slot both give the same
-    sequence of trials and epochs (tests/integration/test_replay.py). Hundreds of seeds take
-    seconds rather than a Ray cluster's minutes: for medians that a few seeds only sample."""
+    sequence of trials and epochs (tests/benchmarks/test_replay_through_tune.py). Hundreds of
+    seeds take seconds rather than a Ray cluster's minutes: for medians that a few seeds only
+    sample."""
     import heapq
 
     from ray.tune.schedulers import TrialScheduler

@@ -9,9 +9,7 @@ import yaml
 from ray.tune.search import Searcher
 
 from benchmarks.learning_curves import DEMO_SPEC, synthetic_curves
-from tlsearch.errors import UserInputError
-from tlsearch.results.files import EPOCHS_LOG, EVENTS_LOG, append_jsonl, write_tables
-from tlsearch.search.replay import (
+from benchmarks.replay import (
     LearningCurves,
     ReplayEvent,
     Trace,
@@ -20,6 +18,8 @@ from tlsearch.search.replay import (
     grid_seed_configs,
     replay_spec,
 )
+from tlsearch.errors import UserInputError
+from tlsearch.results.files import EPOCHS_LOG, EVENTS_LOG, append_jsonl, write_tables
 from tlsearch.search.runner import search_algorithms
 from tlsearch.space import build_space
 
@@ -175,7 +175,7 @@ def test_a_finished_grid_search_becomes_a_table(tmp_path: Path) -> None:
 
 
 def test_the_simulated_replay_runs_each_trial_on_its_own_device_clock(curves: LearningCurves) -> None:
-    from tlsearch.search.replay import simulate_replay
+    from benchmarks.replay import simulate_replay
 
     # Every configuration once, no early stopping: every recorded epoch arrives, on two slots.
     spec = replay_spec(
@@ -203,7 +203,7 @@ def test_the_simulated_replay_runs_each_trial_on_its_own_device_clock(curves: Le
 
 
 def test_the_simulated_replay_stops_trials_where_asha_does(curves: LearningCurves) -> None:
-    from tlsearch.search.replay import simulate_replay
+    from benchmarks.replay import simulate_replay
 
     spec = replay_spec(
         BASE, curves, num_samples=8, scheduler={"type": "asha", "grace_period": 1, "reduction_factor": 2}
