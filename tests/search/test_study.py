@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import pytest
 from optuna.trial import TrialState
 from ray.tune.search import Searcher
 
@@ -243,46 +242,15 @@ def test_a_stopped_configuration_asha_would_keep_now_runs_again(tmp_path: Path) 
     assert [t.state for t in promoted] == [TrialState.COMPLETE] * 2 and promoted[1].value == 0.99
 
 
-def as_pickled_at_c42b4cf(state: dict[str, Any]) -> dict[str, Any]:
-    """A searcher's state as c42b4cf pickled it, before the policy parts: their state as attributes
-    of its own, and rungs with a metric and a mode."""
-    from tlsearch.search.study import AshaRungs
-
-    state = dict(state)
-    duplicates, listed, promotion = state.pop("_duplicates"), state.pop("_listed"), state.pop("_promotion")
-    del state["_objective"]
-    rungs = AshaRungs.__new__(AshaRungs)
-    objective = promotion.rungs.objective
-    rungs.__dict__.update(vars(promotion.rungs) | {"metric": objective.metric, "mode": objective.mode})
-    del rungs.__dict__["objective"]
-    return state | {
-        "_skip_duplicates": duplicates.enabled,
-        "duplicates_skipped": duplicates.skipped,
-        "_all_points": listed.points,
-        "_rungs": rungs,
-        "_promoted": promotion.promoted,
-    }
-
-
-@pytest.mark.parametrize("pickled", ["now", "at c42b4cf", "at c42b4cf, whole"])
-def test_promotion_after_a_restore(tmp_path: Path, pickled: str) -> None:
-    """The mirrored rungs travel with the searcher's state (Tuner.restore), as ASHA's with Tune's;
-    also from a searcher pickled before the policy parts (a search resumed across the upgrade: its
-    state through restore, or the whole searcher as Tune's experiment state holds it)."""
+def test_promotion_after_a_restore(tmp_path: Path) -> None:
+    """The mirrored rungs travel with the searcher's state (Tuner.restore), as ASHA's with Tune's."""
     import pickle
 
     search, scheduler = six_configs_in_order(tmp_path, [A, B, C, D, E, F])
     assert len(drive(search, scheduler, CURVES, trials=6)) == 6
-    path = tmp_path / "searcher.pkl"
-    search.save(str(path))
+    search.save(str(tmp_path / "searcher.pkl"))
     restored = StudySearch.__new__(StudySearch)  # Tune unpickles the searcher, then restores its state
-    if pickled != "now":
-        restored.__dict__.update(as_pickled_at_c42b4cf(pickle.loads(path.read_bytes())))
-        path.write_bytes(pickle.dumps(restored.__dict__))
-    if pickled == "at c42b4cf, whole":
-        restored = pickle.loads(pickle.dumps(restored))
-    else:
-        restored.restore(str(path))
+    restored.restore(str(tmp_path / "searcher.pkl"))
     suggested: list = []
     ran = drive(restored, pickle.loads(pickle.dumps(scheduler)), CURVES, first=6, suggested=suggested)
     assert ran == [(B, 2), (C, 2)] and restored.promotions == 2

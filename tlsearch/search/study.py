@@ -65,29 +65,6 @@ class StudySearch(OptunaSearchAdapter):
         self._listed = ListedSpace(space)
         self._promotion = Promotion(rungs) if rungs is not None else None  # None: no promotion
 
-    def restore(self, checkpoint_path: str) -> None:
-        super().restore(checkpoint_path)
-        self._upgrade()
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._upgrade()
-
-    def _upgrade(self) -> None:
-        """A search resumed across an upgrade: a searcher pickled before the policy parts (c42b4cf and
-        earlier) kept their state as attributes of its own, and its rungs as
-        tlsearch.search.study.AshaRungs (imported here for them)."""
-        old = self.__dict__
-        if "_duplicates" in old:
-            return
-        self._objective = Objective(self.metric, self.mode)
-        self._duplicates = Duplicates(old.pop("_skip_duplicates", False), old.pop("duplicates_skipped", 0))
-        self._listed = ListedSpace(self.searched_space)
-        if "_all_points" in old:
-            self._listed.points = old.pop("_all_points")
-        rungs = old.pop("_rungs", None)
-        self._promotion = Promotion(rungs, old.pop("_promoted", set())) if rungs is not None else None
-
     @property
     def duplicates_skipped(self) -> int:
         """Repeated draws skipped so far."""

@@ -28,7 +28,6 @@ RAY_SEARCH_ATTRIBUTES: dict[str, type] = {
     "_ot_study": optuna.Study,
     "_ot_trials": dict,  # Tune trial id -> optuna.Trial; suggest() asks the study for an id not in it
     "_completed_trials": set,  # Tune trial ids whose end the study has been told
-    "_space": object,  # the space given
 }
 # Set by TPESampler.__init__: attribute -> the types expected. (Nothing private is imported here:
 # a TPE whose internals differ falls back to its own draws, `tpe_acquisition`.)
@@ -71,11 +70,6 @@ class OptunaSearchAdapter(OptunaSearch):
         if self._ot_study is None:
             raise RuntimeError(f"{type(self).__name__} has no search space, so no Optuna study yet")
         return self._ot_study
-
-    @property
-    def searched_space(self) -> object:
-        """The search space Ray was given."""
-        return self._space
 
     @property
     def asked(self) -> Mapping[str, optuna.Trial]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import optuna
@@ -41,12 +40,6 @@ class AshaRungs:
     reduction_factor: float
     recorded: dict[float, dict[str, float]] = field(default_factory=dict)
     stopped: dict[str, float] = field(default_factory=dict)  # trial -> the milestone ASHA stopped it at
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        if "objective" not in state:  # pickled before the objectives (c42b4cf and earlier)
-            old = {name: state[name] for name in ("metric", "mode")}
-            state = {k: v for k, v in state.items() if k not in old} | {"objective": Objective(**old)}
-        self.__dict__.update(state)
 
     @property
     def milestones(self) -> list[float]:
