@@ -104,7 +104,13 @@ class ResultsRecorder(Callback):
         self._next_rewrite = time.monotonic() + (time.monotonic() - start) / REWRITE_SHARE
         return rows
 
-    def setup(self, **info: Any) -> None:
+    def setup(
+        self,
+        stop: Any = None,
+        num_samples: int | None = None,
+        total_num_samples: int | None = None,
+        **info: Any,
+    ) -> None:
         # A resumed search: write again the W&B runs of trials that ended just before the old driver
         # died, before their run was finished.
         pending = set(runs_to_catch_up(self._dir))

@@ -171,7 +171,7 @@ def search_algorithms(
     objective = primary(s.objectives)  # what ASHA ranks trials by
     seconds = asha.time_attr == "device_s"
     # One set of settings for Ray's ASHA and the searcher's mirror of its rungs (promotion).
-    rung_settings = {
+    rung_settings: dict[str, Any] = {
         "time_attr": asha.time_attr,
         "max_t": asha.max_t_s if seconds else s.max_epochs,
         "grace_period": asha.grace_period_s if seconds else asha.grace_period,

@@ -75,7 +75,8 @@ class StudySearch(OptunaSearchAdapter):
         """Configurations run again by ASHA's promotion so far."""
         return len(self._promotion.promoted) if self._promotion is not None else 0
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    # Searcher.FINISHED is a str, which Ray's annotation of `suggest` leaves out.
+    def suggest(self, trial_id: str) -> dict | str | None:  # type: ignore[override]
         study = self.study
         if self._duplicates.enabled and not waiting(study):
             untried = self._listed.untried(study)
@@ -105,10 +106,10 @@ class StudySearch(OptunaSearchAdapter):
             return self._promote(trial_id)  # a trial ran the space's last configuration meanwhile
         with random_redraws(study) as redraws:
             for _ in redraws:
-                config = super().suggest(trial_id)
+                redrawn = super().suggest(trial_id)
                 earlier = self._duplicates.earlier(study, self.asked[trial_id])
                 if earlier is None:
-                    return config
+                    return redrawn
                 self._duplicates.skip(study, self.forget(trial_id), earlier)
         self._duplicates.give_up(f"no untried configuration in {MAX_REDRAWS} random draws", len(self.asked))
         return super().suggest(trial_id)
@@ -129,6 +130,7 @@ class StudySearch(OptunaSearchAdapter):
             )
             return Searcher.FINISHED
         origin, milestone = candidate
+        assert promotion is not None  # it found the candidate
         epoch = promotion.take(study, self.asked[origin], milestone)
         config = super().suggest(trial_id)
         if epoch and isinstance(config, dict):
@@ -158,6 +160,7 @@ class StudySearch(OptunaSearchAdapter):
             return
         ot_trial = self.asked[trial_id]
         metric = self._objective.metric
+        assert result is not None  # stopped early
         with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
             if metric in result:
                 # Tune does not pass the result the scheduler stopped a trial on to

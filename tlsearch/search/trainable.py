@@ -86,13 +86,13 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
         run_config=ray.train.RunConfig(
             name=name,
             storage_path=storage_path,
-            callbacks=[TuneReportCallback()],
+            callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Train V2's callbacks; typed as V1's
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
                 checkpoint_score_attribute=primary(spec.search.objectives).metric,
                 checkpoint_score_order=primary(spec.search.objectives).mode,
             ),
-            failure_config=ray.train.FailureConfig(
+            failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]  # Train V2's, typed as V1's
                 max_failures=spec.search.max_failures, controller_failure_limit=TRAIN_CONTROLLER_FAILURE_LIMIT
             ),
         ),

@@ -34,7 +34,7 @@ RAY_SEARCH_ATTRIBUTES: dict[str, type] = {
 TPE_ATTRIBUTES: dict[str, tuple[type, ...]] = {
     "_constant_liar": (bool,),
     "_n_startup_trials": (int,),
-    "_gamma": (type(None), Callable),  # None: default_gamma, which TPE sets on its first sample
+    "_gamma": (type(None), Callable),  # type: ignore[dict-item]  # the ABC, as isinstance takes it  # None: default_gamma, which TPE sets on its first sample
     "_group": (bool,),
     "_multivariate": (bool, type(None)),
     "_search_space": (IntersectionSearchSpace,),  # calculate(study) -> {name: distribution}
@@ -57,12 +57,11 @@ class OptunaSearchAdapter(OptunaSearch):
     """Ray's OptunaSearch, with the private state the policy reads behind named methods, and the
     search's objectives as Ray takes them (one: a metric and a mode; several: lists of both)."""
 
-    def __init__(self, *args: Any, objectives: Sequence[Objective], **kwargs: Any):
+    def __init__(self, space: Any, *, objectives: Sequence[Objective], **kwargs: Any):
         metrics, modes = [o.metric for o in objectives], [o.mode for o in objectives]
-        if len(objectives) == 1:
-            super().__init__(*args, metric=metrics[0], mode=modes[0], **kwargs)
-        else:
-            super().__init__(*args, metric=metrics, mode=modes, **kwargs)
+        metric: str | list[str] = metrics[0] if len(objectives) == 1 else metrics
+        mode: str | list[str] = modes[0] if len(objectives) == 1 else modes
+        super().__init__(space, metric=metric, mode=mode, **kwargs)
 
     @property
     def study(self) -> optuna.Study:
@@ -129,7 +128,7 @@ def _tpe_acquisition(
     from optuna.samplers._tpe.sampler import _split_trials, default_gamma
 
     # As TPESampler._sample: with the constant liar, running trials count among the worse ones.
-    states = (TrialState.COMPLETE, TrialState.PRUNED)
+    states: tuple[TrialState, ...] = (TrialState.COMPLETE, TrialState.PRUNED)
     if sampler._constant_liar:
         states += (TrialState.RUNNING,)
     trials = study.get_trials(deepcopy=False, states=states)
@@ -137,7 +136,7 @@ def _tpe_acquisition(
     if finished < sampler._n_startup_trials:
         return None
     below, above = _split_trials(study, trials, (sampler._gamma or default_gamma)(finished))
-    if sampler._group:
+    if sampler._group and sampler._group_decomposed_search_space is not None:
         subspaces = sampler._group_decomposed_search_space.calculate(study).search_spaces
     elif sampler._multivariate:
         subspaces = [sampler._search_space.calculate(study)]

@@ -70,7 +70,9 @@ class AshaRungs:
         """Whether ASHA would keep this trial's values at every milestone it reached, with what the
         rungs hold now (a rerun of a deterministic trial reports the same values)."""
         reached = [m for m, recorded in self.recorded.items() if trial_id in recorded]
-        return bool(reached) and all(self.recorded[m][trial_id] >= self.cutoff(m) for m in reached)
+        return bool(reached) and all(
+            self.recorded[m][trial_id] >= (self.cutoff(m) or -math.inf) for m in reached
+        )
 
 
 @dataclass
