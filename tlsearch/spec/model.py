@@ -157,7 +157,7 @@ class SchedulerSpec(Strict):
 
 class SamplerSpec(Strict):
     type: Literal["tpe", "random"] = "tpe"
-    # Optuna 5 changed TPESampler's defaults; every setting is explicit here (DESIGN.md §3).
+    # Optuna 5 changed TPESampler's defaults; every setting is explicit here (docs/design.md §20).
     n_startup_trials: int = Field(8, ge=0)
     multivariate: bool = True
     group: bool = True
