@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 demo: setup
 	$(VENV)/bin/tlsearch run $(DEMO_SPEC) --name $(DEMO_NAME)
 
-# Debian's chromium renders report.html in the browser test (DESIGN.md §8). Installed when missing
+# Debian's chromium renders report.html in the browser test (docs/design.md §24). Installed when missing
 # and apt-get is usable; otherwise that test is skipped (CI sets TLSEARCH_REQUIRE_BROWSER=1: fail).
 browser:
 	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \

@@ -274,7 +274,7 @@ def test_wandb_key_reaches_only_the_head_and_only_from_a_secret(kind: str) -> No
 
 
 def test_rayjob_runtime_env_carries_no_secret() -> None:
-    """runtime_env env_vars are readable through the dashboard and the State API (DESIGN.md §5)."""
+    """runtime_env env_vars are readable through the dashboard and the State API (docs/design.md §21)."""
     runtime_env = yaml.safe_load(load(RAYJOB)["spec"].get("runtimeEnvYAML") or "{}") or {}
     for name in runtime_env.get("env_vars", {}):
         assert not SECRET_NAME.search(name) and not name.startswith("WANDB"), name

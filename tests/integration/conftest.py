@@ -20,7 +20,7 @@ from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Ray >= 2.59 enables token authentication for clusters started with `ray start`; drivers and the
-# CLI send the token (from ~/.ray/auth_token) only when told to (DESIGN.md §2).
+# CLI send the token (from ~/.ray/auth_token) only when told to (docs/design.md §18).
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 

@@ -50,7 +50,7 @@ class TwoNodes:
 
 @pytest.fixture(scope="module")
 def two_nodes() -> Iterator[TwoNodes]:
-    # The job's `python` is the first one on the PATH of `ray start`: this venv's (DESIGN.md §2).
+    # The job's `python` is the first one on the PATH of `ray start`: this venv's (docs/design.md §18).
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")}
     env |= {"PATH": f"{VENV_BIN}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "token", "WANDB_MODE": "offline"}
     # The head runs trial drivers (the `trial_driver` resource) and trains one worker at a time.

@@ -46,7 +46,7 @@ class Outcome:
 
 def connect(address: str | None) -> None:
     """Attach to `address` / RAY_ADDRESS, or start a local cluster on loopback with the dashboard
-    (Ray Train's cleanup of stopped trials goes through the dashboard's State API: DESIGN.md §2)."""
+    (Ray Train's cleanup of stopped trials goes through the dashboard's State API: docs/design.md §14)."""
     import ray
 
     if ray.is_initialized():
@@ -178,7 +178,7 @@ def search_algorithms(
         "reduction_factor": asha.reduction_factor,
     }
     scheduler = (
-        # stop_last_trials=False: trials that reach max_epochs end normally (DESIGN.md §2)
+        # stop_last_trials=False: trials that reach max_epochs end normally (docs/design.md §15)
         ASHAScheduler(**rung_settings, metric=objective.metric, mode=objective.mode, stop_last_trials=False)
         if asha.type == "asha"
         else FIFOScheduler()
@@ -242,7 +242,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             max_concurrent_trials=max_concurrent,
             trial_dirname_creator=trial_dirname,
             # Only single-worker trials: a stopped multi-worker trial must lose its actor, which takes
-            # its Train controller and workers with it (DESIGN.md §2); a reused actor would keep them.
+            # its Train controller and workers with it (docs/design.md §14); a reused actor would keep them.
             reuse_actors=spec.training.reuse_processes and not multi_worker,
         ),
         run_config=tune.RunConfig(

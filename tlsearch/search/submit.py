@@ -1,6 +1,6 @@
 """`tlsearch submit`: run a search as a Ray job on a remote cluster and exit with its real outcome.
 
-`ray job submit` exits 0 for a STOPPED job and `ray job status` always exits 0 (DESIGN.md §2), so a
+`ray job submit` exits 0 for a STOPPED job and `ray job status` always exits 0 (docs/design.md §18), so a
 CI step built on them cannot fail when the search fails. This wraps Ray's JobSubmissionClient: the
 spec is checked here before anything is uploaded, the job's logs are streamed, and the exit code is
 the job driver's own (0 success, 1 no trial finished, 2 bad input), 1 for a stopped job, and 130

@@ -2,7 +2,7 @@
 
 `strategy` is suggested first; then only that strategy's knobs, namespaced per strategy
 (`lora/rank`, `partial/unfreeze_depth`), so every parameter name keeps one distribution for the
-whole study (DESIGN.md §3). Knobs shared by all strategies live under `common/`.
+whole study (docs/design.md §20). Knobs shared by all strategies live under `common/`.
 Fixed values are returned as constants, not suggested, so the sampler only models real choices.
 """
 

@@ -4,7 +4,7 @@ Why the driver and not the trials' rank-0 processes: the driver is the one proce
 trial from start to end, including how it ended (ASHA stops a trial by killing its processes, which
 then cannot finish their run or say why they stopped). One writer per run, however many workers a
 trial has, and the API key stays in the driver's own environment / netrc: it never travels through
-Ray (Ray's WandbLoggerCallback copies it into actor environment variables, DESIGN.md §5).
+Ray (Ray's WandbLoggerCallback copies it into actor environment variables, docs/design.md §21).
 
 All W&B calls run on one background thread so Tune's event loop never waits for W&B.
 """

@@ -1,7 +1,7 @@
 """The seam between the training loop and Ray: one loop, two runners (and one without Ray).
 
 - TuneSession: a single-worker trial runs the loop inside the Tune trial actor and checkpoints
-  at Tune level (no worker group to start: DESIGN.md §2). With `background` (the spec's
+  at Tune level (no worker group to start: docs/design.md §12). With `background` (the spec's
   `training.background_checkpoints`) each epoch's report goes to Tune from a thread of its own: the
   files are written, Ray copies them to the trial's storage and the driver answers while the next
   epoch trains (the device would otherwise wait for all three, every epoch).
