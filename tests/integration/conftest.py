@@ -24,6 +24,18 @@ RAY = str(Path(sys.executable).with_name("ray"))
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
+def ensure_auth_token() -> None:
+    """`ray start` with token auth refuses to run without a token; on a fresh machine there is none
+    until something generates it, as a user does once with `ray get-auth-token --generate`."""
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run([RAY, "get-auth-token", "--generate"], check=True, capture_output=True)
+
+
+ensure_auth_token()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -41,6 +53,16 @@ def node_ports() -> list[str]:
         "--runtime-env-agent-port",
     )
     return [arg for flag in flags for arg in (flag, str(free_port()))]
+
+
+def own_dashboard(env: dict[str, str] | None, dashboard_url: str) -> dict[str, str]:
+    """The environment of a node's processes, pointing Ray's state API at this cluster's dashboard.
+    Without it a process that asks the state API with no address (Ray Train's placement-group
+    cleaner, to see whether its controller lives) finds the cluster through
+    /tmp/ray/ray_current_cluster, which the latest head on the machine overwrites; once that head
+    is gone, the cleaner fails, an ASHA-stopped trial's placement group stays reserved, and the next
+    Ray Train trial waits for its CPUs forever."""
+    return {**(os.environ if env is None else env), "RAY_API_SERVER_ADDRESS": dashboard_url}
 
 
 class RayNode:
@@ -104,7 +126,7 @@ class LocalCluster(RayNode):
             args += ["--resources", json.dumps(resources)]
         if all_ports:
             args += ["--ray-client-server-port", str(free_port()), *node_ports()]
-        super().__init__(args, env, "head")
+        super().__init__(args, own_dashboard(env, self.dashboard_url), "head")
         try:
             self._wait_ready()
         except BaseException:
@@ -147,4 +169,4 @@ class WorkerNode(RayNode):
             json.dumps(resources),
             *node_ports(),
         ]
-        super().__init__(args, env, "worker")
+        super().__init__(args, own_dashboard(env, head.dashboard_url), "worker")

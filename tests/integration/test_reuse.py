@@ -72,7 +72,8 @@ def test_reused_processes_start_at_once_and_train_identically(
 
     assert len({t["rank0_pid"] for t in reused}) == 1  # one process ran every trial, in turn
     assert len({t["rank0_pid"] for t in fresh}) == len(CONFIGS)
-    # Warm trials load nothing: the pretrained model and the tokenized data were kept.
+    # Trials after the first in a reused process load nothing: the pretrained model and the
+    # tokenized data were kept.
     assert all(t["model_load_s"] < 1.0 and t["data_load_s"] < 0.5 for t in reused[1:])
     assert all(t["workers_start_s"] < 0.5 for t in reused + fresh)  # no worker group to start
 
