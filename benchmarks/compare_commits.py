@@ -29,6 +29,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from benchmarks._common import ROOT, write_result
 
 TOLERANCE = 0.10

@@ -55,14 +55,22 @@ def node_ports() -> list[str]:
     return [arg for flag in flags for arg in (flag, str(free_port()))]
 
 
-def own_dashboard(env: dict[str, str] | None, dashboard_url: str) -> dict[str, str]:
-    """The environment of a node's processes, pointing Ray's state API at this cluster's dashboard.
-    Without it a process that asks the state API with no address (Ray Train's placement-group
-    cleaner, to see whether its controller lives) finds the cluster through
-    /tmp/ray/ray_current_cluster, which the latest head on the machine overwrites; once that head
-    is gone, the cleaner fails, an ASHA-stopped trial's placement group stays reserved, and the next
-    Ray Train trial waits for its CPUs forever."""
-    return {**(os.environ if env is None else env), "RAY_API_SERVER_ADDRESS": dashboard_url}
+def node_environment(env: dict[str, str] | None, dashboard_url: str) -> dict[str, str]:
+    """The environment of a node's processes.
+
+    `RAY_API_SERVER_ADDRESS` points Ray's state API at this cluster's dashboard. Without it a
+    process that asks the state API with no address (Ray Train's placement-group cleaner, to see
+    whether its controller lives) finds the cluster through /tmp/ray/ray_current_cluster, which the
+    latest head on the machine overwrites; once that head is gone the cleaner fails, an ASHA-stopped
+    trial's placement group stays reserved and the next Ray Train trial waits for its CPUs forever.
+
+    `RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0`: on SIGTERM a node otherwise drains for up to 30 s
+    (for Ray Serve's proxies) before it stops; a test cluster has nothing to drain."""
+    return {
+        **(os.environ if env is None else env),
+        "RAY_API_SERVER_ADDRESS": dashboard_url,
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+    }
 
 
 class RayNode:
@@ -84,15 +92,23 @@ class RayNode:
         return Path(self.log.name).read_text()[-3000:]
 
     def stop(self) -> None:
-        # SIGTERM to `ray start --block` shuts down the processes it started, and only those.
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-        if getattr(self, "temp_dir", None):
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
+        stop_nodes(self)
+
+
+def stop_nodes(*nodes: RayNode) -> None:
+    """SIGTERM to `ray start --block` shuts down the processes it started, and only those. Every node
+    is signalled before any is waited for: each takes seconds to shut down, and they do it at once."""
+    running = [node for node in nodes if node.process.poll() is None]
+    for node in running:
+        node.process.send_signal(signal.SIGTERM)
+    for node in running:
+        try:
+            node.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.process.pid, signal.SIGKILL)
+    for node in nodes:
+        if getattr(node, "temp_dir", None):
+            shutil.rmtree(node.temp_dir, ignore_errors=True)
 
 
 class LocalCluster(RayNode):
@@ -126,7 +142,7 @@ class LocalCluster(RayNode):
             args += ["--resources", json.dumps(resources)]
         if all_ports:
             args += ["--ray-client-server-port", str(free_port()), *node_ports()]
-        super().__init__(args, own_dashboard(env, self.dashboard_url), "head")
+        super().__init__(args, node_environment(env, self.dashboard_url), "head")
         try:
             self._wait_ready()
         except BaseException:
@@ -169,4 +185,4 @@ class WorkerNode(RayNode):
             json.dumps(resources),
             *node_ports(),
         ]
-        super().__init__(args, own_dashboard(env, head.dashboard_url), "worker")
+        super().__init__(args, node_environment(env, head.dashboard_url), "worker")

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.integration.conftest import RAY, LocalCluster, WorkerNode
+from tests.integration.conftest import RAY, LocalCluster, WorkerNode, stop_nodes
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists
 from tlsearch.testing import text_spec
 
@@ -68,9 +68,7 @@ def two_nodes() -> Iterator[TwoNodes]:
             time.sleep(1)
         yield cluster
     finally:
-        if worker is not None:
-            worker.stop()
-        head.stop()
+        stop_nodes(*(node for node in (worker, head) if node is not None))
 
 
 def _spec(tiny_bert: Path, data: dict[str, Path], storage: Path, name: str, **sections: object) -> dict:

@@ -20,7 +20,14 @@ HEAD_LRS = [3e-3, 3e-2, 3e-1]
 
 
 def _search(
-    tiny_bert: Path, data: dict, storage: Path, name: str, order: list[float], workers: int, **search: Any
+    tiny_bert: Path,
+    data: dict,
+    storage: Path,
+    name: str,
+    order: list[float],
+    workers: int,
+    cpus_per_worker: float = 1,
+    **search: Any,
 ) -> Path:
     spec = validate_spec(
         text_spec(
@@ -38,7 +45,7 @@ def _search(
                 "linear_probe": {"head_lr": HEAD_LRS},
                 "common": {"batch_size": 8, "weight_decay": 0.0, "warmup_fraction": 0.0},
             },
-            resources={"workers_per_trial": workers, "cpus_per_worker": 1},
+            resources={"workers_per_trial": workers, "cpus_per_worker": cpus_per_worker},
             tracking={"wandb": {"mode": "disabled"}},
         )
     )
@@ -55,7 +62,9 @@ def test_a_promoted_trial_continues_from_the_stopped_ones_checkpoint(
     within the top half of rung 1: it is promoted, and the new trial starts from its epoch-1
     checkpoint (reported again as it was), then trains epoch 2. In Tune's checkpoints (one worker)
     and Ray Train's (DDP)."""
-    # Epoch 1 as the search below trains it: the same max_epochs (the learning-rate schedule spans them).
+    # Epoch 1 as the search below trains it: the same max_epochs (the learning-rate schedule spans
+    # them) and workers. The three trials run at once on half a CPU per worker (a torch thread each,
+    # as with one CPU): they fit the 4-CPU cluster together, and their start-ups overlap.
     first = _search(
         tiny_bert,
         text_data,
@@ -63,8 +72,10 @@ def test_a_promoted_trial_continues_from_the_stopped_ones_checkpoint(
         "every-epoch",
         HEAD_LRS,
         workers,
+        cpus_per_worker=0.5,
         num_samples=3,
         max_epochs=3,
+        max_concurrent=3,
         scheduler={"type": "fifo"},
     )
     trial_lr = {

@@ -314,6 +314,18 @@ def test_dump_round_trips_in_the_shapes_people_write() -> None:
     assert validate_spec(dumped) == spec
 
 
+def test_a_spec_pickles_with_the_standard_pickle() -> None:
+    """Sent to a spawned process (multiprocessing pickles by reference): every strategy's search space,
+    derived from its knobs, is found again by its module and qualified name."""
+    import pickle
+
+    spec = validate_spec(with_(strategies={"lora": {"rank": 8}, "linear_probe": {}}))
+    assert pickle.loads(pickle.dumps(spec)) == spec
+    for name in STRATEGIES.names():
+        space = STRATEGIES.get(name).knobs.space
+        assert pickle.loads(pickle.dumps(space)) is space
+
+
 def test_every_knob_has_a_kind_a_doc_and_a_preferred_value_inside_its_default_range() -> None:
     for knobs in [*(STRATEGIES.get(name).knobs for name in STRATEGIES), CommonKnobs]:
         for name in knobs.model_fields:

@@ -89,7 +89,11 @@ class Knobs(BaseModel):
             spec = cls.knob(name)
             fields[name] = (knob(cls.kind(name), **spec.rules()), Field(spec.default, description=spec.doc))
         space_name = cls.__name__.removesuffix("Knobs") + "Space"
-        cls.space = create_model(space_name, __base__=Strict, __doc__=cls.__doc__, **fields)
+        cls.space = create_model(
+            space_name, __base__=Strict, __doc__=cls.__doc__, __module__=cls.__module__, **fields
+        )
+        # Found again by pickle (a spec sent to a spawned process) as the attribute it is.
+        cls.space.__qualname__ = f"{cls.__qualname__}.space"
 
     @classmethod
     def knob(cls, name: str) -> Knob:
