@@ -78,6 +78,7 @@ def main() -> None:
     parser.add_argument("--head", default="HEAD", help="the commit after it (default HEAD)")
     parser.add_argument("--rounds", type=int, default=1, help="rounds of every benchmark at both commits")
     parser.add_argument("--only", default=",".join(BENCHMARKS), help="comma-separated benchmarks")
+    parser.add_argument("--name", default="compare_commits", help="results/<name>.json")
     args = parser.parse_args()
     names = [n for n in args.only.split(",") if n]
     scratch = Path(tempfile.mkdtemp(prefix="tlsearch-compare-"))
@@ -113,7 +114,7 @@ def main() -> None:
             "all_within_10_percent": all(f["within_10_percent"] for f in figures.values()),
         }
         command = "python benchmarks/compare_commits.py " + " ".join(sys.argv[1:])
-        print(write_result("compare_commits", summary, command))
+        print(write_result(args.name, summary, command))
         for key, figure in figures.items():
             print(
                 f"{key:45} base {figure['base']}  head {figure['head']}  head/base {figure['head_over_base']}"
