@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu/run.sh             # on the lent GPU machine: writes $OUT/gpu_results.json
 #   bash benchmarks/gpu/run.sh --dry-run   # CPU, tiny models, < 1 min (tests/benchmarks runs it)
 #
-# On the GPU machine (../shared/device/README.md): carry .whl/ (Ray, Optuna; built by
-# ../shared/device/pack-wheels.sh); this script installs them into .site/. wandb is not needed.
+# A GPU machine whose Python has CUDA torch but neither Ray nor Optuna, and no package index: bring
+# their wheels in .whl/ (`pip download 'ray[default,tune,train]' optuna -d .whl` elsewhere, for the
+# machine's Python version); this script installs them into .site/. wandb is not needed.
 # PYTHON picks the interpreter (default python3, the one with CUDA torch there).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -17,7 +18,7 @@ if ! "$PYTHON" -c "import ray, optuna" 2>/dev/null && compgen -G ".whl/*.whl" >/
   export PYTHONPATH="$PWD/.site:$PYTHONPATH"
 fi
 if ! "$PYTHON" -c "import optuna" 2>/dev/null; then
-  echo "Optuna is missing (tlsearch's training loop imports it): carry .whl/ built by ../shared/device/pack-wheels.sh" >&2
+  echo "Optuna is missing (tlsearch's training loop imports it): install Ray and Optuna, or put their wheels in .whl/ (pip download 'ray[default,tune,train]' optuna -d .whl)" >&2
   exit 2
 fi
 export WANDB_MODE=disabled HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
