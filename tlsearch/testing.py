@@ -71,6 +71,31 @@ def make_tiny_bert(
     return directory
 
 
+def save_sentence_transformers_pooling(
+    directory: Path, pooling: str = "mean", normalize: bool = True
+) -> Path:
+    """Beside a model saved with save_pretrained, the files sentence-transformers writes to say how it
+    pools (`modules.json`, `1_Pooling/config.json`): what `model.pooling: auto` reads."""
+    import json
+
+    modules = [
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    if normalize:
+        modules.append(
+            {"idx": 2, "name": "2", "path": "2_Normalize", "type": "sentence_transformers.models.Normalize"}
+        )
+    (directory / "modules.json").write_text(json.dumps(modules, indent=2))
+    (directory / "1_Pooling").mkdir(exist_ok=True)
+    hidden = json.loads((directory / "config.json").read_text())["hidden_size"]
+    modes = ("cls_token", "mean_tokens", "max_tokens", "mean_sqrt_len_tokens")
+    wanted = {"cls": "cls_token", "mean": "mean_tokens", "max": "max_tokens"}[pooling]
+    config = {"word_embedding_dimension": hidden} | {f"pooling_mode_{m}": m == wanted for m in modes}
+    (directory / "1_Pooling" / "config.json").write_text(json.dumps(config, indent=2))
+    return directory
+
+
 def make_tiny_vit(
     directory: Path,
     *,
@@ -118,6 +143,21 @@ def text_rows(n: int, seed: int, words_per_row: int = 7) -> list[dict[str, Any]]
         words = rng.choices(CLASS_WORDS[label], k=3) + rng.choices(NEUTRAL, k=words_per_row - 3)
         rng.shuffle(words)
         rows.append({"text": " ".join(words), "label": label})
+    return rows
+
+
+def hard_text_rows(n: int, seed: int, words_per_row: int = 12, noise: float = 0.15) -> list[dict[str, Any]]:
+    """Like `text_rows`, but one class word among many neutral ones and `noise` of the labels drawn at
+    random: accuracy stays well below 1, so two classifiers' accuracies can be told apart."""
+    rng = random.Random(seed)
+    labels = list(CLASS_WORDS)
+    rows = []
+    for i in range(n):
+        label = labels[i % len(labels)]
+        words = [rng.choice(CLASS_WORDS[label]), *rng.choices(NEUTRAL, k=words_per_row - 1)]
+        rng.shuffle(words)
+        shown = rng.choice(labels) if rng.random() < noise else label
+        rows.append({"text": " ".join(words), "label": shown})
     return rows
 
 

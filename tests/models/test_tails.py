@@ -33,8 +33,9 @@ def depth_of(config: TrialConfig) -> int | None:
 
 
 def spec_for(name: str, tiny_bert: Path, tiny_vit: Path | None = None) -> ModelSpec:
-    if name == "hf":
-        return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification")
+    if name in ("hf", "hf-mean", "hf-cls"):  # BERT's own head, or its base model under a pooling head
+        pooling = name.removeprefix("hf-") if name != "hf" else "auto"
+        return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification", pooling=pooling)
     if name == "hf-image":  # a Hugging Face ViT
         return ModelSpec(source="hf", name=str(tiny_vit), task="image-classification")
     return ModelSpec(source="timm", name=name, task="image-classification", pretrained=False, image_size=32)
@@ -50,7 +51,7 @@ def probe_for(loaded: LoadedModel) -> object:
 
 CASES = [
     (name, config)
-    for name in ["hf", "hf-image", *TIMM_FAMILIES]
+    for name in ["hf", "hf-mean", "hf-cls", "hf-image", *TIMM_FAMILIES]
     for config in (CONFIGS["linear_probe"], partial(1), partial(2))
     # test_convnext's block 7 is the first block of a stage: see the test below.
     if (name, depth_of(config)) != ("test_convnext", 2)

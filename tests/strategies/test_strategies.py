@@ -30,13 +30,15 @@ CONFIGS = {
 }
 
 
-# hf-image: a Hugging Face ViT (AutoModelForImageClassification) through the hf source.
-SOURCES = ["timm", "hf", "hf-image"]
+# hf-image: a Hugging Face ViT (AutoModelForImageClassification) through the hf source; hf-mean: the
+# BERT's base model under a mean-pooling head (tlsearch.models.pooling.PooledClassifier).
+SOURCES = ["timm", "hf", "hf-mean", "hf-image"]
 
 
 def model_spec(source: str, tiny_bert: Path, tiny_vit: Path | None = None) -> ModelSpec:
-    if source == "hf":
-        return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification")
+    if source in ("hf", "hf-mean"):
+        pooling = "mean" if source == "hf-mean" else "auto"
+        return ModelSpec(source="hf", name=str(tiny_bert), task="text-classification", pooling=pooling)
     if source == "hf-image":
         assert tiny_vit is not None
         return ModelSpec(source="hf", name=str(tiny_vit), task="image-classification")
@@ -47,7 +49,7 @@ def model_spec(source: str, tiny_bert: Path, tiny_vit: Path | None = None) -> Mo
 
 def batch(source: str) -> object:
     torch.manual_seed(3)
-    if source == "hf":
+    if source in ("hf", "hf-mean"):
         return {
             "input_ids": torch.randint(5, 20, (4, 8)),
             "attention_mask": torch.ones(4, 8, dtype=torch.long),

@@ -36,6 +36,8 @@ class LoadedModel:
     # built the model: the loop's image pipeline is timm's eval transform and ToDevice's normalisation.
     preprocessing: Any
     source: ModelSource  # the source that built it: the one place that knows the model's kind
+    # What a text model's head reads (`model.pooling` resolved: cls, mean or pooler); None for images.
+    pooling: str | None = None
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ from torch import nn
 from tlsearch.errors import UserInputError
 from tlsearch.models.base import Fingerprint, LoadedModel, maybe_meta, register, sha256_json
 from tlsearch.models.layers import LayerMap, head_param_names
+from tlsearch.models.pooling import POOLED, PooledClassifier, resolve_pooling
 from tlsearch.models.tails import (
     HEAD,
     Features,
@@ -49,6 +50,7 @@ class HuggingFaceSource:
         import transformers
         from transformers import (
             AutoConfig,
+            AutoModel,
             AutoModelForImageClassification,
             AutoModelForSequenceClassification,
         )
@@ -56,15 +58,25 @@ class HuggingFaceSource:
         transformers.logging.set_verbosity_error()  # one "newly initialised head" warning per trial is noise
         transformers.utils.logging.disable_progress_bar()
         images = spec.task == "image-classification"
-        auto = AutoModelForImageClassification if images else AutoModelForSequenceClassification
         location = _location(spec)
         try:
+            pooling = None if images else resolve_pooling(spec.pooling, location)
+            # The model's own classification head, or (`cls`, `mean`) its base model under a pooling head.
+            auto: Any = (
+                AutoModelForImageClassification
+                if images
+                else AutoModelForSequenceClassification
+                if pooling == "pooler"
+                else AutoModel
+            )
             config = AutoConfig.from_pretrained(location, num_labels=num_classes)
             with maybe_meta(weights):
                 if weights and spec.pretrained:
                     model = auto.from_pretrained(location, config=config, ignore_mismatched_sizes=True)
                 else:
                     model = auto.from_config(config)
+                if pooling in POOLED:
+                    model = PooledClassifier(model, pooling, num_classes)
             preprocessing: Any = (
                 _image_preprocessing(location, config, spec) if images else _tokenizer(location)
             )
@@ -76,7 +88,9 @@ class HuggingFaceSource:
         head = _head_modules(model)
         if weights:
             _fresh_head(model, head)
-        return LoadedModel(model, head, self.layer_map(model, head), preprocessing, source=self)
+        return LoadedModel(
+            model, head, self.layer_map(model, head), preprocessing, source=self, pooling=pooling
+        )
 
     def layer_map(self, model: Any, head_modules: tuple[str, ...]) -> LayerMap:
         """Embeddings 0, `<blocks>.i` -> i + 1, the rest (final norm, pooler) on top."""
@@ -113,7 +127,11 @@ class HuggingFaceSource:
                 {"data_config": loaded.preprocessing},
                 ("torch", "transformers", "timm", "torchvision"),
             )
-        preprocessing = {"tokenizer": _tokenizer_sha256(loaded.preprocessing), "max_length": spec.max_length}
+        preprocessing = {
+            "tokenizer": _tokenizer_sha256(loaded.preprocessing),
+            "max_length": spec.max_length,
+            "pooling": loaded.pooling,
+        }
         return Fingerprint(config, preprocessing, ("torch", "transformers", "tokenizers"))
 
     def logits(self, model: nn.Module, batch: Any) -> torch.Tensor:
@@ -366,6 +384,14 @@ def _head_tail(loaded: LoadedModel) -> Tail:
     model: Any = loaded.model  # a transformers model: its attributes are not typed
     base = model.base_model
     images = _takes_images(model)
+
+    if isinstance(model, PooledClassifier):
+        # What the head reads is the pooled vector: one stored row per text (rows × 1 × hidden).
+        def extract_pooled(batch: Any) -> Features:
+            return model.features(**batch)[:, None], None
+
+        tail = replaced(model, {model.base_model_prefix: _BaseOutputReplay()})
+        return Tail(HEAD, tail, extract_pooled, lambda rows, _: {"inputs_embeds": rows})
 
     def extract(batch: Any) -> Features:
         out = _feed(base, batch)

@@ -49,6 +49,7 @@ class Resolved:
     num_blocks: int
     hashes: dict[str, str]
     study_name: str  # unique: several searches may share one Optuna storage
+    pooling: str | None = None  # what a text model's head reads, `model.pooling: auto` resolved
 
 
 def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[DataFiles, dict[str, str]]:
@@ -106,7 +107,7 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     space = build_space(spec, num_blocks=probe.layers.num_blocks)
     for strategy in space.strategy_names():
         check(strategy, probe, space.dims(strategy))  # fail now, not in every trial
-    return Resolved(spec, data, space, probe.layers.num_blocks, hashes, study_name)
+    return Resolved(spec, data, space, probe.layers.num_blocks, hashes, study_name, probe.pooling)
 
 
 def recorded(run_dir: Path) -> dict[str, Any]:
@@ -160,6 +161,7 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
             "storage": storage_description(spec.tracking.optuna.storage, run_dir),
         },
         "model_blocks": resolved.num_blocks,
+        **({"model_pooling": resolved.pooling} if resolved.pooling else {}),
         "space": {
             name: {knob: _describe(dim) for knob, dim in resolved.space.dims(name).items()}
             for name in resolved.space.strategy_names()

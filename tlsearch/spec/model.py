@@ -49,6 +49,13 @@ class ModelSpec(Strict):
     """Texts are truncated to this many tokens (text models only)."""
     image_size: int | None = Field(None, ge=16, le=4096)
     """Images are resized to this square size (image models only); none: the model's own."""
+    pooling: Literal["auto", "cls", "mean", "pooler"] = "auto"
+    """What a text model's new head reads: `mean`, the average of the last hidden states over the
+    tokens (padding excluded); `cls`, the first token's last hidden state; `pooler`, the model's own
+    classification head as transformers builds it (BERT: its pooler, a dense layer over [CLS]); `auto`:
+    what the model's sentence-transformers configuration says (`modules.json`, `1_Pooling/config.json`:
+    mean for all-MiniLM-L6-v2) when its directory has one, else `pooler`. The head, the feature cache,
+    the final model and its export all read the same (text models only)."""
 
     @property
     def builtin(self) -> str | None:
@@ -395,6 +402,7 @@ class Spec(Strict):
         document = self.model_dump(mode="json")
         if self.model.task != "text-classification":
             document["model"].pop("max_length")
+            document["model"].pop("pooling")
         if self.search.scheduler.time_attr == "device_s":
             document["search"]["scheduler"].pop("grace_period")
         if not any(STRATEGIES.get(name).feature_cache for name in self.strategies.enabled()):
@@ -431,6 +439,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
             )
     if not text and "max_length" in m.model_fields_set:
         problems.append(("model.max_length", "applies to text models only; remove it"))
+    if not text and m.pooling != "auto":
+        problems.append(("model.pooling", "applies to text models only; remove it"))
     if text and m.image_size is not None:
         problems.append(("model.image_size", "applies to image models only; remove it"))
     if text and spec.training.channels_last is True:
