@@ -154,6 +154,7 @@ def recording_spec(base: dict[str, Any], grid: dict[str, dict[str, Any]], name: 
         "num_samples": len(configs),
         "seed_configs": configs,
         "scheduler": {"type": "fifo"},
+        "baselines": [],  # the table records the grid's configurations only
     }
     document["training"] = {**base.get("training", {}), "checkpoints_to_keep": 1}
     document["tracking"] = {**base.get("tracking", {}), "wandb": {"mode": "disabled"}}

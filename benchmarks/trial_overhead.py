@@ -322,7 +322,13 @@ def main() -> None:
     from tlsearch.search.runner import connect
 
     storage = tempfile.mkdtemp(prefix="tlsearch-overhead-")
-    base = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
+    # Baselines off: the figures are of the search's own trials.
+    base = [
+        "search.scheduler.type=fifo",
+        "tracking.wandb.mode=disabled",
+        "search.seed_configs=none",
+        "search.baselines=[]",
+    ]
     if args.quick:
         from tlsearch.testing import make_tiny_bert
 

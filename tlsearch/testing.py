@@ -193,7 +193,9 @@ def text_spec(tiny_bert: Path, files: dict[str, Path], storage: Path, **sections
         "storage": str(storage),
         "model": {"source": "hf", "name": str(tiny_bert), "task": "text-classification", "max_length": 16},
         "data": {"train": str(files["train"]), "validation": str(files["validation"]), "text_column": "text"},
-        "search": {"num_samples": 4, "max_epochs": 2},
+        # Baselines off: a test about something else need not pay for them (tests/integration turn
+        # them on where they are under test).
+        "search": {"num_samples": 4, "max_epochs": 2, "baselines": []},
     }
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
@@ -216,7 +218,9 @@ def image_spec(files: dict[str, Path], storage: Path, **sections: Any) -> dict[s
             "validation": str(files["validation"]),
             "image_column": "image",
         },
-        "search": {"num_samples": 4, "max_epochs": 2},
+        # Baselines off: a test about something else need not pay for them (tests/integration turn
+        # them on where they are under test).
+        "search": {"num_samples": 4, "max_epochs": 2, "baselines": []},
     }
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value

@@ -302,7 +302,12 @@ def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int]:
     return spec, overhead_trials, busy_rows
 
 
-OVERHEAD_BASE = ["search.scheduler.type=fifo", "tracking.wandb.mode=disabled", "search.seed_configs=none"]
+OVERHEAD_BASE = [
+    "search.scheduler.type=fifo",
+    "tracking.wandb.mode=disabled",
+    "search.seed_configs=none",
+    "search.baselines=[]",  # the figures are of the search's own trials
+]
 
 
 def _busy_overrides(busy_rows: int) -> list[str]:

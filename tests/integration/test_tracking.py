@@ -99,6 +99,8 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
                 {"strategy": "full", "head_lr": 3e-2, "backbone_lr": 3e-3},
                 {"strategy": "linear_probe", "head_lr": 1e-5},
             ],
+            # The search's linear probe is not the default one: all three baselines run apart.
+            "baselines": ["majority", "scratch", "default_linear_probe"],
         },
         strategies={
             "full": {
@@ -141,13 +143,19 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
         after = dashboard(f"/api/studies/{during[0]['study_id']}?after=0")
     assert len(after["trials"]) == 5
 
-    trials = {t["trial_id"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
+    rows = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    trials = {t["trial_id"]: t for t in rows if t["in_search"]}
     epochs = pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
     assert len(trials) == 5 and any(t["status"] == "stopped_early" for t in trials.values())
+    assert all(t["baseline"] is None for t in trials.values())
+    check_baselines(run_dir, rows, stdout)
 
     # W&B: one run per trial plus the search run, grouped by search, read back with wandb's own tool.
     runs = latest_offline_runs(run_dir)
-    assert set(runs) == {f"{spec['name']}-{t}" for t in trials} | {f"{spec['name']}-search"}
+    baseline_ids = {t["trial_id"] for t in rows if not t["in_search"]}
+    assert set(runs) == {f"{spec['name']}-{t}" for t in {*trials, *baseline_ids}} | {f"{spec['name']}-search"}
+    for trial_id in baseline_ids:
+        assert run_info(runs[f"{spec['name']}-{trial_id}"])["job_type"] == "baseline"
     for trial_id, row in trials.items():
         directory = runs[f"{spec['name']}-{trial_id}"]
         info, summary = run_info(directory), run_summary(directory)
@@ -219,6 +227,35 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     assert sessions, "the search's Ray session directory was not found"
     for root in (run_dir, *sessions):
         assert files_containing(root, FAKE_KEY.encode()) == [], root
+
+
+def check_baselines(run_dir: Path, rows: list[dict], stdout: str) -> None:
+    """Majority, scratch and the default linear probe sit in trials.parquet beside the search's five
+    trials, outside its study and its best; best.json carries the transfer gain (val_loss: lower is
+    better, so the gain is the better baseline's loss minus the best trial's)."""
+    baselines = {t["baseline"]: t for t in rows if not t["in_search"]}
+    assert set(baselines) == {"majority", "scratch", "default_linear_probe"}
+    assert all(t["status"] == "completed" for t in baselines.values())
+    majority = baselines["majority"]
+    assert majority["epochs"] == 0 and majority["device_s"] == 0.0
+    assert majority["val_accuracy"] == pytest.approx(1 / 3, abs=0.04)  # three balanced classes
+    assert baselines["default_linear_probe"]["strategy"] == "linear_probe"
+    assert baselines["default_linear_probe"]["linear_probe/head_lr"] == pytest.approx(1e-2)
+    scratch = baselines["scratch"]
+    assert scratch["strategy"] == "full" and scratch["full/backbone_lr"] == pytest.approx(1e-3)
+    search = sorted(
+        (t for t in rows if t["in_search"] and t["status"] == "completed"),
+        key=lambda t: t["device_s"] - (t["inherited_device_s"] or 0.0),
+    )
+    median = search[(len(search) - 1) // 2]
+    assert 1 <= scratch["epochs"] <= median["epochs"]
+    best = json.loads((run_dir / "best.json").read_text())
+    assert best["trial_id"] not in {t["trial_id"] for t in baselines.values()}
+    reference = min(baselines[name]["best_val_loss"] for name in ("majority", "scratch"))
+    assert best["transfer_gain"] == pytest.approx(reference - best["value"])
+    assert set(best["baselines"]) == set(baselines)
+    assert "baselines:" in stdout and "transfer gain" in stdout
+    assert "## Baselines" in (run_dir / "report.md").read_text()
 
 
 def test_the_key_stays_out_of_ray_processes(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,6 +38,10 @@ RESOLVED_SPEC = "spec.resolved.yaml"
 LAYOUT_VERSION = 2
 
 STATUSES = ("completed", "stopped_early", "error", "running")
+# events.jsonl: {"event": "baseline", "trial_id", "baseline"} marks a search trial that serves as a
+# baseline (the default linear probe the search ran as a seed configuration).
+BASELINE_EVENT = "baseline"
+GAIN_BASELINES = ("majority", "scratch")  # what the transfer gain is measured against
 METRICS = tuple(vocab.METRICS)
 # Reported each epoch but constant for a trial: copied onto its trials.parquet row.
 TRIAL_CONSTANTS = (
@@ -121,8 +125,11 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
     starts: dict[str, dict[str, Any]] = {}
     start_times: dict[str, list[float]] = {}  # a retried or resumed trial starts again
     ends: dict[str, dict[str, Any]] = {}
+    marked: dict[str, str] = {}  # search trials that also serve as a baseline
     for event in read_jsonl(run_dir / EVENTS_LOG):
-        if event.get("event") == "start":
+        if event.get("event") == BASELINE_EVENT:
+            marked[event["trial_id"]] = event["baseline"]
+        elif event.get("event") == "start":
             starts.setdefault(event["trial_id"], event)
             start_times.setdefault(event["trial_id"], []).append(event.get("time", 0.0))
         elif event.get("event") == "end":
@@ -138,11 +145,16 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
         epochs = by_trial.get(trial_id, [])
         end = ends.get(trial_id)
         row: dict[str, Any] = {"trial_id": trial_id, "strategy": start["config"].get("strategy")}
-        row.update({k: v for k, v in start["config"].items() if k != "strategy"})
+        row.update({k: v for k, v in start["config"].items() if k not in ("strategy", "baseline")})
+        # A baseline run outside the search names itself in its config; a search trial may be marked.
+        row["baseline"] = start["config"].get("baseline") or marked.get(trial_id)
+        row["in_search"] = start["config"].get("baseline") is None
         if end is None:
             row["status"] = "running"
         elif end["status"] == "error":
             row["status"] = "error"
+        elif not row["in_search"]:
+            row["status"] = "completed"  # a baseline runs as long as it was asked to
         else:
             row["status"] = "completed" if epochs and epochs[-1]["epoch"] >= max_epochs else "stopped_early"
         row["error"] = end.get("error") if end else None
@@ -239,11 +251,28 @@ def _atomic_parquet(table: pa.Table, path: Path) -> None:
 
 
 def best_trial(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] | None:
-    scored = [t for t in trials if t.get(f"best_{metric}") is not None and t["status"] != "error"]
+    """The search's best trial (baselines run outside the search never are), with the baselines and
+    the transfer gain when they ran."""
+    scored = [
+        t
+        for t in trials
+        if t.get(f"best_{metric}") is not None and t["status"] != "error" and t.get("in_search", True)
+    ]
     if not scored:
         return None
     pick = min if mode == "min" else max
     best = pick(scored, key=lambda t: t[f"best_{metric}"])
+    baselines = {
+        t["baseline"]: {
+            "trial_id": t["trial_id"],
+            "value": t.get(f"best_{metric}"),
+            "epochs": t.get("epochs"),
+            "wall_s": t.get("wall_s"),
+            "device_s": t.get("device_s"),
+        }
+        for t in trials
+        if t.get("baseline") and t["status"] != "error"
+    }
     # Columns of the other strategies' parameters are empty (None) on this trial's row.
     config = {k: v for k, v in best.items() if k == "strategy" or ("/" in k and v is not None)}
     return {
@@ -257,7 +286,20 @@ def best_trial(trials: list[dict[str, Any]], metric: str, mode: str) -> dict[str
         "epochs": best["epochs"],
         "status": best["status"],
         "checkpoint": best["checkpoint"],
+        "baselines": baselines,
+        "transfer_gain": transfer_gain(best[f"best_{metric}"], baselines, mode),
     }
+
+
+def transfer_gain(best: float, baselines: dict[str, dict[str, Any]], mode: str) -> float | None:
+    """How much better the best trial is than the better of `majority` and `scratch` on the search
+    metric (positive: better, whichever way the metric points); None when neither ran."""
+    references = [
+        b["value"] for name, b in baselines.items() if name in GAIN_BASELINES and b["value"] is not None
+    ]
+    if not references:
+        return None
+    return best - max(references) if mode == "max" else min(references) - best
 
 
 def read_trials(run_dir: Path) -> list[dict[str, Any]]:

@@ -65,6 +65,7 @@ class Report:
     trials: list[dict[str, Any]]
     epochs: list[dict[str, Any]]
     best: dict[str, Any] | None
+    baselines: list[dict[str, Any]] = field(default_factory=list)  # rows with a `baseline`
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_notes: dict[str, str] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)  # figure name -> PNG
@@ -103,9 +104,12 @@ class Report:
 def load_report(run_dir: Path, *, importances: bool = False) -> Report:
     run_dir = Path(run_dir)
     resolved = load_resolved(run_dir)
-    trials = read_trials(run_dir)
-    report = Report(run_dir, resolved, trials, epoch_rows(run_dir), None)
-    report.best = best_trial(trials, report.metric, report.mode)
+    rows = read_trials(run_dir)
+    # The plots and the leaderboard are of the search's trials; baselines run apart are listed apart.
+    trials = [t for t in rows if t.get("in_search", True)]
+    baseline_rows = [t for t in rows if t.get("baseline")]
+    report = Report(run_dir, resolved, trials, epoch_rows(run_dir), None, baselines=baseline_rows)
+    report.best = best_trial(rows, report.metric, report.mode)
     if importances:  # fits a model per strategy: only for the written report
         report.importances, report.importance_notes = _importances(report)
     return report
@@ -141,6 +145,11 @@ def _columns(report: Report) -> list[str]:
     ]
 
 
+def _baseline_columns(report: Report) -> list[str]:
+    m = report.metric
+    return ["baseline", "trial_id", "strategy", "status", "epochs", f"best_{m}", "wall_s", "device_s"]
+
+
 def _text_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
     cells = [[_fmt(r.get(c), c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -173,6 +182,13 @@ def leaderboard(run_dir: Path) -> str:
             f"  checkpoint: {report.best.get('checkpoint') or '-'}",
             f"  reproduce: {reproduce_command(report)}",
         ]
+    if report.baselines:
+        out += ["", "baselines:", *_text_table(report.baselines, _baseline_columns(report))]
+        gain = (report.best or {}).get("transfer_gain")
+        if gain is not None:
+            out.append(
+                f"transfer gain (best trial against majority and scratch): {gain:+.4f} {report.metric}"
+            )
     for t in [t for t in report.trials if t["status"] == "error"][:5]:
         last = (t.get("error") or "").strip().splitlines()[-1:] or [""]
         out.append(f"error in {t['trial_id']} ({t['strategy']}): {last[0]}")
@@ -459,6 +475,9 @@ def _summary(report: Report) -> dict[str, Any]:
             s: sum(t["status"] == s for t in report.trials) for s in ("completed", "stopped_early", "error")
         },
         "best": report.best,
+        "baselines": {
+            t["baseline"]: {k: t.get(k) for k in _baseline_columns(report)} for t in report.baselines
+        },
         "best_per_strategy": {
             s: {k: t.get(k) for k in _columns(report)} for s, t in report.best_per_strategy().items()
         },
@@ -491,6 +510,7 @@ def _markdown(report: Report) -> str:
         "",
         *_md_table(report.sorted_trials(), columns),
         "",
+        *_baseline_lines(report),
     ]
     for name, caption in FIGURES.items():
         out += [f"## {caption}", "", f"![{name}]({REPORT_DIR}/{name}.png)", ""]
@@ -532,6 +552,29 @@ def _overview(report: Report) -> list[str]:
             f"best_{report.metric} = {_fmt(report.best['value'])}",
         )
     return lines
+
+
+def _gain_line(report: Report) -> str:
+    gain = (report.best or {}).get("transfer_gain")
+    if gain is None:
+        return "transfer gain: - (neither the majority nor the scratch baseline ran)"
+    return (
+        f"transfer gain: {gain:+.4f} {report.metric}, the best trial against the better of majority "
+        "and scratch"
+    )
+
+
+def _baseline_lines(report: Report) -> list[str]:
+    if not report.baselines:
+        return []
+    return [
+        "## Baselines",
+        "",
+        *_md_table(report.baselines, _baseline_columns(report)),
+        "",
+        _gain_line(report),
+        "",
+    ]
 
 
 def _importance_lines(report: Report) -> list[str]:
@@ -597,6 +640,12 @@ def _html(report: Report) -> str:
         "<h2>Leaderboard</h2>",
         _html_table(report.sorted_trials(), columns),
     ]
+    if report.baselines:
+        parts += [
+            "<h2>Baselines</h2>",
+            _html_table(report.baselines, _baseline_columns(report)),
+            f"<p>{html.escape(_gain_line(report))}</p>",
+        ]
     for name, caption in FIGURES.items():
         parts.append(
             f"<h2>{html.escape(caption)}</h2><figure class='plot' id='fig-{name}'>{report.svgs[name]}"

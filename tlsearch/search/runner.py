@@ -12,9 +12,17 @@ from typing import Any
 import optuna
 
 from tlsearch.errors import UserInputError
-from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, spent_device_s, write_tables
+from tlsearch.results.files import (
+    EVENTS_LOG,
+    TRIALS_TABLE,
+    append_jsonl,
+    checkpoint_exists,
+    spent_device_s,
+    write_tables,
+)
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
+from tlsearch.search import baselines
 from tlsearch.search.policy.promotion import AshaRungs
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
@@ -31,17 +39,26 @@ from tlsearch.train.inputs import RunContext
 @dataclass(frozen=True)
 class Outcome:
     run_dir: Path
-    trials: list[dict[str, Any]]
+    trials: list[dict[str, Any]]  # every row of trials.parquet: the search's trials and the baselines
     num_samples: int
 
     @property
+    def search_trials(self) -> list[dict[str, Any]]:
+        return [t for t in self.trials if t.get("in_search", True)]
+
+    @property
     def succeeded(self) -> bool:
-        return any(t["status"] in ("completed", "stopped_early") for t in self.trials)
+        return any(t["status"] in ("completed", "stopped_early") for t in self.search_trials)
 
     @property
     def interrupted(self) -> bool:
-        """Stopped before every trial ran to an end (Ctrl-C): `tlsearch resume` continues it."""
-        return len(self.trials) < self.num_samples or any(t["status"] == "running" for t in self.trials)
+        """Stopped before every trial (and baseline) ran to an end (Ctrl-C): `tlsearch resume`
+        continues it."""
+        search = self.search_trials
+        return len(search) < self.num_samples or any(t["status"] == "running" for t in self.trials)
+
+
+BASELINES_DIR = "baselines"  # the baselines' Tune experiment, inside the search's
 
 
 def connect(address: str | None) -> None:
@@ -248,16 +265,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage_path,
-            callbacks=[
-                ResultsRecorder(
-                    str(run_dir),
-                    s.objectives,
-                    s.max_epochs,
-                    spec.name,
-                    spec.tracking.wandb,
-                    checkpoint_root=spec.checkpoint_root(),
-                )
-            ],
+            callbacks=[_recorder(spec, run_dir)],
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
                 checkpoint_score_attribute=objective.metric,
@@ -268,6 +276,18 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             failure_config=tune.FailureConfig(max_failures=0 if multi_worker else s.max_failures),
             verbose=1,
         ),
+    )
+
+
+def _recorder(spec: Spec, run_dir: Path) -> ResultsRecorder:
+    s = spec.search
+    return ResultsRecorder(
+        str(run_dir),
+        s.objectives,
+        s.max_epochs,
+        spec.name,
+        spec.tracking.wandb,
+        checkpoint_root=spec.checkpoint_root(),
     )
 
 
@@ -284,10 +304,87 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
     outcome = Outcome(run_dir, trials, spec.search.num_samples)
     if not outcome.interrupted:
         close_orphans(resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir))
+        if baselines.wanted(spec):
+            run_baselines(resolved, run_dir, trials)
+            trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
+            outcome = Outcome(run_dir, trials, spec.search.num_samples)
     report = render_figures(run_dir)
     log_search_to_wandb(run_dir, spec, trials, report)  # uses the PNGs; its offline run joins the follow-up
     write_report_files(report)
     return outcome
+
+
+def run_baselines(resolved: Resolved, run_dir: Path, trials: list[dict[str, Any]]) -> None:
+    """The baselines the search has not run yet (tlsearch/search/baselines.py), after its trials."""
+    spec = resolved.spec
+    lost = baselines.unfinished_runs(trials)
+    for trial_id in lost:  # a killed driver's baseline trial: it runs again below
+        append_jsonl(run_dir / EVENTS_LOG, {"event": "abandoned", "trial_id": trial_id})
+    if lost:
+        trials = write_tables(
+            run_dir,
+            primary(spec.search.objectives).metric,
+            primary(spec.search.objectives).mode,
+            spec.search.max_epochs,
+        )
+    if baselines.MAJORITY in baselines.wanted(spec) and baselines.MAJORITY not in baselines.ended(trials):
+        baselines.record_majority(run_dir, spec, resolved.data)
+        recorder = _recorder(spec, run_dir)
+        recorder.setup()  # writes the W&B run of a trial that ended without one: this one
+        recorder.tracker.close()
+    to_train = baselines.plan(spec, resolved.space, resolved.num_blocks, run_dir, trials)
+    if to_train:
+        _fit_baselines(resolved, run_dir, to_train)
+
+
+def _fit_baselines(resolved: Resolved, run_dir: Path, to_train: list[baselines.BaselineTrial]) -> None:
+    """One Tune run of the trained baselines, beside the search's experiment (`<experiment>/baselines`):
+    the same trainable, resources, recorder and checkpoint rules, no searcher or scheduler."""
+    import ray
+    from ray import tune
+
+    spec = resolved.spec
+    objective = primary(spec.search.objectives)
+    use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
+    storage_path, experiment_name = experiment_location(spec, run_dir)
+    experiment_dir = f"{storage_path}/{experiment_name}"
+    run = RunContext(
+        str(run_dir), spec, resolved.data, use_gpu, f"{experiment_dir}/{BASELINES_DIR}", dict(resolved.hashes)
+    )
+    print(
+        f"[tlsearch] baselines: {', '.join(b.name for b in to_train)} "
+        + ", ".join(
+            f"({b.name}: up to {b.max_epochs} epochs"
+            + (f", {b.max_device_s:.0f} device-seconds)" if b.max_device_s is not None else ")")
+            for b in to_train
+        ),
+        flush=True,
+    )
+    multi_worker = spec.resources.workers_per_trial > 1
+    tuner = tune.Tuner(
+        tune.with_resources(tune.with_parameters(run_trial, run=run), actor),
+        tune_config=tune.TuneConfig(
+            search_alg=baselines.FixedConfigs([b.config for b in to_train]),
+            num_samples=len(to_train),
+            max_concurrent_trials=min(max_concurrent, len(to_train)),
+            trial_dirname_creator=trial_dirname,
+            reuse_actors=spec.training.reuse_processes and not multi_worker,
+        ),
+        run_config=tune.RunConfig(
+            name=BASELINES_DIR,
+            storage_path=experiment_dir,
+            stop=baselines.BudgetStopper({b.name: (b.max_epochs, b.max_device_s) for b in to_train}),
+            callbacks=[_recorder(spec, run_dir)],
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=spec.training.checkpoints_to_keep,
+                checkpoint_score_attribute=objective.metric,
+                checkpoint_score_order=objective.mode,
+            ),
+            failure_config=tune.FailureConfig(max_failures=0 if multi_worker else spec.search.max_failures),
+            verbose=1,
+        ),
+    )
+    tuner.fit()
 
 
 def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]], report: Report) -> None:
@@ -298,7 +395,8 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
     objective = primary(spec.search.objectives)
     metric = objective.metric
     best = report.best or {}
-    statuses = {s: sum(t["status"] == s for t in trials) for s in ("completed", "stopped_early", "error")}
+    search = [t for t in trials if t.get("in_search", True)]  # the baselines are counted apart
+    statuses = {s: sum(t["status"] == s for t in search) for s in ("completed", "stopped_early", "error")}
     config = {
         "search": spec.name,
         "metric": metric,
@@ -312,13 +410,16 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
         "best_trial": best.get("trial_id"),
         "best_strategy": best.get("strategy"),
         f"best_{metric}": best.get("value"),
-        "trials": len(trials),
+        "trials": len(search),
         **{f"trials_{k}": v for k, v in statuses.items()},
-        "device_s": sum(spent_device_s(t) for t in trials),
+        "device_s": sum(spent_device_s(t) for t in search),
+        "transfer_gain": best.get("transfer_gain"),
+        **{f"baseline_{name}": b.get("value") for name, b in (best.get("baselines") or {}).items()},
     }
     columns = [
         "trial_id",
         "strategy",
+        "baseline",
         "status",
         "epochs",
         f"best_{metric}",

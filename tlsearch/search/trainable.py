@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Any
 
-from tlsearch.space.trial_config import Continuation, TrialConfig
+from tlsearch.space.trial_config import Continuation, TrialConfig, split_baseline
 from tlsearch.spec.objective import primary
 from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
 from tlsearch.train.session import TrainSession, TuneSession, node_id
 
+SCRATCH = "scratch"  # the baseline trained from random weights (tlsearch.search.baselines)
 # The trial driver of a multi-worker trial only waits on its Train controller.
 DRIVER_CPUS = 0.01
 TRAIN_CONTROLLER_FAILURE_LIMIT = 2
@@ -31,6 +33,9 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
 
     started_at = time.time()
     params, continuation = Continuation.split(config)
+    params, baseline = split_baseline(params)
+    if baseline == SCRATCH:
+        run = from_scratch(run)
     trial_id = tune.get_context().get_trial_id()
     continues_from = None
     if continuation is not None:
@@ -59,6 +64,12 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
             release_freed_host_memory()
     else:
         _fit_with_ray_train(inputs)
+
+
+def from_scratch(run: RunContext) -> RunContext:
+    """The search's run with the model's architecture at random weights (`pretrained: false`)."""
+    model = run.spec.model.model_copy(update={"pretrained": False})
+    return dataclasses.replace(run, spec=run.spec.model_copy(update={"model": model}))
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:

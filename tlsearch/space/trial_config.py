@@ -78,6 +78,18 @@ class Continuation:
         return rest, cls(str(config[cls.TRIAL_KEY]), int(config[cls.EPOCH_KEY]))
 
 
+# Beside the hyperparameters in a baseline trial's Tune config (tlsearch.search.baselines): which
+# baseline it is. A trial the searcher proposed has none.
+BASELINE_KEY = "baseline"
+
+
+def split_baseline(config: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """Tune's config -> (the hyperparameters, the baseline's name or None)."""
+    rest = {k: v for k, v in config.items() if k != BASELINE_KEY}
+    baseline = config.get(BASELINE_KEY)
+    return rest, None if baseline is None else str(baseline)
+
+
 def flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{"lora": {"rank": 8}} -> {"lora/rank": 8} (the names the Optuna study uses)."""
     out: dict[str, Any] = {}

@@ -242,6 +242,17 @@ class SearchSpec(Strict):
     `none`, or a list of them."""
     max_failures: int = Field(1, ge=0)
     """Retries of a failed trial, each from its last checkpoint."""
+    baselines: tuple[Literal["majority", "scratch", "default_linear_probe"], ...] = (
+        "majority",
+        "scratch",
+        "default_linear_probe",
+    )
+    """What the search's best is measured against, run after the search, outside its study and
+    `num_samples`: `majority` (the most frequent training class), `scratch` (the same architecture from
+    random weights, trained in full for the median completed trial's epochs and at most its
+    device-seconds; skipped when the model is not pretrained), `default_linear_probe` (a linear probe
+    at its preferred settings: the search's own seed trial when it ran one). `transfer_gain` in
+    best.json: the best trial against the better of majority and scratch. `[]`: none."""
     skip_duplicates: bool = True
     """Never train a configuration twice (an untried one runs instead): spaces of choices and integers
     repeat draws, and a repeat of a deterministic trial costs device time and teaches nothing."""
@@ -549,6 +560,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 f"must be ≤ search.max_epochs ({s.max_epochs}), but got {s.scheduler.grace_period}",
             )
         )
+    if len(set(s.baselines)) != len(s.baselines):
+        problems.append(("search.baselines", f"lists a baseline twice: {list(s.baselines)}"))
     problems += _check_time_attr(s.scheduler)
     if isinstance(s.seed_configs, list):
         problems += _check_seed_configs(spec)

@@ -169,11 +169,12 @@ class WandbTracker:
     def _start(self, trial_id: str, config: dict[str, Any], history: list[dict[str, Any]]) -> None:
         if trial_id in self._runs:
             return  # a retry in this driver: the run is still open
-        strategy = config.get("strategy", "trial")
+        strategy = config.get("strategy") or "trial"
+        baseline = config.get("baseline")  # a baseline run outside the search (tlsearch.search.baselines)
         run = self._init(
             run_id(self.search, trial_id),
-            f"{strategy}-{trial_id}",
-            strategy,
+            f"baseline-{baseline}-{trial_id}" if baseline else f"{strategy}-{trial_id}",
+            "baseline" if baseline else strategy,
             {**config, "trial_id": trial_id, "search": self.search},
         )
         self._runs[trial_id] = run
