@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tlsearch.testing import text_spec
+from tlsearch.testing import image_spec, text_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,6 +39,29 @@ def test_validate_bad_spec_exits_2_with_every_problem(tmp_path: Path) -> None:
     assert "strategies.lora.rank (line 5): choices must be integers ≥ 1" in result.stderr
     assert "search.metrik (line 6): unknown key `metrik`. Did you mean `metric`?" in result.stderr
     assert "bbc_news_minilm.yaml: ok" in result.stdout
+
+
+def test_validate_a_spec_with_image_folder_splits(tmp_path: Path) -> None:
+    """A split path without a .parquet or .csv suffix is an image folder; validate reads no files."""
+    spec = image_spec({"train": tmp_path / "train", "validation": tmp_path / "val.parquet"}, tmp_path)
+    spec["data"]["test"] = str(tmp_path / "test") + "/"
+    (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(spec))
+    del spec["data"]["image_column"]
+    spec["data"]["validation"] = str(tmp_path / "val")
+    (tmp_path / "folders.yaml").write_text(yaml.safe_dump(spec))
+    result = tlsearch("validate", str(tmp_path / "mixed.yaml"), str(tmp_path / "folders.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok (tiny-image") == 2
+
+    spec["data"]["image_column"] = "image"  # every split a folder: no column to name
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(spec))
+    result = tlsearch("validate", str(tmp_path / "bad.yaml"), "--set", "model.task=text-classification")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    for problem in ("data.train", "data.validation", "data.test"):  # text reads tables only
+        assert f"{problem} (line" in result.stderr and "are for image-classification" in result.stderr
+    result = tlsearch("validate", str(tmp_path / "bad.yaml"))
+    assert result.returncode == 2 and "data.image_column (line" in result.stderr
+    assert "every split is an image folder" in result.stderr
 
 
 def test_set_overrides_are_validated_too() -> None:

@@ -187,6 +187,15 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> Path:
     return path
 
 
+def write_image_folder(rows: list[dict[str, Any]], root: Path) -> Path:
+    """`image_rows` as an image folder split: <root>/<label>/<row number>.png."""
+    for i, row in enumerate(rows):
+        path = root / str(row["label"]) / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(row["image"])
+    return root
+
+
 def text_spec(tiny_bert: Path, files: dict[str, Path], storage: Path, **sections: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "name": "tiny-text",

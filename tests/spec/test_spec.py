@@ -392,17 +392,49 @@ IMAGE = {
 }
 
 
+FOLDERS = {**IMAGE, "data": {"train": "images/train", "validation": "images/val/", "test": "images/t.v2/"}}
+MIXED = {**IMAGE, "data": {"train": "a.parquet", "validation": "images/val", "image_column": "img"}}
+
+
+def test_image_folder_splits_and_their_column_names() -> None:
+    from tlsearch.spec.model import split_form
+
+    assert [split_form(p) for p in ("a.parquet", "b.PQ", "c.csv", "d", "e/", "f.v2/", "g.v2", "h.json")] == [
+        *("table", "table", "table", "folder", "folder", "folder", None, None)
+    ]
+    folders = validate_spec(FOLDERS)
+    assert folders.data.folder_splits() == ["train", "validation", "test"] and folders.data.only_folders()
+    assert validate_spec(MIXED).data.folder_splits() == ["validation"]
+    image = IMAGE["model"]
+    text = {"source": "hf", "name": "m", "task": "text-classification"}
+    cases = [
+        # every split a folder: no column to name
+        ({**FOLDERS["data"], "image_column": "image"}, image, "data.image_column", "remove it"),
+        ({**FOLDERS["data"], "label_column": "y"}, image, "data.label_column", "class folders' names"),
+        # mixed: the tables' image column is needed, and named for the folders too
+        ({"train": "a.parquet", "validation": "v/"}, image, "data.image_column", "folders' rows take"),
+        ({"train": "a.parquet", "validation": "imgs.v2"}, image, "data.validation", "end it with `/`"),
+        ({"train": "t/", "validation": "v.csv", "text_column": "t"}, text, "data.train", "image-classific"),
+        ({"train": "a.csv", "validation": "v.json", "text_column": "t"}, text, "data.validation", ".csv"),
+    ]
+    for data, model, path, message in cases:
+        found = problems({**IMAGE, "model": model, "data": data})
+        assert any(p.startswith(path + ":") and message in p for p in found), (data, found)
+
+
 @pytest.mark.parametrize(
     "document",
     [
         MINIMAL,
         IMAGE,
+        FOLDERS,
+        MIXED,
         with_(search={"scheduler": {"time_attr": "device_s", "grace_period_s": 5, "max_t_s": 50}}),
         with_(search={"scheduler": {"type": "fifo"}}),
         with_(strategies={"full": {}, "lora": {}}),
         {**IMAGE, "training": {"channels_last": True, "compile": True}},
     ],
-    ids=["text", "image", "device_s", "fifo", "no-cacheable-strategy", "image-knobs"],
+    ids=["text", "image", "folders", "mixed", "device_s", "fifo", "no-cacheable-strategy", "image-knobs"],
 )
 def test_complete_dump_validates_again(document: dict) -> None:
     """spec.resolved.yaml holds every default and `tlsearch resume` validates it again: no default

@@ -19,7 +19,15 @@ from tlsearch.models.tails import HEAD, block_boundary
 from tlsearch.search.resolve import resolve_data
 from tlsearch.space import TrialConfig
 from tlsearch.spec import validate_spec
-from tlsearch.testing import image_spec, text_rows, text_spec, trial_config, write_parquet
+from tlsearch.testing import (
+    image_rows,
+    image_spec,
+    text_rows,
+    text_spec,
+    trial_config,
+    write_image_folder,
+    write_parquet,
+)
 from tlsearch.train import features
 from tlsearch.train.features import FeatureDataset, FeatureStore, feature_key, write_split
 from tlsearch.train.inputs import RunContext, TrialInputs
@@ -290,3 +298,23 @@ def test_a_cache_too_large_to_hold_is_refused_and_the_trial_trains_uncached(
     manifest = FeatureStore(cache.parent).lookup(cache.name)
     assert manifest is not None and not manifest["supported"] and "GiB" in manifest["reason"]
     assert manifest["built_by"]["trial_id"] == "first"  # the second trial read the verdict
+
+
+def test_image_folder_splits_train_and_key_the_cache_by_their_images(tmp_path: Path) -> None:
+    folders = {
+        "train": write_image_folder(image_rows(36, seed=1), tmp_path / "train"),
+        "validation": write_image_folder(image_rows(18, seed=2), tmp_path / "validation"),
+    }
+    spec = image_spec(folders, tmp_path / "runs", search={"max_epochs": 2})
+    del spec["data"]["image_column"]  # every split a folder: its rows are `image` and `label`
+    inputs = trial_inputs(spec, tmp_path / "run")
+    first = key_name(inputs)
+    assert key_name(trial_inputs(spec, tmp_path / "run")) == first
+
+    reports = run_trial(inputs, LINEAR_PROBE, "t0")
+    assert len(reports) == 2 and reports[0]["feature_cache"] == "built"
+    assert all(0.0 <= r["val_accuracy"] <= 1.0 for r in reports)
+
+    image = folders["train"] / "0" / "000.png"
+    image.write_bytes(image_rows(1, seed=99)[0]["image"])  # one training image redrawn
+    assert key_name(trial_inputs(spec, tmp_path / "run")) != first

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tlsearch.data.tables import DataFiles, label_strings, read_table, stratified_subset
+from tlsearch.data.tables import DataFiles, label_strings, stratified_subset
 from tlsearch.errors import UserInputError
 
 
@@ -20,12 +20,12 @@ from tlsearch.errors import UserInputError
 class Split:
     inputs: list[Any]  # texts, image bytes or image paths
     targets: np.ndarray  # class indices (int64)
-    base_dir: Path  # image paths are relative to the data file
+    base_dir: Path  # image paths are relative to the data file's folder, or to the image folder
 
 
 def load_split(files: DataFiles, split: str) -> Split:
     path = files.path(split)
-    table = read_table(path, [files.input_column, files.label_column])
+    table = files.read(split, [files.input_column, files.label_column])
     labels = label_strings(table, files.label_column)
     limit = {"train": files.max_train_samples, "validation": files.max_validation_samples}.get(split)
     rows = stratified_subset(labels, limit)
@@ -42,7 +42,7 @@ def load_split(files: DataFiles, split: str) -> Split:
     return Split(
         inputs=[inputs[i] for i in rows],
         targets=np.asarray([index[labels[i]] for i in rows], dtype=np.int64),
-        base_dir=Path(path).resolve().parent,
+        base_dir=Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent,
     )
 
 

@@ -1,4 +1,5 @@
-"""Labelled tables on disk (Parquet or CSV via pyarrow): reading, hashing, labels, subsets."""
+"""Labelled tables on disk (Parquet or CSV via pyarrow, or an image folder read as a table): reading,
+hashing, labels, subsets."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from tlsearch.data.folders import image_folder_sha256, read_image_folder
 from tlsearch.errors import UserInputError
+from tlsearch.spec.vocab import FOLDER_COLUMNS
 
 # Subsets are drawn with this seed, independent of the search seed, so that two searches over the
 # same spec data see the same rows.
@@ -39,11 +42,31 @@ class DataFiles:
             raise UserInputError(f"no `{split}` split in this search's data")
         return value
 
+    def read(self, split: str, columns: Sequence[str] | None = None) -> pa.Table:
+        """A split as a table, an image folder's with this search's input and label column names."""
+        return read_table(self.path(split), columns, folder_columns=(self.input_column, self.label_column))
 
-def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+
+def read_table(
+    path: str | Path,
+    columns: Sequence[str] | None = None,
+    *,
+    folder_columns: tuple[str, str] = FOLDER_COLUMNS,
+) -> pa.Table:
+    """A Parquet or CSV file, or a directory read as an image folder whose table has the columns
+    `folder_columns` (image path relative to the directory, label)."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"data file not found: {path}")
+    if path.is_dir():
+        table = read_image_folder(path, *folder_columns)
+        missing = [c for c in columns or () if c not in table.column_names]
+        if missing:
+            raise UserInputError(
+                f"{path} is an image folder, read as the columns {', '.join(folder_columns)}: it has no "
+                f"column {', '.join(missing)}"
+            )
+        return table.select(list(columns)) if columns else table
     try:
         if path.suffix.lower() == ".csv":
             table = pacsv.read_csv(path)
@@ -53,11 +76,13 @@ def read_table(path: str | Path, columns: Sequence[str] | None = None) -> pa.Tab
         raise UserInputError(f"cannot read {path}: {exc}") from None
 
 
-def column_names(path: str | Path) -> list[str]:
-    """Column names without reading the data (Parquet schema; CSV header)."""
+def column_names(path: str | Path, *, folder_columns: tuple[str, str] = FOLDER_COLUMNS) -> list[str]:
+    """Column names without reading the data (Parquet schema; CSV header; an image folder's two)."""
     path = Path(path)
     if not path.exists():
         raise UserInputError(f"data file not found: {path}")
+    if path.is_dir():
+        return list(folder_columns)
     try:
         if path.suffix.lower() == ".csv":
             with pacsv.open_csv(path) as reader:
@@ -68,11 +93,12 @@ def column_names(path: str | Path) -> list[str]:
 
 
 def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
+    """sha256 of a file's bytes, or of an image folder's images (tlsearch.data.folders): the data's
+    fingerprint, which resume and the feature cache compare."""
+    if Path(path).is_dir():
+        return image_folder_sha256(path)
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def label_strings(table: pa.Table, column: str) -> list[str]:

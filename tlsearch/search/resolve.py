@@ -23,7 +23,9 @@ from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
 from tlsearch.spec import Spec
 from tlsearch.spec.load import validate_spec
+from tlsearch.spec.model import split_form
 from tlsearch.spec.strategy import STRATEGIES
+from tlsearch.spec.vocab import FOLDER_COLUMNS, TABLE_SUFFIXES
 from tlsearch.strategies.base import check
 
 LIBRARIES = (
@@ -59,23 +61,26 @@ def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[Dat
         splits: dict[str, str | None] = {k: str(v) for k, v in paths.items()}
     else:
         kind = "text" if spec.model.task == "text-classification" else "image"
-        column = (d.text_column if kind == "text" else d.image_column) or ""
+        column = (d.text_column if kind == "text" else d.image_column or FOLDER_COLUMNS[0]) or ""
         splits = {
             k: (str(Path(v).expanduser().resolve()) if v else None)
             for k, v in (("train", d.train), ("validation", d.validation), ("test", d.test))
         }
+        for split in d.splits():
+            _check_form(split, split_form(getattr(d, split)), Path(splits[split] or ""))
+    names_of_folder = (column, d.label_column)
     tables = []
     for split, path in splits.items():
         if path is None:
             continue
-        names = column_names(path)
+        names = column_names(path, folder_columns=names_of_folder)
         missing = [c for c in (column, d.label_column) if c not in names]
         if missing:
             raise UserInputError(
                 f"data.{split} ({path}) has no column {', '.join(f'`{m}`' for m in missing)}; "
                 f"its columns: {', '.join(names)}"
             )
-        tables.append(read_table(path, [d.label_column]))
+        tables.append(read_table(path, [d.label_column], folder_columns=names_of_folder))
     labels = label_set(tables, d.label_column)
     if len(labels) < 2:
         raise UserInputError(f"the data has {len(labels)} class(es) in `{d.label_column}`: need at least 2")
@@ -92,6 +97,24 @@ def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[Dat
     )
     hashes = {split: file_sha256(path) for split, path in splits.items() if path}
     return files, hashes
+
+
+def _check_form(split: str, form: str | None, path: Path) -> None:
+    """The spec names a split as a table or an image folder (tlsearch.spec.model.split_form): what is
+    on disk must be that."""
+    if form == "folder":
+        if not path.exists():
+            raise UserInputError(f"data.{split}: image folder not found: {path}")
+        if not path.is_dir():
+            raise UserInputError(
+                f"data.{split}: {path} is a file where an image folder (<folder>/<class>/<image>) was "
+                f"expected; a Parquet or CSV split needs a {', '.join(TABLE_SUFFIXES)} name"
+            )
+    elif path.is_dir():
+        raise UserInputError(
+            f"data.{split}: {path} is a directory, but a {path.suffix} split is one file; an image folder's "
+            "path has no such suffix (or ends in `/`)"
+        )
 
 
 def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:

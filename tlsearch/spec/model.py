@@ -63,28 +63,58 @@ class ModelSpec(Strict):
 
 
 class DataSpec(Strict):
-    """`data`: the labelled splits, your own files or a builtin data set."""
+    """`data`: the labelled splits, your own files (Parquet, CSV or image folders: docs/data.md has
+    the forms, the column names and how a folder is read) or a builtin data set."""
 
     builtin: str | None = None
     """A data set shipped by a PyPI package (`bbc-news`, `mnist-5k`), split 70/15/15 once; or give
     your own files."""
     train: str | None = None
-    """The training split: a Parquet or CSV file."""
+    """The training split: a Parquet or CSV file, or (image classification) an image folder,
+    `<folder>/<class>/<image>`: a path without a `.parquet`, `.pq` or `.csv` suffix, or ending in `/`."""
     validation: str | None = None
-    """The validation split the search scores trials on."""
+    """The validation split the search scores trials on; any form, whatever the others are."""
     test: str | None = None
     """The test split, kept out of the search."""
     text_column: str | None = None
     """The column holding the texts (text classification)."""
     image_column: str | None = None
-    """The column holding the images: encoded bytes, or file paths relative to the data file."""
+    """The column holding the images: encoded bytes, or file paths relative to the data file. Left
+    out when every split is an image folder (whose rows are read as the columns `image` and `label`);
+    with tables and folders mixed, the tables' column, a name the folders' rows take too."""
     label_column: str = "label"
-    """The column holding the labels; the label set and the class count come from the data."""
+    """The column holding the labels; the label set and the class count come from the data. An image
+    folder's labels are its class folders' names: left out when every split is a folder."""
     max_train_samples: int | None = Field(None, ge=2)
     """A stratified subset of the training rows, drawn once with a fixed seed: every trial sees the
     same rows."""
     max_validation_samples: int | None = Field(None, ge=2)
     """The same for the validation rows."""
+
+    def splits(self) -> dict[str, str]:
+        """The splits given as paths (not a builtin), by name."""
+        given = {"train": self.train, "validation": self.validation, "test": self.test}
+        return {split: path for split, path in given.items() if path is not None}
+
+    def folder_splits(self) -> list[str]:
+        """The splits given as image folders."""
+        return [split for split, path in self.splits().items() if split_form(path) == "folder"]
+
+    def only_folders(self) -> bool:
+        splits = self.splits()
+        return bool(splits) and len(self.folder_splits()) == len(splits)
+
+
+def split_form(path: str) -> Literal["table", "folder"] | None:
+    """How a split path reads, from its name alone (a spec is checked without its files): a table
+    (`.parquet`, `.pq`, `.csv`), an image folder (no suffix, or a trailing `/`), or None (another
+    suffix: a typo, or a folder name with a dot that needs its trailing `/`)."""
+    if path.endswith(("/", "\\")):
+        return "folder"
+    suffix = Path(path).suffix.lower()
+    if suffix in vocab.TABLE_SUFFIXES:
+        return "table"
+    return "folder" if suffix == "" else None
 
 
 # --- the strategies searched ---------------------------------------------------------------
@@ -418,6 +448,8 @@ class Spec(Strict):
             document["search"]["scheduler"].pop("grace_period")
         if not any(STRATEGIES.get(name).feature_cache for name in self.strategies.enabled()):
             document["training"].pop("feature_cache")
+        if self.data.only_folders():  # the labels are the class folders' names
+            document["data"].pop("label_column")
         return document
 
 
@@ -475,20 +507,7 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
             if getattr(d, key) is not None:
                 problems.append((f"data.{key}", "give either `builtin` or your own files, not both"))
     else:
-        for key in ("train", "validation"):
-            if getattr(d, key) is None:
-                problems.append((f"data.{key}", "required: a Parquet or CSV file (or use `data.builtin`)"))
-        for key in ("train", "validation", "test"):
-            path = getattr(d, key)
-            if path is not None and Path(path).suffix.lower() not in (".parquet", ".pq", ".csv"):
-                problems.append((f"data.{key}", f"must be a .parquet or .csv file, but got {path!r}"))
-        column = "text_column" if text else "image_column"
-        other = "image_column" if text else "text_column"
-        if getattr(d, column) is None:
-            problems.append((f"data.{column}", f"required for {m.task}: the column holding the inputs"))
-        if getattr(d, other) is not None:
-            problems.append((f"data.{other}", f"does not apply to {m.task}; remove it"))
-
+        problems += _check_splits(d, m.task)
     if (
         r.gpus_per_worker is not None
         and r.workers_per_trial > 1
@@ -565,6 +584,62 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
     problems += _check_time_attr(s.scheduler)
     if isinstance(s.seed_configs, list):
         problems += _check_seed_configs(spec)
+    return problems
+
+
+def _check_splits(d: DataSpec, task: str) -> list[tuple[str, str]]:
+    """Your own files: the required splits, their forms (tables, image folders) and column names."""
+    problems = []
+    text = task == "text-classification"
+    for key in ("train", "validation"):
+        if getattr(d, key) is None:
+            what = "a Parquet or CSV file" + ("" if text else ", or an image folder")
+            problems.append((f"data.{key}", f"required: {what} (or use `data.builtin`)"))
+    for key, path in d.splits().items():
+        form = split_form(path)
+        if form is None:
+            problems.append(
+                (
+                    f"data.{key}",
+                    f"must be a .parquet or .csv file{'' if text else ' or an image folder'}, but got "
+                    f"{path!r}" + ("" if text else " (a folder whose name has a dot: end it with `/`)"),
+                )
+            )
+        elif form == "folder" and text:
+            problems.append(
+                (
+                    f"data.{key}",
+                    f"must be a .parquet or .csv file, but got {path!r}: image folders "
+                    "(<folder>/<class>/<image>) are for image-classification",
+                )
+            )
+    column = "text_column" if text else "image_column"
+    other = "image_column" if text else "text_column"
+    if not text and d.only_folders():
+        if d.image_column is not None:
+            problems.append(
+                (
+                    "data.image_column",
+                    "every split is an image folder, whose images are files, not a column: remove it "
+                    f"(a folder's rows are read as the columns {' and '.join(vocab.FOLDER_COLUMNS)})",
+                )
+            )
+        if "label_column" in d.model_fields_set:
+            problems.append(
+                (
+                    "data.label_column",
+                    "every split is an image folder, whose labels are its class folders' names: remove it",
+                )
+            )
+    elif getattr(d, column) is None:
+        why = (
+            " (in the Parquet or CSV splits; image folders' rows take the same name)"
+            if d.folder_splits() and not text
+            else ""
+        )
+        problems.append((f"data.{column}", f"required for {task}: the column holding the inputs{why}"))
+    if getattr(d, other) is not None:
+        problems.append((f"data.{other}", f"does not apply to {task}; remove it"))
     return problems
 
 

@@ -33,3 +33,9 @@ BUILTIN_DATASETS: dict[str, str] = {
     "bbc-news": "text-classification",
     "mnist-5k": "image-classification",
 }
+
+# Split files read as tables; a split path without one of these suffixes (or ending in `/`) names an
+# image folder, <split>/<class>/<image>.
+TABLE_SUFFIXES: tuple[str, ...] = (".parquet", ".pq", ".csv")
+# The (image, label) columns of the table an image folder is read as, when no split is a table.
+FOLDER_COLUMNS: tuple[str, str] = ("image", "label")
