@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -11,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from tlsearch.audit import AUDIT_FILE, wandb_summary
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, spent_device_s, write_tables
 from tlsearch.results.report import Report, render_figures, write_report_files
@@ -316,6 +318,8 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
         **{f"trials_{k}": v for k, v in statuses.items()},
         "device_s": sum(spent_device_s(t) for t in trials),
     }
+    if (run_dir / AUDIT_FILE).exists():  # the data audit's counts (audit/...)
+        summary |= wandb_summary(json.loads((run_dir / AUDIT_FILE).read_text()))
     columns = [
         "trial_id",
         "strategy",
