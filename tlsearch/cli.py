@@ -200,7 +200,7 @@ def _audit(spec: Spec, output: str) -> int:
     import tempfile
 
     from tlsearch.audit import run_audit, summary_text
-    from tlsearch.search.resolve import audit_files
+    from tlsearch.data.paths import audit_files
 
     with tempfile.TemporaryDirectory(prefix="tlsearch-audit-") as directory:  # a builtin data set's files
         report = run_audit(spec, audit_files(spec, Path(directory)))

@@ -11,7 +11,7 @@ import pytest
 
 from tests.audit.planted import planted_text_data
 from tlsearch.audit import run_audit, search_refusal, summary_text
-from tlsearch.search.resolve import audit_files
+from tlsearch.data.paths import audit_files
 from tlsearch.spec import validate_spec
 from tlsearch.spec.model import AuditSpec, Spec
 

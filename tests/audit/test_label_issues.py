@@ -11,7 +11,7 @@ import numpy as np
 from tlsearch.audit import run_audit
 from tlsearch.audit.label_issues import find_label_issues, frozen_features
 from tlsearch.data.datasets import Split
-from tlsearch.search.resolve import audit_files
+from tlsearch.data.paths import audit_files
 from tlsearch.spec import validate_spec
 from tlsearch.spec.model import ModelSpec
 from tlsearch.testing import CLASS_WORDS, image_rows, text_rows, write_parquet

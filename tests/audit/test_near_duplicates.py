@@ -14,7 +14,7 @@ from tests.audit.planted import distinct_texts, replace_words
 from tlsearch.audit import run_audit
 from tlsearch.audit.checks import Matches, SplitRows, normalise_text
 from tlsearch.audit.near_duplicates import TextIndex, jaccard, shingles
-from tlsearch.search.resolve import audit_files
+from tlsearch.data.paths import audit_files
 from tlsearch.spec import validate_spec
 from tlsearch.spec.model import NearDuplicateSpec
 from tlsearch.testing import write_parquet

@@ -8,6 +8,8 @@ the earlier one. Row ids are 0-based positions in the file as read.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +29,9 @@ from tlsearch.audit.checks import (
     share_drift,
     sort_labels,
 )
-from tlsearch.audit.label_issues import LabelIssues, find_label_issues, frozen_features
+from tlsearch.audit.label_issues import LabelIssues
 from tlsearch.audit.near_duplicates import TextIndex, image_matches
-from tlsearch.data.datasets import Split
 from tlsearch.data.tables import DataFiles, file_sha256
-from tlsearch.models.base import sha256_json
 from tlsearch.spec.model import AuditSpec, Spec
 
 AUDIT_FILE = "audit.json"
@@ -173,6 +173,11 @@ def _class_findings(
 
 def _label_issues(spec: Spec, files: DataFiles, train: SplitRows, cache_dir: Path | None) -> LabelIssues:
     """Label issues among the training rows that have a label and a usable input."""
+    # Here, not above: an audit without the feature pass needs neither torch nor the model.
+    from tlsearch.audit.label_issues import find_label_issues, frozen_features
+    from tlsearch.data.datasets import Split
+    from tlsearch.models.base import sha256_json
+
     labelled = {i: label for i, label in enumerate(train.labels) if label is not None and train.usable(i)}
     rows = list(labelled)
     index = {label: k for k, label in enumerate(sort_labels(set(labelled.values())))}
@@ -212,7 +217,7 @@ def _warnings(
             add(
                 "missing_labels",
                 name,
-                f"{_rows(n)} have no label (rows {_ids(examples['missing_labels'][name])})",
+                f"{_rows(n)} no label (rows {_ids(examples['missing_labels'][name])})",
             )
         bad = report["missing_inputs"][name] + report["unreadable_inputs"][name]
         if bad:
@@ -220,11 +225,11 @@ def _warnings(
             add(
                 "undecodable_inputs",
                 name,
-                f"{_rows(bad)} have an input that is missing, empty or cannot be decoded (rows {_ids(ids)})",
+                f"{_rows(bad)} an input that is missing, empty or cannot be decoded (rows {_ids(ids)})",
             )
         if n := report["unknown_labels"][name]:
             labels = sort_labels({splits[name].labels[i] or "" for i in examples["unknown_labels"][name]})
-            add("unknown_labels", name, f"{_rows(n)} have labels training never has ({', '.join(labels)})")
+            add("unknown_labels", name, f"{_rows(n)} labels training never has ({', '.join(labels)})")
     for finding, what in (("exact_duplicates_across", "exactly"), ("near_duplicates_across", "nearly")):
         for pair, n in report[finding].items():
             if n:
@@ -233,7 +238,7 @@ def _warnings(
                 add(
                     finding,
                     pair,
-                    f"{_rows(n, later)} duplicate an earlier row {what} (e.g. {later} row "
+                    f"{_rows(n, later, 'duplicate')} an earlier row {what} (e.g. {later} row "
                     f"{first[1]} and {pair.split('/')[0]} row {first[0]})",
                 )
     ratio = report["imbalance_ratio"]
@@ -256,8 +261,10 @@ def _warnings(
     return out
 
 
-def _rows(n: int, kind: str = "") -> str:
-    return f"{n} {kind + ' ' if kind else ''}row{'' if n == 1 else 's'}"
+def _rows(n: int, kind: str = "", verb: str = "have") -> str:
+    """'1 row has', '2 rows have' ('1 validation row duplicates', ...)."""
+    singular = {"have": "has"}.get(verb, verb + "s")
+    return f"{n} {kind + ' ' if kind else ''}{'row ' + singular if n == 1 else 'rows ' + verb}"
 
 
 def _ids(rows: list[int]) -> str:
@@ -293,7 +300,8 @@ def _drop(
         "findings": list(settings.drop),
         "count": len(dropped),
         "by_finding": {finding: len(rows) for finding, rows in by_finding.items()},
-        "sha256": sha256_json(dropped),
+        # sha256 of the ids' JSON (as tlsearch.models.base.sha256_json, whose package imports torch)
+        "sha256": hashlib.sha256(json.dumps(dropped).encode()).hexdigest(),
         "train_rows": dropped,
     }
 

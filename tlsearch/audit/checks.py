@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from tlsearch.data.datasets import open_image
-from tlsearch.data.tables import DataFiles, column_names, is_missing, read_table
+from tlsearch.data.tables import DataFiles, column_names, is_missing, open_image, read_table
 from tlsearch.errors import UserInputError
 
 SPLITS = ("train", "validation", "test")

@@ -20,18 +20,14 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from tlsearch.data.datasets import Split
-from tlsearch.models import build_model
-from tlsearch.models.base import sha256_json
-from tlsearch.models.tails import HEAD, make_tail
 from tlsearch.spec.model import ModelSpec
-from tlsearch.train.batches import ToDevice
-from tlsearch.train.features import extract_features, weights_sha256
-from tlsearch.train.loop import seed_everything, split_dataset
+
+if TYPE_CHECKING:
+    from tlsearch.data.datasets import Split
 
 FOLDS = 5
 FEATURES_FORMAT = 1
@@ -67,6 +63,15 @@ def frozen_features(
 ) -> np.ndarray:
     """One vector per row of `split`: what the new head of `model` reads, flattened. `cache_inputs`
     describes the rows (their file's sha256 and ids) for the cache's key; no cache without it."""
+    import torch
+
+    from tlsearch.models import build_model
+    from tlsearch.models.base import sha256_json
+    from tlsearch.models.tails import HEAD, make_tail
+    from tlsearch.train.batches import ToDevice
+    from tlsearch.train.features import extract_features, weights_sha256
+    from tlsearch.train.loop import seed_everything, split_dataset
+
     seed_everything(seed)  # a model built from random weights (`pretrained: false`) is the same each time
     loaded = build_model(model, num_classes)
     tail = make_tail(loaded, HEAD)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tlsearch.data.tables import DataFiles, label_strings, read_table, stratified_subset
+from tlsearch.data.tables import DataFiles, label_strings, open_image, read_table, stratified_subset
 from tlsearch.errors import UserInputError
 
 
@@ -53,19 +52,6 @@ def load_split(files: DataFiles, split: str) -> Split:
         targets=np.asarray([index[label] for label in labels], dtype=np.int64),
         base_dir=Path(path).resolve().parent,
     )
-
-
-def open_image(item: Any, base_dir: Path) -> Any:
-    """A PIL image from a table cell: encoded bytes, Hugging Face datasets' `{bytes, path}` struct, or
-    a file path (relative to the data file's directory `base_dir`). Decoded lazily, as PIL does."""
-    from PIL import Image
-
-    if isinstance(item, bytes | bytearray):
-        return Image.open(io.BytesIO(item))
-    if isinstance(item, dict) and "bytes" in item:  # Hugging Face datasets' image struct
-        return Image.open(io.BytesIO(item["bytes"])) if item["bytes"] else Image.open(item["path"])
-    path = Path(str(item))
-    return Image.open(path if path.is_absolute() else base_dir / path)
 
 
 class TextDataset(Dataset):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -68,6 +70,19 @@ def column_names(path: str | Path) -> list[str]:
         return pq.read_schema(path).names
     except pa.ArrowInvalid as exc:
         raise UserInputError(f"cannot read {path}: {exc}") from None
+
+
+def open_image(item: Any, base_dir: Path) -> Any:
+    """A PIL image from a table cell: encoded bytes, Hugging Face datasets' `{bytes, path}` struct, or
+    a file path (relative to the data file's directory `base_dir`). Decoded lazily, as PIL does."""
+    from PIL import Image
+
+    if isinstance(item, bytes | bytearray):
+        return Image.open(io.BytesIO(item))
+    if isinstance(item, dict) and "bytes" in item:  # Hugging Face datasets' image struct
+        return Image.open(io.BytesIO(item["bytes"])) if item["bytes"] else Image.open(item["path"])
+    path = Path(str(item))
+    return Image.open(path if path.is_absolute() else base_dir / path)
 
 
 def file_sha256(path: str | Path) -> str:

@@ -18,7 +18,7 @@ import yaml
 
 from tlsearch import __version__
 from tlsearch.audit import AUDIT_DIR, AUDIT_FILE, dropped_train_rows, run_audit, search_refusal, summary_text
-from tlsearch.data.builtin import materialize
+from tlsearch.data.paths import data_paths
 from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
 from tlsearch.errors import UserInputError
 from tlsearch.models import build_model
@@ -54,37 +54,6 @@ class Resolved:
     hashes: dict[str, str]
     study_name: str  # unique: several searches may share one Optuna storage
     audit: dict[str, Any] | None = None  # the data audit's report (audit.json); None: audit.enabled false
-
-
-def data_paths(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[dict[str, str | None], str, str]:
-    """(each split's file, the input column, the input kind): your own files made absolute, or a
-    builtin data set written as Parquet under `<run_dir>/data/` (reuse: keep the files already there)."""
-    d = spec.data
-    if d.builtin is not None:
-        paths, column, kind = materialize(d.builtin, run_dir / "data", reuse=reuse)
-        return {k: str(v) for k, v in paths.items()}, column, kind
-    kind = "text" if spec.model.task == "text-classification" else "image"
-    column = (d.text_column if kind == "text" else d.image_column) or ""
-    splits = {
-        k: (str(Path(v).expanduser().resolve()) if v else None)
-        for k, v in (("train", d.train), ("validation", d.validation), ("test", d.test))
-    }
-    return splits, column, kind
-
-
-def audit_files(spec: Spec, directory: Path) -> DataFiles:
-    """The spec's data as `tlsearch audit` reads it, unchecked: the audit itself reports a missing file
-    or column. A builtin data set is written under `directory`."""
-    splits, column, kind = data_paths(spec, directory)
-    return DataFiles(
-        train=splits["train"],  # type: ignore[arg-type]
-        validation=splits["validation"],  # type: ignore[arg-type]
-        test=splits.get("test"),
-        input_column=column,
-        input_kind=kind,
-        label_column=spec.data.label_column,
-        labels=(),  # the audit finds the labels itself
-    )
 
 
 def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[DataFiles, dict[str, str]]:
