@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.audit.planted import planted_text_data
-from tlsearch.audit import run_audit, search_refusal, summary_text
+from tlsearch.audit import run_audit, search_refusal, summary_text, wandb_summary
 from tlsearch.data.paths import audit_files
 from tlsearch.spec import validate_spec
 from tlsearch.spec.model import AuditSpec, Spec
@@ -114,3 +114,12 @@ def test_unusable_data(tmp_path: Path) -> None:
         assert any(message in problem for problem in report["unusable"]), report["unusable"]
         refusal = search_refusal(report, spec.audit)
         assert refusal is not None and message in refusal
+
+
+def test_the_wandb_summary_holds_the_totals(planted: tuple[Spec, dict, dict]) -> None:
+    _, report, _ = planted
+    summary = wandb_summary(report)
+    assert summary["audit/status"] == "warnings"
+    assert summary["audit/exact_duplicates_across"] == 4 and summary["audit/near_duplicates_across"] == 3
+    assert summary["audit/missing_labels"] == 2 and summary["audit/dropped_train_rows"] == 0
+    assert all(isinstance(v, int | float | str) for v in summary.values())
