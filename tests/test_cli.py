@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tlsearch.testing import image_spec, text_spec
+from tests.audit.planted import balanced, distinct_texts, planted_text_data
+from tlsearch.testing import image_spec, text_spec, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,5 +114,41 @@ def test_report_and_resume_need_a_run_directory(tmp_path: Path, command: str) ->
 def test_help_lists_the_commands() -> None:
     result = tlsearch("--help")
     assert result.returncode == 0
-    for command in ("validate", "run", "resume", "report"):
+    for command in ("validate", "audit", "run", "resume", "report"):
         assert command in result.stdout
+
+
+def audit_spec(tmp_path: Path, files: dict[str, Path]) -> Path:
+    path = tmp_path / "audit.yaml"
+    spec = {
+        "name": "audited",
+        "model": {"source": "hf", "name": str(tmp_path / "not-loaded"), "task": "text-classification"},
+        "data": {**{k: str(v) for k, v in files.items()}, "text_column": "text"},
+        "audit": {"label_issues": True},  # turned off by --set below: the model is never loaded
+    }
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_audit_exit_codes_and_json(tmp_path: Path) -> None:
+    clean = {
+        "train": write_parquet(balanced(distinct_texts(30, seed=1)), tmp_path / "clean" / "train.parquet"),
+        "validation": write_parquet(balanced(distinct_texts(15, seed=2)), tmp_path / "clean" / "val.parquet"),
+    }
+    off = ("--set", "audit.label_issues=false")
+    result = tlsearch("audit", str(audit_spec(tmp_path / "clean", clean)), *off)
+    assert result.returncode == 0, result.stderr
+    assert "Data audit (" in result.stdout and ": clean" in result.stdout
+
+    planted, _ = planted_text_data(tmp_path / "planted")
+    spec = audit_spec(tmp_path / "planted", planted)
+    result = tlsearch("audit", str(spec), *off, "--format", "json")
+    assert result.returncode == 1, result.stderr
+    report = json.loads(result.stdout)  # stdout holds the JSON alone
+    assert report["status"] == "warnings" and report["missing_labels"]["train"] == 2
+
+    (tmp_path / "planted" / "validation.parquet").write_text("not parquet")
+    result = tlsearch("audit", str(spec), *off, "--format", "json")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert json.loads(result.stdout)["status"] == "unusable"
+    assert tlsearch("audit", str(tmp_path / "missing.yaml")).returncode == 2

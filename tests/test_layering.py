@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tlsearch"
-# spec -> space -> data/models -> strategies -> train -> results (files, report) -> tracking (W&B)
-# -> search (Ray Tune wiring) -> cli
+# spec -> space -> data/models -> strategies -> train -> audit (the data audit) -> results (files,
+# report) -> tracking (W&B) -> search (Ray Tune wiring) -> cli
 LAYERS = [
-    *("spec", "space", "data", "models", "strategies", "train", "results", "tracking", "search", "cli"),
+    *("spec", "space", "data", "models", "strategies", "train", "audit", "results", "tracking", "search"),
+    "cli",
     "testing",  # tiny real models and data for tests: may import anything, imported by nothing here
 ]
 BASE = {"errors", "registry", "__init__", "__main__"}  # usable everywhere

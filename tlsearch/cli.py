@@ -1,4 +1,4 @@
-"""`tlsearch validate | run | resume | report | submit`. Exit codes: 0 success, 1 the search failed,
+"""`tlsearch validate | audit | run | resume | report | submit`. Exit codes: 0 success, 1 the search failed,
 2 bad input (spec, paths, names, an existing run) -- always one clear message, never a traceback."""
 
 from __future__ import annotations
@@ -7,9 +7,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tlsearch import __version__
 from tlsearch.errors import UserInputError
+
+if TYPE_CHECKING:
+    from tlsearch.spec import Spec
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -44,6 +48,22 @@ def _parser() -> argparse.ArgumentParser:
         "validate", parents=[overrides], help="check spec files; exit 0 if all are valid, else 2"
     )
     p.add_argument("specs", nargs="+", metavar="SPEC")
+
+    p = sub.add_parser(
+        "audit",
+        parents=[overrides],
+        help="audit a spec's data; exit 0 clean, 1 warnings, 2 unusable or bad input",
+        description="Check the whole data files (before data.max_*_samples): missing values, undecodable "
+        "inputs, labels training never has, duplicates and near-duplicates across splits, class balance, "
+        "likely label errors (docs/audit.md). Exit 0 clean, 1 warnings, 2 unusable or bad input.",
+    )
+    p.add_argument("spec", metavar="SPEC")
+    p.add_argument(
+        "--format",
+        choices=["text", "json"],
+        default="text",
+        help="text: a summary; json: only the report's JSON on stdout (as audit.json)",
+    )
 
     p = sub.add_parser("run", parents=[overrides, address], help="run a search from a spec")
     p.add_argument("spec", metavar="SPEC")
@@ -122,6 +142,9 @@ def _dispatch(args: argparse.Namespace) -> int:
                 print(f"{path}: ok ({spec.name}: {', '.join(spec.strategies.enabled())})")
         return EXIT_BAD_INPUT if bad else EXIT_OK
 
+    if args.command == "audit":
+        return _audit(load_spec(args.spec, args.overrides), args.format)
+
     if args.command == "report":
         from tlsearch.results.report import leaderboard, write_report
 
@@ -167,3 +190,19 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+AUDIT_EXIT = {"clean": EXIT_OK, "warnings": EXIT_FAILED, "unusable": EXIT_BAD_INPUT}
+
+
+def _audit(spec: Spec, output: str) -> int:
+    import json
+    import tempfile
+
+    from tlsearch.audit import run_audit, summary_text
+    from tlsearch.data.paths import audit_files
+
+    with tempfile.TemporaryDirectory(prefix="tlsearch-audit-") as directory:  # a builtin data set's files
+        report = run_audit(spec, audit_files(spec, Path(directory)))
+    print(json.dumps(report, indent=1) if output == "json" else summary_text(report))
+    return AUDIT_EXIT[report["status"]]

@@ -202,9 +202,10 @@ def text_spec(tiny_bert: Path, files: dict[str, Path], storage: Path, **sections
         "storage": str(storage),
         "model": {"source": "hf", "name": str(tiny_bert), "task": "text-classification", "max_length": 16},
         "data": {"train": str(files["train"]), "validation": str(files["validation"]), "text_column": "text"},
-        # Baselines off: a test about something else need not pay for them (tests/integration turn
-        # them on where they are under test).
+        # Baselines and the audit's feature pass off: a test about something else need not pay for
+        # them (the tests of those parts turn them on).
         "search": {"num_samples": 4, "max_epochs": 2, "baselines": []},
+        "audit": {"label_issues": False},
     }
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
@@ -227,9 +228,10 @@ def image_spec(files: dict[str, Path], storage: Path, **sections: Any) -> dict[s
             "validation": str(files["validation"]),
             "image_column": "image",
         },
-        # Baselines off: a test about something else need not pay for them (tests/integration turn
-        # them on where they are under test).
+        # Baselines and the audit's feature pass off: a test about something else need not pay for
+        # them (the tests of those parts turn them on).
         "search": {"num_samples": 4, "max_epochs": 2, "baselines": []},
+        "audit": {"label_issues": False},
     }
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value

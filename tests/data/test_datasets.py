@@ -68,8 +68,15 @@ def test_numeric_labels_sort_numerically() -> None:
 def test_bad_data_gets_clear_errors(tmp_path: Path) -> None:
     missing_label = tmp_path / "m.parquet"
     pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", None]}), missing_label)
-    with pytest.raises(UserInputError, match="1 missing values"):
-        label_set([read_table(missing_label)], "label")
+    # A missing label is no class; reading the split refuses it unless the audit drops its row.
+    assert label_set([read_table(missing_label)], "label") == ("x",)
+    with pytest.raises(
+        UserInputError, match=r"1 missing values: fill them, or drop .* `audit.drop: \[missing_labels\]`"
+    ):
+        load_split(files(missing_label, missing_label, "text", "text", ("x",)), "train")
+    assert load_split(
+        files(missing_label, missing_label, "text", "text", ("x",), drop_train_rows=(1,)), "train"
+    ).inputs == ["a"]
     good = tmp_path / "g.parquet"
     pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", "zzz"]}), good)
     with pytest.raises(UserInputError, match=r"labels \['zzz'\] are not in the label set"):

@@ -179,6 +179,14 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     search = run_summary(runs[f"{spec['name']}-search"])
     assert run_info(runs[f"{spec['name']}-search"])["job_type"] == "search"
     assert search["summary"]["trials"] == 5
+    # The data audit ran first (audit.json); its counts are in the search run's summary.
+    audit = json.loads((run_dir / "audit.json").read_text())
+    assert search["summary"]["audit/status"] == audit["status"]
+    assert search["summary"]["audit/exact_duplicates_across"] == sum(
+        audit["exact_duplicates_across"].values()
+    )
+    assert search["summary"]["audit/label_issues"] == audit["label_issues"]["count"]
+    assert "Data audit (" in stdout
 
     # Optuna: the persisted study opens with Optuna's own API; stopped trials are PRUNED.
     resolved = yaml.safe_load((run_dir / "spec.resolved.yaml").read_text())["resolved"]["optuna"]

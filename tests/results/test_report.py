@@ -15,6 +15,9 @@ import optuna
 import pytest
 import yaml
 
+from tests.audit.planted import planted_text_data
+from tlsearch.audit import AUDIT_FILE, run_audit
+from tlsearch.data.paths import audit_files
 from tlsearch.results.files import EPOCHS_LOG, EVENTS_LOG, RESOLVED_SPEC, append_jsonl, write_tables
 from tlsearch.results.report import FIGURES, leaderboard, reproduce_command, write_report
 from tlsearch.results.study import make_storage
@@ -112,6 +115,31 @@ def test_markdown_json_and_images(run_dir: Path) -> None:
     assert abs(sum(summary["importances"]["full"].values()) - 1) < 1e-6
     assert "optuna-dashboard" in " ".join(summary["follow_up"])
     assert "best overall: t9 (full)" in leaderboard(run_dir)
+
+
+def test_the_data_audit_section(run_dir: Path, tmp_path: Path) -> None:
+    assert "## Data audit" not in (write_report(run_dir, ("md",)).files["md"]).read_text()  # no audit.json
+    files, _ = planted_text_data(tmp_path / "data")
+    spec = validate_spec(
+        {
+            "name": "a",
+            "model": SPEC["model"],
+            "data": {**{k: str(v) for k, v in files.items()}, "text_column": "text"},
+            "audit": {"label_issues": False, "drop": ["missing_labels"]},
+        }
+    )
+    (run_dir / AUDIT_FILE).write_text(json.dumps(run_audit(spec, audit_files(spec, tmp_path))))
+    report = write_report(run_dir)
+    md = report.files["md"].read_text()
+    section = md[md.index("## Data audit") :].split("\n## ")[0]
+    assert "- status: **warnings**" in section and "- rows: train 74, validation 35, test 33" in section
+    assert "- missing labels: train 2" in section
+    assert "- exact duplicates across splits: train/validation 2, train/test 1, validation/test 1" in section
+    assert "- warning: train: 2 rows have no label (rows 67, 68)" in section
+    assert "- dropped from training (`audit.drop`: missing_labels): 2 rows" in section
+    assert "<h2>Data audit</h2>" in report.files["html"].read_text()
+    audit = json.loads(report.files["json"].read_text())["audit"]
+    assert audit["status"] == "warnings" and audit["near_duplicates_across"]["train/validation"] == 2
 
 
 def test_reproduce_command_reproduces_the_best_configuration(run_dir: Path) -> None:

@@ -211,6 +211,12 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
             "training.feature_cache",
             "applies to linear_probe and partial trials only",
         ),
+        (
+            {"audit": {"label_issues": False, "drop": ["label_issues"]}},
+            "audit.drop",
+            "`audit.label_issues` is false",
+        ),
+        ({"audit": {"drop": ["duplicates"]}}, "audit.drop", "exact_duplicates_across"),
     ],
 )
 def test_cross_field_errors(changes: dict, path: str, message: str) -> None:

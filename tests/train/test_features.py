@@ -3,6 +3,7 @@ and trials trained on cached features that match trials that run the whole model
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import os
 import shutil
@@ -94,6 +95,11 @@ def test_key_is_stable_and_changes_with_every_input(
             trial_inputs({**spec, "data": {**spec["data"], "max_train_samples": 30}}, tmp_path / "run")
         ),
     }
+    # The training rows the data audit drops (audit.drop).
+    dropped = dataclasses.replace(
+        inputs.run, data=dataclasses.replace(inputs.run.data, drop_train_rows=(3, 5))
+    )
+    changed["dropped rows"] = key_name(dataclasses.replace(inputs, run=dropped))
     other_rows = write_parquet(text_rows(48, seed=7), tmp_path / "other.parquet")
     changed["data"] = key_name(
         trial_inputs({**spec, "data": {**spec["data"], "train": str(other_rows)}}, tmp_path / "run")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tlsearch.data.tables import DataFiles, label_strings, stratified_subset
+from tlsearch.data.tables import DataFiles, label_strings, open_image, stratified_subset
 from tlsearch.errors import UserInputError
 
 
@@ -24,13 +23,19 @@ class Split:
 
 
 def load_split(files: DataFiles, split: str) -> Split:
+    """A split's rows as training reads them: for `train`, without the rows the audit drops, then the
+    `max_train_samples` subset of the rest."""
     path = files.path(split)
     table = files.read(split, [files.input_column, files.label_column])
-    labels = label_strings(table, files.label_column)
+    kept = np.arange(table.num_rows)
+    if split == "train" and files.drop_train_rows:
+        kept = np.setdiff1d(kept, np.asarray(files.drop_train_rows, dtype=np.int64))
+    labels = label_strings(table, files.label_column, kept.tolist())
     limit = {"train": files.max_train_samples, "validation": files.max_validation_samples}.get(split)
-    rows = stratified_subset(labels, limit)
+    subset = stratified_subset(labels, limit)
+    rows, labels = kept[subset], [labels[i] for i in subset]
     index = {label: i for i, label in enumerate(files.labels)}
-    unknown = sorted({labels[i] for i in rows} - set(index))
+    unknown = sorted(set(labels) - set(index))
     if unknown:
         raise UserInputError(
             f"{path}: labels {unknown[:5]} are not in the label set {list(files.labels)[:10]}"
@@ -38,10 +43,13 @@ def load_split(files: DataFiles, split: str) -> Split:
     inputs = table.column(files.input_column).to_pylist()
     missing = sum(inputs[i] is None for i in rows)
     if missing:
-        raise UserInputError(f"{path}: {missing} rows have no `{files.input_column}`; drop or fill them")
+        raise UserInputError(
+            f"{path}: {missing} rows have no `{files.input_column}`: fill them, or drop those training rows "
+            "with `audit.drop: [undecodable_inputs]`"
+        )
     return Split(
         inputs=[inputs[i] for i in rows],
-        targets=np.asarray([index[labels[i]] for i in rows], dtype=np.int64),
+        targets=np.asarray([index[label] for label in labels], dtype=np.int64),
         base_dir=Path(path).resolve() if Path(path).is_dir() else Path(path).resolve().parent,
     )
 
@@ -79,18 +87,8 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.split.targets)
 
-    def _open(self, item: Any) -> Any:
-        from PIL import Image
-
-        if isinstance(item, bytes | bytearray):
-            return Image.open(io.BytesIO(item))
-        if isinstance(item, dict) and "bytes" in item:  # Hugging Face datasets' image struct
-            return Image.open(io.BytesIO(item["bytes"])) if item["bytes"] else Image.open(item["path"])
-        path = Path(str(item))
-        return Image.open(path if path.is_absolute() else self.split.base_dir / path)
-
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        image = self._open(self.split.inputs[i]).convert("RGB")
+        image = open_image(self.split.inputs[i], self.split.base_dir).convert("RGB")
         return self.transform(image), int(self.split.targets[i])
 
     @staticmethod

@@ -4,9 +4,11 @@ hashing, labels, subsets."""
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -35,6 +37,9 @@ class DataFiles:
     labels: tuple[str, ...]  # class names in index order, as strings
     max_train_samples: int | None = None
     max_validation_samples: int | None = None
+    # Training rows (0-based positions in the file) the data audit's `audit.drop` removes, before the
+    # max_train_samples subset is drawn from the rest.
+    drop_train_rows: tuple[int, ...] = ()
 
     def path(self, split: str) -> str:
         value = getattr(self, split)
@@ -92,6 +97,19 @@ def column_names(path: str | Path, *, folder_columns: tuple[str, str] = FOLDER_C
         raise UserInputError(f"cannot read {path}: {exc}") from None
 
 
+def open_image(item: Any, base_dir: Path) -> Any:
+    """A PIL image from a table cell: encoded bytes, Hugging Face datasets' `{bytes, path}` struct, or
+    a file path (relative to the data file's directory `base_dir`). Decoded lazily, as PIL does."""
+    from PIL import Image
+
+    if isinstance(item, bytes | bytearray):
+        return Image.open(io.BytesIO(item))
+    if isinstance(item, dict) and "bytes" in item:  # Hugging Face datasets' image struct
+        return Image.open(io.BytesIO(item["bytes"])) if item["bytes"] else Image.open(item["path"])
+    path = Path(str(item))
+    return Image.open(path if path.is_absolute() else base_dir / path)
+
+
 def file_sha256(path: str | Path) -> str:
     """sha256 of a file's bytes, or of an image folder's images (tlsearch.data.folders): the data's
     fingerprint, which resume and the feature cache compare."""
@@ -101,20 +119,32 @@ def file_sha256(path: str | Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def label_strings(table: pa.Table, column: str) -> list[str]:
-    """Labels as strings, the one representation every split and checkpoint shares."""
+def is_missing(value: object) -> bool:
+    """A missing or empty value (a label, a text): None, or a string of whitespace only."""
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def label_strings(table: pa.Table, column: str, rows: Sequence[int] | None = None) -> list[str]:
+    """Labels as strings, the one representation every split and checkpoint shares; `rows`: only
+    those rows (all by default), refused when any of them has no label."""
     values = table.column(column).to_pylist()
-    missing = sum(v is None for v in values)
+    if rows is not None:
+        values = [values[i] for i in rows]
+    missing = sum(is_missing(v) for v in values)
     if missing:
-        raise UserInputError(f"label column `{column}` has {missing} missing values; drop or fill those rows")
+        raise UserInputError(
+            f"label column `{column}` has {missing} missing values: fill them, or drop those training "
+            "rows with `audit.drop: [missing_labels]`"
+        )
     return [str(v) for v in values]
 
 
 def label_set(tables: Sequence[pa.Table], column: str) -> tuple[str, ...]:
-    """Sorted union of the labels in all splits (numeric labels sort numerically)."""
+    """Sorted union of the labels in all splits (numeric labels sort numerically). Missing labels are
+    no class: the data audit reports them, and reading a split refuses them unless they are dropped."""
     seen: set[str] = set()
     for table in tables:
-        seen.update(label_strings(table, column))
+        seen.update(str(v) for v in table.column(column).to_pylist() if not is_missing(v))
 
     def key(label: str) -> tuple[int, float | str]:
         try:

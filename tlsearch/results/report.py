@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from tlsearch.audit import AUDIT_FILE
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import (
     RESOLVED_SPEC,
@@ -71,6 +72,7 @@ class Report:
     images: dict[str, Path] = field(default_factory=dict)  # figure name -> PNG
     svgs: dict[str, str] = field(default_factory=dict)  # figure name -> inline SVG text
     files: dict[str, Path] = field(default_factory=dict)  # format -> written file
+    audit: dict[str, Any] | None = None  # the data audit's report (audit.json), when the search ran one
 
     @property
     def name(self) -> str:
@@ -110,6 +112,8 @@ def load_report(run_dir: Path, *, importances: bool = False) -> Report:
     baseline_rows = [t for t in rows if t.get("baseline")]
     report = Report(run_dir, resolved, trials, epoch_rows(run_dir), None, baselines=baseline_rows)
     report.best = best_trial(rows, report.metric, report.mode)
+    if (run_dir / AUDIT_FILE).exists():
+        report.audit = json.loads((run_dir / AUDIT_FILE).read_text())
     if importances:  # fits a model per strategy: only for the written report
         report.importances, report.importance_notes = _importances(report)
     return report
@@ -486,7 +490,65 @@ def _summary(report: Report) -> dict[str, Any]:
         "reproduce": reproduce_command(report),
         "follow_up": follow_up_commands(report),
         "figures": {name: str(path.relative_to(report.run_dir)) for name, path in report.images.items()},
+        "audit": _audit_summary(report.audit),
     }
+
+
+# Per-split or per-pair counts the report's "Data audit" section lists (the rest is in audit.json).
+AUDIT_COUNTS = {
+    "missing_labels": "missing labels",
+    "missing_inputs": "missing inputs",
+    "unreadable_inputs": "undecodable inputs",
+    "unknown_labels": "labels training never has",
+    "exact_duplicates_within": "exact duplicates within a split",
+    "exact_duplicates_across": "exact duplicates across splits",
+    "near_duplicates_across": "near-duplicates across splits",
+}
+
+
+def _audit_summary(audit: dict[str, Any] | None) -> dict[str, Any] | None:
+    if audit is None:
+        return None
+    return {
+        "status": audit["status"],
+        **{key: audit.get(key) for key in AUDIT_COUNTS},
+        "imbalance_ratio": audit.get("imbalance_ratio"),
+        "rare_classes": audit.get("rare_classes"),
+        "label_issues": audit.get("label_issues", {}).get("count"),
+        "dropped_train_rows": audit.get("drop", {}).get("count"),
+        "file": AUDIT_FILE,
+    }
+
+
+def _audit_lines(audit: dict[str, Any]) -> list[str]:
+    """The "Data audit" section (Markdown list items): status, counts, a few examples."""
+    lines = [
+        f"- status: **{audit['status']}** ({audit['scope']}; every row id in `{AUDIT_FILE}`)",
+        "- rows: " + ", ".join(f"{split} {n:,}" for split, n in audit["rows"].items()),
+    ]
+    lines += [f"- unusable: {problem}" for problem in audit["unusable"]]
+    for key, what in AUDIT_COUNTS.items():
+        counts = {where: n for where, n in audit.get(key, {}).items() if n}
+        if counts:
+            lines.append(f"- {what}: " + ", ".join(f"{where} {n}" for where, n in counts.items()))
+    if audit.get("imbalance_ratio") is not None:
+        lines.append(f"- imbalance ratio (largest / smallest training class): {audit['imbalance_ratio']:g}")
+    issues = audit.get("label_issues", {})
+    if issues.get("skipped"):
+        lines.append(f"- label issues: not checked ({issues['skipped']})")
+    else:
+        shown = ", ".join(str(row) for row in issues.get("rows", [])[:5])
+        lines.append(
+            f"- label issues: {issues.get('count', 0)} of {issues.get('checked', 0)} training rows"
+            + (f" (most likely first: rows {shown})" if shown else "")
+        )
+    lines += [f"- warning: {warning['message']}" for warning in audit["warnings"][:10]]
+    drop = audit.get("drop", {})
+    if drop.get("findings"):
+        lines.append(
+            f"- dropped from training (`audit.drop`: {', '.join(drop['findings'])}): {drop['count']} rows"
+        )
+    return lines
 
 
 def _md_table(rows: list[dict[str, Any]], columns: list[str]) -> list[str]:
@@ -512,6 +574,8 @@ def _markdown(report: Report) -> str:
         "",
         *_baseline_lines(report),
     ]
+    if report.audit is not None:
+        out += ["## Data audit", "", *_audit_lines(report.audit), ""]
     for name, caption in FIGURES.items():
         out += [f"## {caption}", "", f"![{name}]({REPORT_DIR}/{name}.png)", ""]
     out += [
@@ -640,6 +704,12 @@ def _html(report: Report) -> str:
         "<h2>Leaderboard</h2>",
         _html_table(report.sorted_trials(), columns),
     ]
+    if report.audit is not None:
+        items = "".join(
+            f"<li>{html.escape(line[2:]).replace('**', '').replace('`', '')}</li>"
+            for line in _audit_lines(report.audit)
+        )
+        parts.append(f"<h2>Data audit</h2><ul>{items}</ul>")
     if report.baselines:
         parts += [
             "<h2>Baselines</h2>",

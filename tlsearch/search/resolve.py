@@ -3,8 +3,11 @@ structure, the search space; written to spec.resolved.yaml."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import importlib.metadata
+import json
+import os
 import platform
 import uuid
 from dataclasses import dataclass
@@ -14,7 +17,8 @@ from typing import Any
 import yaml
 
 from tlsearch import __version__
-from tlsearch.data.builtin import materialize
+from tlsearch.audit import AUDIT_DIR, AUDIT_FILE, dropped_train_rows, run_audit, search_refusal, summary_text
+from tlsearch.data.paths import data_paths
 from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
 from tlsearch.errors import UserInputError
 from tlsearch.models import build_model
@@ -25,7 +29,7 @@ from tlsearch.spec import Spec
 from tlsearch.spec.load import validate_spec
 from tlsearch.spec.model import split_form
 from tlsearch.spec.strategy import STRATEGIES
-from tlsearch.spec.vocab import FOLDER_COLUMNS, TABLE_SUFFIXES
+from tlsearch.spec.vocab import TABLE_SUFFIXES
 from tlsearch.strategies.base import check
 
 LIBRARIES = (
@@ -52,20 +56,13 @@ class Resolved:
     hashes: dict[str, str]
     study_name: str  # unique: several searches may share one Optuna storage
     pooling: str | None = None  # what a text model's head reads, `model.pooling: auto` resolved
+    audit: dict[str, Any] | None = None  # the data audit's report (audit.json); None: audit.enabled false
 
 
 def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[DataFiles, dict[str, str]]:
     d = spec.data
-    if d.builtin is not None:
-        paths, column, kind = materialize(d.builtin, run_dir / "data", reuse=reuse)
-        splits: dict[str, str | None] = {k: str(v) for k, v in paths.items()}
-    else:
-        kind = "text" if spec.model.task == "text-classification" else "image"
-        column = (d.text_column if kind == "text" else d.image_column or FOLDER_COLUMNS[0]) or ""
-        splits = {
-            k: (str(Path(v).expanduser().resolve()) if v else None)
-            for k, v in (("train", d.train), ("validation", d.validation), ("test", d.test))
-        }
+    splits, column, kind = data_paths(spec, run_dir, reuse=reuse)
+    if d.builtin is None:
         for split in d.splits():
             _check_form(split, split_form(getattr(d, split)), Path(splits[split] or ""))
     names_of_folder = (column, d.label_column)
@@ -118,8 +115,8 @@ def _check_form(split: str, form: str | None, path: Path) -> None:
 
 
 def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
-    """Check and pin down a search. resuming: keep the run's data files (refusing to go on if any
-    changed since the search started) and its Optuna study."""
+    """Check and pin down a search, then audit its data (docs/audit.md). resuming: keep the run's data
+    files (refusing to go on if any changed since the search started), its Optuna study and its audit."""
     data, hashes = resolve_data(spec, run_dir, reuse=resuming)
     if resuming:
         _check_unchanged(run_dir, hashes)
@@ -130,7 +127,37 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     space = build_space(spec, num_blocks=probe.layers.num_blocks)
     for strategy in space.strategy_names():
         check(strategy, probe, space.dims(strategy))  # fail now, not in every trial
-    return Resolved(spec, data, space, probe.layers.num_blocks, hashes, study_name, probe.pooling)
+    # After the checks above: a spec that cannot run fails in seconds, before the feature pass.
+    audit = audit_search(spec, data, run_dir, resuming=resuming)
+    if audit is not None:
+        data = dataclasses.replace(data, drop_train_rows=dropped_train_rows(audit))
+    return Resolved(
+        spec, data, space, probe.layers.num_blocks, hashes, study_name, pooling=probe.pooling, audit=audit
+    )
+
+
+def audit_search(
+    spec: Spec, data: DataFiles, run_dir: Path, *, resuming: bool = False
+) -> dict[str, Any] | None:
+    """The search's data audit: run (its frozen features cached under `<run dir>/audit/`), written to
+    `<run dir>/audit.json` and summarised, or read back from audit.json when a resumed search has it.
+    Raises UserInputError where the audit says the search must not run."""
+    if not spec.audit.enabled:
+        return None
+    path = run_dir / AUDIT_FILE
+    if resuming and path.exists():
+        report: dict[str, Any] = json.loads(path.read_text())
+        print(f"[tlsearch] data audit: {report['status']} (from {path})", flush=True)
+    else:
+        report = run_audit(spec, data, cache_dir=run_dir / AUDIT_DIR)
+        staging = path.with_name(f".{path.name}.tmp")
+        staging.write_text(json.dumps(report, indent=1))
+        os.replace(staging, path)
+        print(summary_text(report), flush=True)
+    refusal = search_refusal(report, spec.audit)
+    if refusal:
+        raise UserInputError(refusal)
+    return report
 
 
 def recorded(run_dir: Path) -> dict[str, Any]:
@@ -179,6 +206,7 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
             for split, digest in resolved.hashes.items()
         },
         "labels": list(resolved.data.labels),
+        "audit": _audit_record(resolved.audit),
         "optuna": {
             "study_name": resolved.study_name,
             "storage": storage_description(spec.tracking.optuna.storage, run_dir),
@@ -196,6 +224,24 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
         "# library versions. `tlsearch run` accepts this file as a spec (the `resolved` block is ignored).\n"
         + yaml.safe_dump(document, sort_keys=False)
     )
+
+
+def _audit_record(report: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What spec.resolved.yaml keeps of the audit: its status and the training rows dropped (their
+    count and digest; the ids are in audit.json)."""
+    if report is None:
+        return None
+    drop = report["drop"]
+    return {
+        "status": report["status"],
+        "file": AUDIT_FILE,
+        "dropped_train_rows": {
+            "findings": drop["findings"],
+            "count": drop["count"],
+            "by_finding": drop["by_finding"],
+            "sha256": drop["sha256"],
+        },
+    }
 
 
 def _describe(dim: Any) -> Any:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -11,6 +12,7 @@ from typing import Any
 
 import optuna
 
+from tlsearch.audit import AUDIT_FILE, wandb_summary
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import (
     EVENTS_LOG,
@@ -416,6 +418,8 @@ def log_search_to_wandb(run_dir: Path, spec: Spec, trials: list[dict[str, Any]],
         "transfer_gain": best.get("transfer_gain"),
         **{f"baseline_{name}": b.get("value") for name, b in (best.get("baselines") or {}).items()},
     }
+    if (run_dir / AUDIT_FILE).exists():  # the data audit's counts (audit/...)
+        summary |= wandb_summary(json.loads((run_dir / AUDIT_FILE).read_text()))
     columns = [
         "trial_id",
         "strategy",

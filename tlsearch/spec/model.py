@@ -400,6 +400,58 @@ class TrackingSpec(Strict):
     optuna: OptunaSpec = OptunaSpec()
 
 
+# --- the data audit ---------------------------------------------------------------------------
+
+# What `audit.drop` may remove from the training rows (docs/audit.md).
+AuditDrop = Literal[
+    "exact_duplicates_across",
+    "near_duplicates_across",
+    "label_issues",
+    "missing_labels",
+    "undecodable_inputs",
+]
+
+
+class NearDuplicateSpec(Strict):
+    """`audit.near_duplicates`: when two rows of different splits count as near-duplicates."""
+
+    text_jaccard: float = Field(0.5, gt=0, le=1)
+    """Texts: the Jaccard similarity of their word-pair shingle sets at which two texts are
+    near-duplicates (MinHash LSH finds the candidates, the exact Jaccard confirms them). A 30-word text
+    with 10% of its words replaced keeps about 0.65."""
+    image_hash_bits: int = Field(8, ge=0, le=64)
+    """Images: candidates differ in at most this many of the 64 bits of their perceptual hash (pHash)."""
+    image_pixel_distance: float = Field(0.02, ge=0, le=2)
+    """Images: a candidate pair is confirmed when 1 - the Pearson correlation of their 32x32 grayscale
+    pixels is at most this: on MNIST a perceptual hash alone pairs thousands of distinct digits."""
+
+
+class AuditSpec(Strict):
+    """`audit`: the data audit, the first step of every search (`tlsearch audit SPEC` runs it alone):
+    missing values, undecodable inputs, unseen labels, duplicates and near-duplicates across splits,
+    class balance and likely label errors, over the whole data files (docs/audit.md)."""
+
+    enabled: bool = True
+    """false: a search skips the audit (`tlsearch audit` runs it regardless)."""
+    fail_on: Literal["unusable", "warnings"] = "unusable"
+    """`unusable`: a search refuses only data it cannot use (and missing labels or undecodable inputs
+    that `drop` does not list); `warnings`: it refuses on any warning too."""
+    drop: tuple[AuditDrop, ...] = ()
+    """Findings whose training rows are removed before the search (and before
+    `data.max_train_samples` draws its subset); the removed row ids are in `audit.json`, their count
+    and digest in `spec.resolved.yaml`. For duplicates across splits, the training rows that match a
+    validation or test row."""
+    label_issues: bool = True
+    """Rank likely label errors of the training rows: a 5-fold cross-validated logistic regression on
+    the backbone's frozen features, then cleanlab's confident learning. false: no feature pass."""
+    rare_class_rows: int = Field(5, ge=1)
+    """A class with fewer training rows than this is a warning."""
+    imbalance_ratio: float = Field(10.0, ge=1)
+    """A training set whose largest class has more than this many times the rows of its smallest is a
+    warning."""
+    near_duplicates: NearDuplicateSpec = NearDuplicateSpec()
+
+
 # URI schemes pyarrow.fs (and so Ray's storage) understands.
 CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")
 
@@ -425,6 +477,7 @@ class Spec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     training: TrainingSpec = TrainingSpec()
     tracking: TrackingSpec = TrackingSpec()
+    audit: AuditSpec = AuditSpec()
 
     def run_dir(self) -> Path:
         return Path(self.storage).expanduser().resolve() / self.name
@@ -582,6 +635,13 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
     if len(set(s.baselines)) != len(s.baselines):
         problems.append(("search.baselines", f"lists a baseline twice: {list(s.baselines)}"))
     problems += _check_time_attr(s.scheduler)
+    if "label_issues" in spec.audit.drop and not spec.audit.label_issues:
+        problems.append(
+            (
+                "audit.drop",
+                "lists `label_issues`, but `audit.label_issues` is false: enable it or unlist them",
+            )
+        )
     if isinstance(s.seed_configs, list):
         problems += _check_seed_configs(spec)
     return problems

@@ -83,7 +83,7 @@ def feature_key(inputs: TrialInputs, loaded: LoadedModel, boundary: str, device:
     run, data = inputs.run, inputs.run.data
     hashes = run.data_sha256 or {split: file_sha256(data.path(split)) for split in ("train", "validation")}
     fingerprint = loaded.source.fingerprint(loaded, run.spec.model)
-    described = {
+    described: dict[str, Any] = {
         "format": FORMAT_VERSION,
         "boundary": boundary,
         "model": {
@@ -106,6 +106,8 @@ def feature_key(inputs: TrialInputs, loaded: LoadedModel, boundary: str, device:
         "compute": {"device": device.type, "autocast": "bfloat16" if device.type == "cuda" else None},
         "versions": {lib: _version(lib) for lib in fingerprint.libraries},
     }
+    if data.drop_train_rows:  # the training rows the data audit drops (audit.drop); ids in audit.json
+        described["data"]["dropped_train_rows"] = sha256_json(list(data.drop_train_rows))
     digest = sha256_json(described)[:20]
     return FeatureKey(f"{boundary.replace(':', '')}-{digest}", described)
 
@@ -439,7 +441,7 @@ def _build(
                     return {"supported": False, "reason": reason, "splits": {}}
                 splits = {}
                 for split, dataset in (("train", train_set), ("validation", validation_set)):
-                    features, targets, lengths = _extract(
+                    features, targets, lengths = extract_features(
                         tail, model, dataset, to_device, batch_size, loader_workers
                     )
                     file = f"{split}.arrow"
@@ -455,7 +457,7 @@ def _build(
 
 
 @torch.no_grad()
-def _extract(
+def extract_features(
     tail: Tail, model: nn.Module, dataset: Any, to_device: ToDevice, batch_size: int, workers: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(boundary tensors, targets, token counts or None) of every row, in the dataset's order."""

@@ -26,9 +26,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
+from tlsearch.data.datasets import ImageDataset, Split, TextDataset, load_split
 from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel, ModelSource
+from tlsearch.spec.model import ModelSpec
 from tlsearch.strategies.base import Prepared, prepare
 from tlsearch.train import process_cache
 from tlsearch.train.batches import ToDevice
@@ -63,19 +64,23 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
 def build_datasets(inputs: TrialInputs, loaded: LoadedModel) -> tuple[Any, Any]:
     files, spec = inputs.run.data, inputs.run.spec
     train, validation = load_split(files, "train"), load_split(files, "validation")
-    if files.input_kind == "text":
-        tokenizer = loaded.preprocessing
-        return (
-            TextDataset(train, tokenizer, spec.model.max_length),
-            TextDataset(validation, tokenizer, spec.model.max_length),
-        )
+    return (
+        split_dataset(train, files.input_kind, spec.model, loaded),
+        split_dataset(validation, files.input_kind, spec.model, loaded),
+    )
+
+
+def split_dataset(split: Split, input_kind: str, model: ModelSpec, loaded: LoadedModel) -> Any:
+    """A split's rows as the loop feeds them to `loaded` (each data set has its own `collate`)."""
+    if input_kind == "text":
+        return TextDataset(split, loaded.preprocessing, model.max_length)
     from timm.data import create_transform
 
     # Deterministic preprocessing (resize, centre crop) for training too: no augmentation keeps
     # trials comparable and makes a frozen prefix's features reusable. uint8 pixels: the device
     # normalises them (tlsearch/train/batches.py).
     transform = create_transform(**loaded.preprocessing, is_training=False, use_prefetcher=True)
-    return ImageDataset(train, transform), ImageDataset(validation, transform)
+    return ImageDataset(split, transform)
 
 
 def _forward(model: nn.Module, batch: Any, to_device: ToDevice, source: ModelSource) -> torch.Tensor:
