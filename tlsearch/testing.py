@@ -206,6 +206,7 @@ def text_spec(tiny_bert: Path, files: dict[str, Path], storage: Path, **sections
         # them (the tests of those parts turn them on).
         "search": {"num_samples": 4, "max_epochs": 2, "baselines": []},
         "audit": {"label_issues": False},
+        "finalize": {"after_search": False},
     }
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
@@ -232,6 +233,7 @@ def image_spec(files: dict[str, Path], storage: Path, **sections: Any) -> dict[s
         # them (the tests of those parts turn them on).
         "search": {"num_samples": 4, "max_epochs": 2, "baselines": []},
         "audit": {"label_issues": False},
+        "finalize": {"after_search": False},
     }
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value

@@ -67,6 +67,8 @@ class Report:
     epochs: list[dict[str, Any]]
     best: dict[str, Any] | None
     baselines: list[dict[str, Any]] = field(default_factory=list)  # rows with a `baseline`
+    # final/: metrics.json, and latency.json, export.json and the top misclassified rows when there
+    final: dict[str, Any] | None = None
     importances: dict[str, dict[str, float]] = field(default_factory=dict)
     importance_notes: dict[str, str] = field(default_factory=dict)
     images: dict[str, Path] = field(default_factory=dict)  # figure name -> PNG
@@ -114,6 +116,7 @@ def load_report(run_dir: Path, *, importances: bool = False) -> Report:
     report.best = best_trial(rows, report.metric, report.mode)
     if (run_dir / AUDIT_FILE).exists():
         report.audit = json.loads((run_dir / AUDIT_FILE).read_text())
+    report.final = _read_final(run_dir)
     if importances:  # fits a model per strategy: only for the written report
         report.importances, report.importance_notes = _importances(report)
     return report
@@ -573,6 +576,7 @@ def _markdown(report: Report) -> str:
         *_md_table(report.sorted_trials(), columns),
         "",
         *_baseline_lines(report),
+        *_final_lines(report),
     ]
     if report.audit is not None:
         out += ["## Data audit", "", *_audit_lines(report.audit), ""]
@@ -615,6 +619,91 @@ def _overview(report: Report) -> list[str]:
             f"- best: trial `{report.best['trial_id']}` ({report.best['strategy']}), "
             f"best_{report.metric} = {_fmt(report.best['value'])}",
         )
+    return lines
+
+
+FINAL_DIR = "final"  # tlsearch finalize's output (tlsearch/search/finalize.py)
+FINAL_FIGURES = {"confusion_matrix": "Confusion matrix (test)", "reliability": "Reliability diagram (test)"}
+
+
+def _read_final(run_dir: Path) -> dict[str, Any] | None:
+    final = run_dir / FINAL_DIR
+    if not (final / "metrics.json").exists():
+        return None
+    out: dict[str, Any] = {"metrics": json.loads((final / "metrics.json").read_text())}
+    for name in ("latency", "export"):
+        if (final / f"{name}.json").exists():
+            out[name] = json.loads((final / f"{name}.json").read_text())
+    if (final / "misclassified.parquet").exists():
+        import pyarrow.parquet as pq
+
+        out["misclassified"] = pq.read_table(final / "misclassified.parquet").slice(0, 10).to_pylist()
+    return out
+
+
+def _final_lines(report: Report) -> list[str]:
+    """The "Final model" section (markdown): test metrics once, baselines, slices, errors, latency."""
+    if report.final is None:
+        return []
+    m = report.final["metrics"]
+    ci = m["intervals"]
+    lines = [
+        "## Final model",
+        "",
+        f"- {'retrained on training + validation' if m['retrained'] else 'the best trial weights'}: "
+        f"trial `{m['trial_id']}` ({m['strategy']}), {m['epochs']} epochs; evaluated once on "
+        f"{m['rows']} test rows",
+        f"- test accuracy {m['test_accuracy']:.4f} "
+        f"(95% CI {ci['test_accuracy'][0]:.4f}-{ci['test_accuracy'][1]:.4f}), "
+        f"macro-F1 {m['test_f1_macro']:.4f} ({ci['test_f1_macro'][0]:.4f}-{ci['test_f1_macro'][1]:.4f}), "
+        f"ROC-AUC {_fmt(m['test_roc_auc'])}, ECE {m['ece']:.4f}",
+    ]
+    gain = m.get("transfer_gain")
+    if gain:
+        lines.append(
+            f"- transfer gain on test: {gain['value']:+.4f} {gain['metric']} against {gain['against']} "
+            f"(95% CI {gain['interval'][0]:+.4f} to {gain['interval'][1]:+.4f})"
+        )
+    for name, b in m.get("baselines", {}).items():
+        lines.append(
+            f"- baseline {name}: test accuracy {b['test_accuracy']:.4f}, macro-F1 {b['test_f1_macro']:.4f}"
+        )
+    latency = report.final.get("latency")
+    if latency:
+        lines.append(
+            f"- latency ({latency['device']}): {latency['batch1_p50_ms']:.2f} ms per example at batch 1 "
+            "(p50), "
+            f"{latency['serving_p50_ms']:.2f} ms at batch {latency['serving_batch']}"
+        )
+    export = report.final.get("export")
+    if export:
+        lines.append(
+            f"- ONNX (opset {export['opset']}): max |logit difference| {export['max_abs_diff']:.1e}, "
+            f"top-class agreement {export['argmax_agreement']}"
+        )
+    lines += ["", *(f"![{n}]({FINAL_DIR}/{n}.png)" for n in FINAL_FIGURES), ""]
+    for name, groups in m.get("slices", {}).items():
+        lines += [
+            f"Slices by `{name}`:",
+            "",
+            *_md_table(
+                [{"group": g} | v for g, v in groups.items()],
+                ["group", "rows", "test_accuracy", "test_f1_macro"],
+            ),
+            "",
+        ]
+    wrong = report.final.get("misclassified") or []
+    if wrong:
+        columns = [c for c in wrong[0] if c not in ("probability",)]
+        lines += [
+            "Misclassified test rows, highest loss first:",
+            "",
+            *_md_table(
+                [{k: (str(v)[:80] if isinstance(v, str) else v) for k, v in r.items()} for r in wrong],
+                columns,
+            ),
+            "",
+        ]
     return lines
 
 
@@ -710,6 +799,19 @@ def _html(report: Report) -> str:
             for line in _audit_lines(report.audit)
         )
         parts.append(f"<h2>Data audit</h2><ul>{items}</ul>")
+    if report.final is not None:
+        final_lines = _final_lines(report)
+        items = "".join(
+            f"<li>{html.escape(line[2:]).replace('`', '')}</li>"
+            for line in final_lines
+            if line.startswith("- ")
+        )
+        images = "".join(
+            f"<figure><img src='{FINAL_DIR}/{n}.png' alt='{html.escape(c)}' style='max-width:48%'>"
+            f"<figcaption>{html.escape(c)}</figcaption></figure>"
+            for n, c in FINAL_FIGURES.items()
+        )
+        parts.append(f"<h2>Final model</h2><ul>{items}</ul>{images}")
     if report.baselines:
         parts += [
             "<h2>Baselines</h2>",

@@ -6,7 +6,7 @@ import json
 import math
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ class Outcome:
     run_dir: Path
     trials: list[dict[str, Any]]  # every row of trials.parquet: the search's trials and the baselines
     num_samples: int
+    finalize_error: str | None = None  # why finalize after the search failed (the search itself did not)
 
     @property
     def search_trials(self) -> list[dict[str, Any]]:
@@ -313,7 +314,33 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
     report = render_figures(run_dir)
     log_search_to_wandb(run_dir, spec, trials, report)  # uses the PNGs; its offline run joins the follow-up
     write_report_files(report)
+    if not outcome.interrupted and outcome.succeeded and spec.finalize.after_search:
+        outcome = replace(outcome, finalize_error=_finalize_after_search(resolved, run_dir))
     return outcome
+
+
+def _finalize_after_search(resolved: Resolved, run_dir: Path) -> str | None:
+    """`tlsearch finalize` at the search's end (finalize.after_search), when the data has a test split
+    and the run has no final/ yet (a resumed search finalizes once). A failure leaves the search's
+    results as they are: it is reported, and `tlsearch finalize RUN_DIR` tries again."""
+    from tlsearch.final.export import FINAL_DIR
+
+    from tlsearch.search.finalize import finalize_run
+
+    if resolved.data.test is None:
+        print("[tlsearch] finalize: the data has no test split (data.test): no final model", flush=True)
+        return None
+    if (run_dir / FINAL_DIR).exists():
+        return None
+    try:
+        finalize_run(run_dir)
+    except Exception as exc:  # the search's own results stay; the message says how to try again
+        import traceback
+
+        traceback.print_exc()
+        return f"{type(exc).__name__}: {exc}"
+    write_report_files(render_figures(run_dir))  # with its "Final model" section
+    return None
 
 
 def run_baselines(resolved: Resolved, run_dir: Path, trials: list[dict[str, Any]]) -> None:

@@ -452,6 +452,22 @@ class AuditSpec(Strict):
     near_duplicates: NearDuplicateSpec = NearDuplicateSpec()
 
 
+class FinalizeSpec(Strict):
+    """`finalize`: the final model, evaluated once on the test split (`tlsearch finalize RUN_DIR`;
+    docs/final.md)."""
+
+    after_search: bool = True
+    """Finalize when the search ends, if the data has a test split."""
+    retrain: bool = True
+    """Train the best configuration again on the training and validation rows for the epochs of its best
+    checkpoint; false: keep the best trial's weights (cheaper; metrics.json says which)."""
+    slices: tuple[str, ...] = ()
+    """Columns of the test data to report the metrics per value of (text-length quartiles are always
+    reported for text)."""
+    export: bool = True
+    """Export the final model to ONNX after finalizing (`tlsearch export RUN_DIR`)."""
+
+
 # URI schemes pyarrow.fs (and so Ray's storage) understands.
 CHECKPOINT_SCHEMES = ("s3", "gs", "gcs", "abfs", "abfss", "hdfs", "file")
 
@@ -477,6 +493,7 @@ class Spec(Strict):
     resources: ResourcesSpec = ResourcesSpec()
     training: TrainingSpec = TrainingSpec()
     tracking: TrackingSpec = TrackingSpec()
+    finalize: FinalizeSpec = FinalizeSpec()
     audit: AuditSpec = AuditSpec()
 
     def run_dir(self) -> Path:
