@@ -18,9 +18,10 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tlsearch"
 # spec -> space -> data/models -> strategies -> train -> results (files, report) -> tracking (W&B)
-# -> search (Ray Tune wiring) -> cli
+# -> final (the final model: test evaluation, model directory, ONNX export) -> search (Ray Tune wiring) -> cli
 LAYERS = [
-    *("spec", "space", "data", "models", "strategies", "train", "results", "tracking", "search", "cli"),
+    *("spec", "space", "data", "models", "strategies", "train", "results", "tracking", "final", "search"),
+    "cli",
     "testing",  # tiny real models and data for tests: may import anything, imported by nothing here
 ]
 BASE = {"errors", "registry", "__init__", "__main__"}  # usable everywhere

@@ -1,4 +1,4 @@
-"""`tlsearch validate | run | resume | report | submit`. Exit codes: 0 success, 1 the search failed,
+"""`tlsearch validate | run | resume | report | submit | export`. Exit codes: 0 success, 1 the search failed,
 2 bad input (spec, paths, names, an existing run) -- always one clear message, never a traceback."""
 
 from __future__ import annotations
@@ -92,6 +92,22 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="which report files to write (repeatable; default: html and md)",
     )
+
+    p = sub.add_parser(
+        "export",
+        help="export the final model (RUN_DIR/final/model) to final/model.onnx, with a parity check",
+        description="Write final/model.onnx and final/export.json: the ONNX graph's inputs and outputs, "
+        "its parity with PyTorch in onnxruntime on the run's test rows, and both runtimes' latency. "
+        "Exit 1 when parity fails (max |logit difference| > 1e-4 or a top class differs).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format (default: onnx)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=256,
+        help="test rows the parity check runs on (a class-stratified subset; default: 256)",
+    )
     return parser
 
 
@@ -131,6 +147,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\nwritten: " + ", ".join(str(path) for path in report.files.values()))
         return EXIT_OK
 
+    if args.command == "export":
+        return _export(Path(args.run_dir), args.rows)
+
     if args.command == "submit":
         from tlsearch.search.submit import submit_search
 
@@ -165,5 +184,42 @@ def _dispatch(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     if not outcome.succeeded:
         print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _export(run_dir: Path, rows: int) -> int:
+    """Parity on the run's own test split, read through the spec it was started with."""
+    from tlsearch.data.datasets import load_split
+    from tlsearch.data.tables import stratified_subset
+    from tlsearch.final.export import EXPORT_FILE, ONNX_FILE, check_exportable, export_final
+    from tlsearch.search.resolve import read_resolved_spec, resolve_data
+
+    spec = read_resolved_spec(run_dir)
+    final_dir = check_exportable(run_dir)  # refuse before reading any data
+    files, _ = resolve_data(spec, run_dir, reuse=True)
+    if files.test is None:
+        raise UserInputError(f"{run_dir}'s data has no test split: the ONNX parity check runs on test rows")
+    test = load_split(files, "test")
+    true_labels = [files.labels[t] for t in test.targets]
+    keep = stratified_subset(true_labels, max(1, rows))
+    report = export_final(
+        run_dir, [test.inputs[i] for i in keep], [true_labels[i] for i in keep], test.base_dir
+    )
+    latency = report["latency"]
+    print(
+        f"{final_dir / ONNX_FILE}: opset {report['opset']}, parity on {report['parity']['rows']} test rows: "
+        f"max |logit difference| {report['max_abs_diff']:.2e}, top-class agreement "
+        f"{report['argmax_agreement']}\n"
+        f"latency per example, batch 1 (p50): pytorch {latency['pytorch']['batch1_p50_ms']:.2f} ms "
+        f"({latency['pytorch']['device']}), onnxruntime {latency['onnxruntime']['batch1_p50_ms']:.2f} ms\n"
+        f"written: {final_dir / ONNX_FILE}, {final_dir / EXPORT_FILE}"
+    )
+    if not report["parity_holds"]:
+        print(
+            f"tlsearch: the ONNX graph's logits differ from PyTorch's beyond 1e-4 or in a top class; "
+            f"see {final_dir / EXPORT_FILE}",
+            file=sys.stderr,
+        )
         return EXIT_FAILED
     return EXIT_OK
