@@ -104,14 +104,22 @@ def confusion_counts(targets: np.ndarray, pred: np.ndarray, num_classes: int) ->
 
 
 def accuracy_of(counts: np.ndarray) -> float:
-    """Accuracy from confusion counts; counts may carry leading batch axes (one matrix per resample)."""
-    return _as_float(np.trace(counts, axis1=-2, axis2=-1) / counts.sum(axis=(-2, -1)))
+    return float(_accuracy(counts))
 
 
 def f1_macro_of(counts: np.ndarray) -> float:
     """Macro-F1 over every class (0 for a class neither present nor predicted: scikit-learn's
-    zero_division=0), from confusion counts with optional leading batch axes."""
-    return _as_float(_f1(counts).mean(axis=-1))
+    zero_division=0)."""
+    return float(_f1_macro(counts))
+
+
+def _accuracy(counts: np.ndarray) -> np.ndarray:
+    """From confusion counts with optional leading batch axes (one matrix per resample)."""
+    return np.trace(counts, axis1=-2, axis2=-1) / counts.sum(axis=(-2, -1))
+
+
+def _f1_macro(counts: np.ndarray) -> np.ndarray:
+    return _f1(counts).mean(axis=-1)
 
 
 def _f1(counts: np.ndarray) -> np.ndarray:
@@ -119,10 +127,6 @@ def _f1(counts: np.ndarray) -> np.ndarray:
     # 2tp / (2tp + fp + fn) = 2tp / (support + predicted)
     denominator = counts.sum(axis=-1) + counts.sum(axis=-2)
     return np.divide(2 * tp, denominator, out=np.zeros(tp.shape), where=denominator > 0)
-
-
-def _as_float(value: np.ndarray) -> Any:
-    return float(value) if np.ndim(value) == 0 else value
 
 
 def per_class(counts: np.ndarray, labels: Sequence[str]) -> dict[str, dict[str, float | int]]:
@@ -241,7 +245,7 @@ def bootstrap_distribution(
             )
         )
     counts = np.concatenate(blocks) if blocks else np.zeros((0, num_classes, num_classes), dtype=np.int64)
-    return {"test_accuracy": accuracy_of(counts), "test_f1_macro": f1_macro_of(counts)}
+    return {"test_accuracy": _accuracy(counts), "test_f1_macro": _f1_macro(counts)}
 
 
 # --- slices ----------------------------------------------------------------------------------

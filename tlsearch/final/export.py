@@ -72,6 +72,9 @@ class TextGraph(nn.Module):
 class ImageGraph(nn.Module):
     """uint8 pixels -> logits, normalised inside with ToDevice's arithmetic."""
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, final: FinalModel):
         super().__init__()
         self.model = final.module
