@@ -70,7 +70,9 @@ def test_torch_latency_keys(tmp_path: Path) -> None:
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(b"x" * 123)
     singles, serving = batches(serving=5)
-    result = torch_latency(module, singles, serving, size_path=weights, warmup=1, repeats=6)
+    result = torch_latency(
+        module, singles, serving, weights=[weights, tmp_path / "absent"], warmup=1, repeats=6
+    )
     assert set(result) == KEYS
     assert result["serving_batch"] == 5 and result["parameters"] == 8 * 3 + 3
     assert result["size_on_disk_bytes"] == 123 and result["device"] == "cpu"

@@ -33,7 +33,7 @@ from tlsearch.data.datasets import ImageDataset, Split, TextDataset
 from tlsearch.errors import UserInputError
 from tlsearch.final.evaluation import accuracy_of, confusion_counts
 from tlsearch.final.latency import SERVING_BATCH, Inputs, onnx_latency, torch_latency
-from tlsearch.final.model_dir import WEIGHTS_FILE, FinalModel, load_final_model
+from tlsearch.final.model_dir import FinalModel, load_final_model
 from tlsearch.models.sources import SOURCES
 from tlsearch.train.batches import ToDevice
 
@@ -270,7 +270,9 @@ def export_final(
         singles, serving = latency_batches(final, inputs, base_dir, serving_batch)
         # PyTorch first: onnxruntime's idle threads spin for a while after each run, taking cores
         # PyTorch would be timed on.
-        pytorch = _torch_latency(final, singles, serving, final_dir / MODEL_DIR / WEIGHTS_FILE)
+        pytorch = _torch_latency(
+            final, singles, serving, sorted((final_dir / MODEL_DIR).glob("*.safetensors"))
+        )
         session = onnx_session(onnx_path)
         report: dict[str, Any] = {"format": "onnx", "file": ONNX_FILE, "opset": opset}
         checked = parity(final, session, inputs, base_dir, targets)
@@ -300,13 +302,13 @@ def export_final(
 
 
 def _torch_latency(
-    final: FinalModel, singles: list[Inputs], serving: list[Inputs], weights: Path
+    final: FinalModel, singles: list[Inputs], serving: list[Inputs], weights: list[Path]
 ) -> dict[str, Any]:
     """The serving graph's latency on the current device (a GPU when there is one)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     graph = serving_graph(final).to(device)
     try:
-        return torch_latency(graph, singles, serving, size_path=weights)
+        return torch_latency(graph, singles, serving, weights=weights)
     finally:
         graph.to("cpu")
 

@@ -27,11 +27,12 @@ def torch_latency(
     batch1: Sequence[Inputs],
     serving: Sequence[Inputs],
     *,
-    size_path: Path | None = None,
+    weights: Sequence[Path] = (),
     warmup: int = WARMUP,
     repeats: int = REPEATS,
 ) -> dict[str, Any]:
-    """`module(**inputs)` -> logits, on the device its parameters are on."""
+    """`module(**inputs)` -> logits, on the device its parameters are on; `size_on_disk_bytes` is that of
+    the `weights` files (a final model's `*.safetensors`)."""
     import torch
 
     device = next(module.parameters()).device
@@ -51,7 +52,7 @@ def torch_latency(
         "runtime": f"pytorch {torch.__version__}",
         "device": torch.cuda.get_device_name(device) if on_gpu else "cpu",
         "parameters": int(parameters),
-        "size_on_disk_bytes": _size(size_path),
+        "size_on_disk_bytes": sum(_size(path) for path in weights),
     }
 
 
@@ -124,10 +125,6 @@ def _per_example_ms(
     return out
 
 
-def _size(path: Path | None) -> int:
-    """Bytes on disk of a file, or of every file under a directory; 0 when there is none."""
-    if path is None or not path.exists():
-        return 0
-    if path.is_dir():
-        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-    return path.stat().st_size
+def _size(path: Path) -> int:
+    """Bytes on disk of a file; 0 when there is none."""
+    return path.stat().st_size if path.is_file() else 0
