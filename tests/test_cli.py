@@ -105,7 +105,7 @@ def test_run_refuses_an_existing_run_directory(tmp_path: Path) -> None:
     assert (tmp_path / "bbc-news-minilm" / "keep.txt").read_text() == "precious"
 
 
-@pytest.mark.parametrize("command", ["report", "resume"])
+@pytest.mark.parametrize("command", ["report", "resume", "export"])
 def test_report_and_resume_need_a_run_directory(tmp_path: Path, command: str) -> None:
     result = tlsearch(command, str(tmp_path))
     assert result.returncode == 2 and "is not a tlsearch run directory" in result.stderr
@@ -114,7 +114,7 @@ def test_report_and_resume_need_a_run_directory(tmp_path: Path, command: str) ->
 def test_help_lists_the_commands() -> None:
     result = tlsearch("--help")
     assert result.returncode == 0
-    for command in ("validate", "audit", "run", "resume", "report"):
+    for command in ("validate", "audit", "run", "resume", "report", "finalize", "export", "predict"):
         assert command in result.stdout
 
 
@@ -152,3 +152,150 @@ def test_audit_exit_codes_and_json(tmp_path: Path) -> None:
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert json.loads(result.stdout)["status"] == "unusable"
     assert tlsearch("audit", str(tmp_path / "missing.yaml")).returncode == 2
+
+
+# --- tlsearch export RUN_DIR ------------------------------------------------------------------
+
+
+def text_run_dir(tmp_path: Path, tiny_bert: Path, text_data: dict, *, test_split: bool = True) -> Path:
+    """A run directory as a search leaves it (spec.resolved.yaml), without running one."""
+    from tlsearch.search.resolve import resolve, write_resolved_spec
+    from tlsearch.spec import validate_spec
+    from tlsearch.testing import text_rows, write_parquet
+
+    files = dict(text_data)
+    if test_split:
+        files["test"] = write_parquet(text_rows(30, seed=9), tmp_path / "test.parquet")
+    spec = validate_spec(
+        text_spec(tiny_bert, files, tmp_path, data={"test": str(files["test"]) if test_split else None})
+    )
+    run_dir = tmp_path / spec.name
+    run_dir.mkdir()
+    write_resolved_spec(resolve(spec, run_dir), run_dir)
+    return run_dir
+
+
+def save_final(run_dir: Path, tiny_bert: Path) -> None:
+    from tlsearch.final.model_dir import save_final_model
+    from tlsearch.models import build_model
+    from tlsearch.search.resolve import read_resolved_spec
+
+    spec = read_resolved_spec(run_dir)
+    labels = ["food", "sport", "tech"]
+    loaded = build_model(spec.model, len(labels))
+    save_final_model(
+        run_dir / "final" / "model",
+        loaded.model,
+        loaded.preprocessing,
+        source="hf",
+        task=spec.model.task,
+        labels=labels,
+        max_length=spec.model.max_length,
+    )
+
+
+def snapshot(run_dir: Path) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in run_dir.rglob("*")}
+
+
+def test_export_before_finalize_exits_2_and_changes_nothing(
+    tmp_path: Path, tiny_bert: Path, text_data: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlsearch.cli import main
+
+    run_dir = text_run_dir(tmp_path, tiny_bert, text_data)
+    before = snapshot(run_dir)
+    assert main(["export", str(run_dir)]) == 2
+    assert f"run `tlsearch finalize {run_dir}` first" in capsys.readouterr().err
+    (run_dir / "final").mkdir()
+    before = snapshot(run_dir)
+    assert main(["export", str(run_dir), "--format", "onnx"]) == 2
+    assert "final/model does not exist: run `tlsearch finalize" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+
+def test_export_without_a_test_split_exits_2(
+    tmp_path: Path, tiny_bert: Path, text_data: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlsearch.cli import main
+
+    run_dir = text_run_dir(tmp_path, tiny_bert, text_data, test_split=False)
+    save_final(run_dir, tiny_bert)
+    before = snapshot(run_dir)
+    assert main(["export", str(run_dir)]) == 2
+    assert "no test split" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+
+def test_export_writes_the_graph_and_its_parity_once(
+    tmp_path: Path, tiny_bert: Path, text_data: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from tlsearch.cli import main
+
+    run_dir = text_run_dir(tmp_path, tiny_bert, text_data)
+    save_final(run_dir, tiny_bert)
+    assert main(["export", str(run_dir), "--rows", "20"]) == 0
+    out = capsys.readouterr().out
+    assert "parity on 20 test rows" in out and "final/export.json" in out
+    report = json.loads((run_dir / "final" / "export.json").read_text())
+    assert report["parity_holds"] and report["max_abs_diff"] <= 1e-4 and report["argmax_agreement"] == 1.0
+    assert set(report["parity"]["accuracy"]) == {"pytorch", "onnxruntime"}
+    assert [i["name"] for i in report["inputs"]] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert set(report["latency"]) == {"pytorch", "onnxruntime"}
+    assert (run_dir / "final" / "model.onnx").is_file()
+
+    before = snapshot(run_dir)
+    assert main(["export", str(run_dir)]) == 2
+    assert "model.onnx exists already" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+
+# --- tlsearch finalize / predict: bad input --------------------------------------------------------
+
+
+def test_finalize_refuses_a_run_without_a_completed_trial_or_a_test_split(
+    tmp_path: Path, tiny_bert: Path, text_data: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlsearch.cli import main
+
+    run_dir = text_run_dir(tmp_path / "with-test", tiny_bert, text_data)
+    before = snapshot(run_dir)
+    assert main(["finalize", str(run_dir)]) == 2
+    assert "no completed trial" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+    (tmp_path / "no-test").mkdir()
+    run_dir = text_run_dir(tmp_path / "no-test", tiny_bert, text_data, test_split=False)
+    (run_dir / "best.json").write_text(
+        json.dumps({"trial_id": "t0", "checkpoint": "trial_t0/checkpoint_000000"})
+    )
+    before = snapshot(run_dir)
+    assert main(["finalize", str(run_dir)]) == 2
+    assert "no test split" in capsys.readouterr().err
+    assert snapshot(run_dir) == before
+
+
+def test_predict_refuses_a_file_without_the_input_column_and_a_run_without_a_final_model(
+    tmp_path: Path, tiny_bert: Path, text_data: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tlsearch.cli import main
+
+    run_dir = text_run_dir(tmp_path, tiny_bert, text_data)
+    rows = write_parquet([{"body": "goal match"}], tmp_path / "rows.parquet")
+    out = tmp_path / "out.parquet"
+    assert main(["predict", str(run_dir), "--input", str(rows), "--output", str(out)]) == 2
+    assert "run `tlsearch finalize" in capsys.readouterr().err
+    save_final(run_dir, tiny_bert)
+    assert main(["predict", str(run_dir), "--input", str(rows), "--output", str(out)]) == 2
+    assert "has no column `text`" in capsys.readouterr().err and not out.exists()
+
+    good = write_parquet([{"text": "goal match team"}, {"text": "chip data"}], tmp_path / "good.parquet")
+    assert main(["predict", str(run_dir), "--input", str(good), "--output", str(out)]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out).to_pylist()
+    assert [r["row_id"] for r in table] == [0, 1]
+    assert all(abs(sum(r[f"prob_{c}"] for c in ("food", "sport", "tech")) - 1) < 1e-5 for r in table)
+    assert main(["predict", str(run_dir), "--input", str(good), "--output", str(out)]) == 2  # exists

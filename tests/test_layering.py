@@ -18,9 +18,11 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "tlsearch"
 # spec -> space -> data/models -> strategies -> train -> audit (the data audit) -> results (files,
-# report) -> tracking (W&B) -> search (Ray Tune wiring) -> cli
+# report) -> tracking (W&B) -> final (test evaluation, model directory, ONNX export) -> search (Ray Tune
+# wiring, finalize) -> cli
 LAYERS = [
-    *("spec", "space", "data", "models", "strategies", "train", "audit", "results", "tracking", "search"),
+    *("spec", "space", "data", "models", "strategies", "train", "audit", "results", "tracking", "final"),
+    "search",
     "cli",
     "testing",  # tiny real models and data for tests: may import anything, imported by nothing here
 ]

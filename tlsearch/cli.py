@@ -1,5 +1,6 @@
-"""`tlsearch validate | audit | run | resume | report | submit`. Exit codes: 0 success, 1 the search failed,
-2 bad input (spec, paths, names, an existing run) -- always one clear message, never a traceback."""
+"""`tlsearch validate | audit | run | resume | report | submit | finalize | export | predict`. Exit codes:
+0 success, 1 the search failed, 2 bad input (spec, paths, names, an existing run) -- always one clear
+message, never a traceback."""
 
 from __future__ import annotations
 
@@ -112,6 +113,58 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="which report files to write (repeatable; default: html and md)",
     )
+
+    p = sub.add_parser(
+        "finalize",
+        help="the best configuration as the final model, evaluated once on the test split (RUN_DIR/final)",
+        description="Retrain the best configuration on training + validation (or keep its weights: "
+        "--no-retrain), evaluate it once on the test split, write RUN_DIR/final/ (metrics.json, "
+        "misclassified.parquet, latency.json, model/), then export it to ONNX (--no-export to skip). "
+        "A run is finalized once: a second finalize exits 2.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument(
+        "--retrain",
+        dest="retrain",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="retrain on training + validation (default: the spec's finalize.retrain)",
+    )
+    p.add_argument(
+        "--export",
+        dest="export",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="export to ONNX afterwards (default: the spec's finalize.export)",
+    )
+
+    p = sub.add_parser(
+        "predict",
+        help="batch predictions of the final model for a file, or for the run's own split",
+        description="Write `row_id`, `prediction` and `prob_<class>` per input row, as Parquet or CSV by "
+        "--output's extension; onnxruntime when final/model.onnx exists, PyTorch otherwise.",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", help="a Parquet or CSV file (or image folder) with the input column")
+    source.add_argument("--split", choices=["train", "validation", "test"], help="one of the run's splits")
+    p.add_argument("--output", required=True, help="the predictions file (.parquet or .csv); must not exist")
+
+    p = sub.add_parser(
+        "export",
+        help="export the final model (RUN_DIR/final/model) to final/model.onnx, with a parity check",
+        description="Write final/model.onnx and final/export.json: the ONNX graph's inputs and outputs, "
+        "its parity with PyTorch in onnxruntime on the run's test rows, and both runtimes' latency. "
+        "Exit 1 when parity fails (max |logit difference| > 1e-4 or a top class differs).",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR")
+    p.add_argument("--format", choices=["onnx"], default="onnx", help="the export format (default: onnx)")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=256,
+        help="test rows the parity check runs on (a class-stratified subset; default: 256)",
+    )
     return parser
 
 
@@ -154,6 +207,27 @@ def _dispatch(args: argparse.Namespace) -> int:
         print("\nwritten: " + ", ".join(str(path) for path in report.files.values()))
         return EXIT_OK
 
+    if args.command == "export":
+        return _export(Path(args.run_dir), args.rows)
+
+    if args.command == "finalize":
+        from tlsearch.search.finalize import finalize_run
+
+        finalize_run(Path(args.run_dir), retrain=args.retrain, export=args.export)
+        return EXIT_OK
+
+    if args.command == "predict":
+        from tlsearch.search.finalize import predict_run
+
+        written = predict_run(
+            Path(args.run_dir),
+            Path(args.output),
+            input_file=Path(args.input) if args.input else None,
+            split=args.split,
+        )
+        print(f"written: {written}")
+        return EXIT_OK
+
     if args.command == "submit":
         from tlsearch.search.submit import submit_search
 
@@ -189,6 +263,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     if not outcome.succeeded:
         print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
         return EXIT_FAILED
+    if outcome.finalize_error:
+        print(
+            f"tlsearch: the search finished, but finalize failed ({outcome.finalize_error}); try again with "
+            f"`tlsearch finalize {outcome.run_dir}`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -206,3 +287,29 @@ def _audit(spec: Spec, output: str) -> int:
         report = run_audit(spec, audit_files(spec, Path(directory)))
     print(json.dumps(report, indent=1) if output == "json" else summary_text(report))
     return AUDIT_EXIT[report["status"]]
+
+
+def _export(run_dir: Path, rows: int) -> int:
+    """Parity on the run's own test split, read through the spec it was started with."""
+    from tlsearch.final.export import EXPORT_FILE, FINAL_DIR, ONNX_FILE
+    from tlsearch.search.finalize import export_run
+
+    report = export_run(run_dir, rows)
+    final_dir = Path(run_dir).expanduser().resolve() / FINAL_DIR
+    latency = report["latency"]
+    print(
+        f"{final_dir / ONNX_FILE}: opset {report['opset']}, parity on {report['parity']['rows']} test rows: "
+        f"max |logit difference| {report['max_abs_diff']:.2e}, top-class agreement "
+        f"{report['argmax_agreement']}\n"
+        f"latency per example, batch 1 (p50): pytorch {latency['pytorch']['batch1_p50_ms']:.2f} ms "
+        f"({latency['pytorch']['device']}), onnxruntime {latency['onnxruntime']['batch1_p50_ms']:.2f} ms\n"
+        f"written: {final_dir / ONNX_FILE}, {final_dir / EXPORT_FILE}"
+    )
+    if not report["parity_holds"]:
+        print(
+            f"tlsearch: the ONNX graph's logits differ from PyTorch's beyond 1e-4 or in a top class; "
+            f"see {final_dir / EXPORT_FILE}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return EXIT_OK

@@ -84,6 +84,7 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     data = {
         "train": write_parquet(text_rows(120, seed=1), tmp_path / "train.parquet"),
         "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+        "test": write_parquet(text_rows(45, seed=3), tmp_path / "test.parquet"),
     }
     spec = text_spec(
         tiny_bert,
@@ -111,7 +112,11 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
             "common": {"batch_size": 8},
         },
         tracking={"wandb": {"mode": "offline", "project": "tlsearch-tests", "tags": ["ci"]}},
+        # The whole path: audit, search, baselines, finalize (retrained) and the ONNX export.
+        audit={"label_issues": True},
+        finalize={"after_search": True, "retrain": True},
     )
+    spec["data"]["test"] = str(data["test"])
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     run_dir = tmp_path / "runs" / spec["name"]
@@ -149,11 +154,19 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     assert len(trials) == 5 and any(t["status"] == "stopped_early" for t in trials.values())
     assert all(t["baseline"] is None for t in trials.values())
     check_baselines(run_dir, rows, stdout)
+    check_final(run_dir, stdout, tmp_path)
 
     # W&B: one run per trial plus the search run, grouped by search, read back with wandb's own tool.
     runs = latest_offline_runs(run_dir)
     baseline_ids = {t["trial_id"] for t in rows if not t["in_search"]}
-    assert set(runs) == {f"{spec['name']}-{t}" for t in {*trials, *baseline_ids}} | {f"{spec['name']}-search"}
+    assert set(runs) == {f"{spec['name']}-{t}" for t in {*trials, *baseline_ids}} | {
+        f"{spec['name']}-search",
+        f"{spec['name']}-final",
+    }
+    final_run = runs[f"{spec['name']}-final"]
+    assert run_info(final_run)["job_type"] == "final"
+    final_metrics = json.loads((run_dir / "final" / "metrics.json").read_text())
+    assert run_summary(final_run)["summary"]["test_accuracy"] == pytest.approx(final_metrics["test_accuracy"])
     for trial_id in baseline_ids:
         assert run_info(runs[f"{spec['name']}-{trial_id}"])["job_type"] == "baseline"
     for trial_id, row in trials.items():
@@ -235,6 +248,58 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
     assert sessions, "the search's Ray session directory was not found"
     for root in (run_dir, *sessions):
         assert files_containing(root, FAKE_KEY.encode()) == [], root
+
+
+def check_final(run_dir: Path, stdout: str, tmp_path: Path) -> None:
+    """final/ complete after the search; `tlsearch predict` on the test split reproduces its accuracy;
+    a second finalize refuses and changes nothing."""
+    final = run_dir / "final"
+    for name in ("metrics.json", "misclassified.parquet", "latency.json", "export.json", "model.onnx"):
+        assert (final / name).is_file(), name
+    assert (final / "model" / "tlsearch.json").is_file() and (final / "model" / "model.safetensors").is_file()
+    metrics = json.loads((final / "metrics.json").read_text())
+    assert metrics["retrained"] is True and metrics["rows"] == 45
+    assert set(metrics["baselines"]) == {"majority", "scratch", "default_linear_probe"}
+    assert metrics["transfer_gain"]["against"] in ("majority", "scratch")
+    low, high = metrics["intervals"]["test_accuracy"]
+    assert low <= metrics["test_accuracy"] <= high
+    export = json.loads((final / "export.json").read_text())
+    assert export["max_abs_diff"] <= 1e-4 and export["argmax_agreement"] == 1.0
+    assert "final model (retrained)" in stdout
+    assert "## Final model" in (run_dir / "report.md").read_text()
+
+    predictions = tmp_path / "predictions.csv"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlsearch",
+            "predict",
+            str(run_dir),
+            "--split",
+            "test",
+            "--output",
+            str(predictions),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    import pyarrow.csv as pacsv
+
+    predicted = pacsv.read_csv(predictions).to_pylist()
+    truth = pq.read_table(tmp_path / "test.parquet").column("label").to_pylist()
+    assert {f"prob_{c}" for c in ("food", "sport", "tech")} <= set(predicted[0])
+    accuracy = sum(p["prediction"] == t for p, t in zip(predicted, truth, strict=True)) / len(truth)
+    assert accuracy == pytest.approx(metrics["test_accuracy"])
+
+    before = {p: p.stat().st_mtime_ns for p in final.rglob("*")}
+    again = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "finalize", str(run_dir)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert again.returncode == 2 and "finalized already" in again.stderr and "Traceback" not in again.stderr
+    assert {p: p.stat().st_mtime_ns for p in final.rglob("*")} == before
 
 
 def check_baselines(run_dir: Path, rows: list[dict], stdout: str) -> None:

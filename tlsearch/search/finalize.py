@@ -24,6 +24,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from tlsearch.data.datasets import Split, load_split
+from tlsearch.data.tables import DataFiles
+from tlsearch.errors import UserInputError
 from tlsearch.final.evaluation import (
     accuracy_of,
     bootstrap_distribution,
@@ -35,12 +39,7 @@ from tlsearch.final.evaluation import (
 )
 from tlsearch.final.evaluation import misclassified_table as misclassified_rows
 from tlsearch.final.export import FINAL_DIR, MODEL_DIR, latency_batches, serving_graph
-from tlsearch.final.latency import torch_latency
-from tlsearch.final.model_dir import WEIGHTS_FILE, load_final_model, save_final_model
-
-from tlsearch.data.datasets import Split, load_split
-from tlsearch.data.tables import DataFiles
-from tlsearch.errors import UserInputError
+from tlsearch.final.model_dir import load_final_model, save_final_model
 from tlsearch.results.files import BEST_FILE, checkpoint_location, read_trials
 from tlsearch.search.baselines import MAJORITY, SCRATCH
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve
@@ -122,9 +121,31 @@ def finalize_run(run_dir: Path, *, retrain: bool | None = None, export: bool | N
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(summary_line(metrics, final_dir), flush=True)
+    _log_to_wandb(run_dir, spec, metrics, final_dir)
     if spec.finalize.export if export is None else export:
         export_run(run_dir)
     return metrics
+
+
+def _log_to_wandb(run_dir: Path, spec: Spec, metrics: dict[str, Any], final_dir: Path) -> None:
+    from tlsearch.tracking.wandb_runs import WandbTracker
+
+    tracker = WandbTracker(run_dir, spec.name, spec.tracking.wandb)
+    if not tracker.enabled:
+        return
+    gain = metrics.get("transfer_gain") or {}
+    summary = {
+        key: metrics[key]
+        for key in ("test_accuracy", "test_f1_macro", "test_roc_auc", "ece", "rows", "epochs")
+    }
+    summary |= {f"{metric}_ci": metrics["intervals"][metric] for metric in ("test_accuracy", "test_f1_macro")}
+    summary |= {"retrained": metrics["retrained"], "transfer_gain": gain.get("value")}
+    summary |= {
+        f"baseline_{name}_test_accuracy": b["test_accuracy"] for name, b in metrics["baselines"].items()
+    }
+    config = {"search": spec.name, "trial_id": metrics["trial_id"], **metrics["config"]}
+    tracker.log_final(config, summary, {p.stem: p for p in sorted(final_dir.glob("*.png"))})
+    tracker.close()
 
 
 def _best(run_dir: Path) -> dict[str, Any]:
@@ -336,12 +357,11 @@ def _write_outputs(
 
 def _latency(model_dir: Path, test: Split) -> dict[str, Any]:
     """Per-example latency of the saved final model on this machine's device (PyTorch)."""
-    import torch
+    from tlsearch.final.export import torch_latency_of
 
     final = load_final_model(model_dir)
     singles, serving = latency_batches(final, test.inputs, test.base_dir)
-    graph = serving_graph(final).to("cuda" if torch.cuda.is_available() else "cpu")
-    return torch_latency(graph, singles, serving, size_path=model_dir / WEIGHTS_FILE)
+    return torch_latency_of(final, singles, serving, sorted(model_dir.glob("*.safetensors")))
 
 
 def summary_line(metrics: dict[str, Any], final_dir: Path) -> str:
@@ -367,9 +387,8 @@ def summary_line(metrics: dict[str, Any], final_dir: Path) -> str:
 
 def export_run(run_dir: Path, rows: int = 256) -> dict[str, Any]:
     """`tlsearch export`: final/model.onnx with its parity check on up to `rows` test rows."""
-    from tlsearch.final.export import check_exportable, export_final
-
     from tlsearch.data.tables import stratified_subset
+    from tlsearch.final.export import check_exportable, export_final
     from tlsearch.search.resolve import resolve_data
 
     run_dir = Path(run_dir).expanduser().resolve()
@@ -394,9 +413,9 @@ def predict_run(
     `output` (.parquet or .csv): the input's row id, `prediction` and `prob_<class>` per class. With
     final/model.onnx, onnxruntime predicts; otherwise PyTorch."""
     import pyarrow as pa
-    from tlsearch.final.export import ONNX_FILE, batches, onnx_session
 
     from tlsearch.data.tables import read_table
+    from tlsearch.final.export import ONNX_FILE, batches, onnx_session
     from tlsearch.search.resolve import resolve_data
 
     run_dir = Path(run_dir).expanduser().resolve()

@@ -109,6 +109,10 @@ class WandbTracker:
     ) -> None:
         self._submit(lambda: self._search(config, summary, table, images))
 
+    def log_final(self, config: dict[str, Any], summary: dict[str, Any], images: dict[str, Path]) -> None:
+        """The final model's run (job type `final`): its test metrics once, and its figures."""
+        self._submit(lambda: self._final(config, summary, images))
+
     def close(self, exit_code: int = 0) -> None:
         """Wait for every queued call; finish runs still open (an interrupted search) with `exit_code`."""
         if self._thread is None:
@@ -230,6 +234,14 @@ class WandbTracker:
         run.log(
             {"leaderboard": leaderboard, **{name: wandb.Image(str(path)) for name, path in images.items()}}
         )
+        run.summary.update(summary)
+        run.finish()
+
+    def _final(self, config: dict[str, Any], summary: dict[str, Any], images: dict[str, Path]) -> None:
+        import wandb
+
+        run = self._init(run_id(self.search, "final"), f"final-{self.search}", "final", config)
+        run.log({name: wandb.Image(str(path)) for name, path in images.items()})
         run.summary.update(summary)
         run.finish()
 

@@ -1,0 +1,1 @@
+"""The final model: its one test evaluation, its directory (`final/model/`), its ONNX export and latency."""
