@@ -19,7 +19,8 @@ KEYS = {
     "serving_p50_ms",
     "serving_p95_ms",
     "warmup",
-    "repeats",
+    "batch1_calls",
+    "serving_calls",
     "runtime",
     "device",
     "parameters",
@@ -76,6 +77,7 @@ def test_torch_latency_keys(tmp_path: Path) -> None:
     assert set(result) == KEYS
     assert result["serving_batch"] == 5 and result["parameters"] == 8 * 3 + 3
     assert result["size_on_disk_bytes"] == 123 and result["device"] == "cpu"
+    assert result["batch1_calls"] == result["serving_calls"] == 6
     assert 0 < result["batch1_p50_ms"] <= result["batch1_p95_ms"]
     assert 0 < result["serving_p50_ms"] <= result["serving_p95_ms"]
 
@@ -101,3 +103,12 @@ def test_batches_must_be_single_rows_and_one_serving_size() -> None:
         torch_latency(module, serving, serving, repeats=2)
     with pytest.raises(ValueError, match="same number of rows"):
         torch_latency(module, singles, [*serving, *batches(serving=3)[1]], repeats=2)
+
+
+def test_timed_calls_stop_at_the_time_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tlsearch.final import latency
+
+    monkeypatch.setattr(latency, "BUDGET_S", 0.0)
+    singles, serving = batches(serving=4)
+    result = torch_latency(Linear().eval(), singles, serving, warmup=0, repeats=50)
+    assert result["batch1_calls"] == result["serving_calls"] == latency.MIN_REPEATS
