@@ -148,7 +148,34 @@ def test_refusals(tmp_path: Path) -> None:
 def test_layouts_by_source_and_pooling() -> None:
     assert layout_for("timm", None) == "timm"
     assert [layout_for("hf", p) for p in (None, "auto", "pooler")] == ["hf"] * 3
-    # A text model with its own pooling step is one more layout, registered where that model is built.
-    assert layout_for("hf", "mean") == "hf-mean" and "hf-mean" not in LAYOUTS
-    with pytest.raises(UserInputError, match="unknown final-model layout `hf-mean`"):
-        LAYOUTS.get(layout_for("hf", "mean"))
+    # A text model with its own pooling step (PooledClassifier) has a layout of its own.
+    assert layout_for("hf", "mean") == "hf-mean" and {"hf-mean", "hf-cls"} <= set(LAYOUTS)
+    with pytest.raises(UserInputError, match="unknown final-model layout `hf-max`"):
+        LAYOUTS.get(layout_for("hf", "max"))
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_a_pooled_text_model_round_trips(tiny_bert: Path, tmp_path: Path, pooling: str) -> None:
+    """The base model as transformers saves it, the linear head beside it, the pooling in tlsearch.json:
+    the loaded model gives the saved one's logits; the base model loads with plain AutoModel."""
+    from transformers import AutoModel
+
+    spec = ModelSpec(source="hf", name=str(tiny_bert), task="text-classification", pooling=pooling)
+    loaded = build_model(spec, num_classes=3)
+    labels = ["food", "sport", "tech"]
+    directory = save_final_model(
+        tmp_path / "model",
+        loaded.model,
+        loaded.preprocessing,
+        source="hf",
+        task=spec.task,
+        labels=labels,
+        pooling=loaded.pooling,
+        max_length=16,
+    )
+    final = load_final_model(directory)
+    assert final.meta["layout"] == f"hf-{pooling}" and final.meta["pooling"] == pooling
+    batch = dict(loaded.preprocessing(["goal match team", "chip"], padding=True, return_tensors="pt"))
+    with torch.no_grad():
+        torch.testing.assert_close(final.module(**batch).logits, loaded.model.eval()(**batch).logits)
+    assert AutoModel.from_pretrained(directory).config.hidden_size == 32

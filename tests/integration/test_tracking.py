@@ -254,7 +254,14 @@ def check_final(run_dir: Path, stdout: str, tmp_path: Path) -> None:
     """final/ complete after the search; `tlsearch predict` on the test split reproduces its accuracy;
     a second finalize refuses and changes nothing."""
     final = run_dir / "final"
-    for name in ("metrics.json", "misclassified.parquet", "latency.json", "export.json", "model.onnx"):
+    for name in (
+        "metrics.json",
+        "misclassified.parquet",
+        "latency.json",
+        "export.json",
+        "model.onnx",
+        "MODEL_CARD.md",
+    ):
         assert (final / name).is_file(), name
     assert (final / "model" / "tlsearch.json").is_file() and (final / "model" / "model.safetensors").is_file()
     metrics = json.loads((final / "metrics.json").read_text())

@@ -124,6 +124,7 @@ def finalize_run(run_dir: Path, *, retrain: bool | None = None, export: bool | N
     _log_to_wandb(run_dir, spec, metrics, final_dir)
     if spec.finalize.export if export is None else export:
         export_run(run_dir)
+    write_model_card(run_dir)
     return metrics
 
 
@@ -489,3 +490,115 @@ def _write_table(table: Any, path: Path) -> None:
     else:
         pq.write_table(table, tmp)
     tmp.replace(path)
+
+
+MODEL_CARD = "MODEL_CARD.md"
+
+
+def write_model_card(run_dir: Path) -> Path:
+    """final/MODEL_CARD.md from the run's files: data fingerprint, audit, configuration, test metrics
+    with intervals, baselines, transfer gain, latency, export, intended use and limits."""
+    import yaml
+
+    from tlsearch.results.files import RESOLVED_SPEC
+
+    final_dir = run_dir / FINAL_DIR
+    resolved = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text())
+    m = json.loads((final_dir / METRICS_FILE).read_text())
+
+    def read(name: str) -> dict[str, Any] | None:
+        path = final_dir / name
+        return json.loads(path.read_text()) if path.exists() else None
+
+    latency, export = read(LATENCY_FILE), read("export.json")
+    audit_path = run_dir / "audit.json"
+    audit = json.loads(audit_path.read_text()) if audit_path.exists() else None
+    ci = m["intervals"]
+    model = resolved["model"]
+    lines = [
+        f"# Model card: `{resolved['name']}`",
+        "",
+        f"A {model['task']} model: `{model['name']}` ({model['source']}) adapted with `{m['strategy']}`, "
+        f"{'retrained on the training and validation rows' if m['retrained'] else 'the best trial'}"
+        f" ({m['epochs']} epochs), chosen by a tlsearch search on `{resolved['search']['metric']}`.",
+        "",
+        "## Data",
+        "",
+        *(
+            f"- {split}: `{info['path']}` (sha256 `{info['sha256'][:16]}…`)"
+            for split, info in resolved["resolved"]["data"].items()
+        ),
+        f"- classes: {', '.join(resolved['resolved']['labels'])}",
+        f"- audit: {audit['status'] if audit else 'not run'}"
+        + (
+            f" (exact duplicates across splits {sum(audit['exact_duplicates_across'].values())}, "
+            f"near duplicates {sum(audit['near_duplicates_across'].values())}, likely label errors "
+            f"{(audit.get('label_issues') or {}).get('count', '-')})"
+            if audit
+            else ""
+        ),
+        "",
+        "## Configuration",
+        "",
+        *(f"- `{k}`: {v}" for k, v in m["config"].items()),
+        "",
+        f"## Test metrics ({m['rows']} rows, evaluated once)",
+        "",
+        "| metric | value | 95% interval |",
+        "|---|---|---|",
+        *(
+            f"| {label} | {m[key]:.4f} | {ci[key][0]:.4f} – {ci[key][1]:.4f} |"
+            for label, key in (("accuracy", "test_accuracy"), ("macro-F1", "test_f1_macro"))
+        ),
+        f"| ROC-AUC | {m['test_roc_auc'] if m['test_roc_auc'] is not None else '-'} | |",
+        f"| ECE (15 bins) | {m['ece']:.4f} | |",
+        "",
+        "Intervals: percentile bootstrap, 1,000 resamples of the test rows, fixed seed.",
+        "",
+        "## Baselines on the same test rows",
+        "",
+        *(
+            f"- {name}: accuracy {b['test_accuracy']:.4f}, macro-F1 {b['test_f1_macro']:.4f}"
+            for name, b in m["baselines"].items()
+        ),
+    ]
+    gain = m.get("transfer_gain")
+    if gain:
+        lines.append(
+            f"- transfer gain: {gain['value']:+.4f} {gain['metric']} against {gain['against']} "
+            f"(95% interval {gain['interval'][0]:+.4f} to {gain['interval'][1]:+.4f}, paired bootstrap)"
+        )
+    lines += ["", "## Serving", ""]
+    for name, report in (
+        ("PyTorch", latency),
+        *((("ONNX Runtime", export["latency"]["onnxruntime"]),) if export else ()),
+    ):
+        if report:
+            lines.append(
+                f"- {name} on {report.get('device', 'cpu')}: {report['batch1_p50_ms']:.2f} ms per example at "
+                f"batch 1 (p95 {report['batch1_p95_ms']:.2f}), {report['serving_p50_ms']:.2f} ms at batch "
+                f"{report['serving_batch']}; {report['parameters']:,} parameters"
+            )
+    if export:
+        lines.append(
+            f"- `model.onnx` (opset {export['opset']}): max |logit difference| to PyTorch "
+            f"{export['max_abs_diff']:.1e}, top-class agreement {export['argmax_agreement']}"
+        )
+    lines += [
+        "",
+        "## Intended use and limits",
+        "",
+        f"- Classifies {'texts' if model['task'] == 'text-classification' else 'images'} into the classes "
+        "above; inputs prepared as in `model/` (its tokenizer or image preprocessing).",
+        "- Measured on one test split drawn like the training data: it says nothing about data from "
+        "elsewhere, later, or of other kinds; check the slices in metrics.json and the misclassified rows "
+        "before relying on it for a group.",
+        "- Probabilities are as calibrated as the ECE above says; the audit's findings apply to the "
+        "training data.",
+        "",
+    ]
+    path = final_dir / MODEL_CARD
+    tmp = final_dir / f".{MODEL_CARD}.tmp"
+    tmp.write_text("\n".join(lines))
+    tmp.replace(path)
+    return path
