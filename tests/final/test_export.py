@@ -86,6 +86,35 @@ def test_text_parity_with_dynamic_batch_and_sequence(tmp_path: Path, tiny_bert: 
     check_parity(final, path, texts, [r["label"] for r in rows])
 
 
+def test_a_mean_pooled_text_model_exports_with_parity(tmp_path: Path, tiny_bert: Path) -> None:
+    """The mean over the real tokens (model.pooling: mean) inside the graph: padding in a batch of
+    mixed lengths must not move a row's logits."""
+    spec = ModelSpec(
+        source="hf", name=str(tiny_bert), task="text-classification", max_length=16, pooling="mean"
+    )
+    torch.manual_seed(0)
+    loaded = build_model(spec, 3)
+    save_final_model(
+        tmp_path / "model",
+        loaded.model,
+        loaded.preprocessing,
+        source="hf",
+        task=spec.task,
+        labels=LABELS,
+        pooling="mean",
+        max_length=16,
+    )
+    final = load_final_model(tmp_path / "model")
+    rows = text_rows(40, seed=4, words_per_row=9)
+    texts = [r["text"] for r in rows]
+    path = tmp_path / ONNX_FILE
+    export_onnx(final, path, encode(final, texts[:2]))
+    session = onnx_session(path)
+    alone, padded = encode(final, ["goal"]), encode(final, ["goal", "a big new report said today the team"])
+    np.testing.assert_allclose(session.run(None, padded)[0][:1], session.run(None, alone)[0], atol=1e-5)
+    check_parity(final, path, texts, [r["label"] for r in rows])
+
+
 def test_a_merged_lora_model_exports_with_parity(tmp_path: Path, tiny_bert: Path) -> None:
     from peft import LoraConfig, get_peft_model
 

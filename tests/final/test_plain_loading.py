@@ -21,7 +21,13 @@ from tlsearch.testing import image_rows
 DOC = Path(__file__).resolve().parents[2] / "docs" / "final.md"
 LABELS = ["food", "sport", "tech"]
 # The run directories the docs' examples name, in the order the blocks appear.
-BLOCKS = ("runs/my-search", "runs/my-vision-search", "runs/my-hf-vision-search", "runs/my-vision-search")
+BLOCKS = (
+    "runs/my-search",
+    "runs/my-vision-search",
+    "runs/my-hf-vision-search",
+    "runs/my-sentence-search",
+    "runs/my-vision-search",
+)
 
 
 def python_blocks() -> list[str]:
@@ -101,7 +107,7 @@ def test_timm_model_with_plain_timm_and_its_onnx_graph(tmp_path: Path, photo: tu
     export_onnx(
         final, run_dir / "final" / ONNX_FILE, encode(final, [r["image"] for r in image_rows(2, seed=1)])
     )
-    ns = run_block(python_blocks()[3], run_dir, photo[0], BLOCKS[3])
+    ns = run_block(python_blocks()[4], run_dir, photo[0], BLOCKS[4])
     assert ns["pixels"].dtype == np.uint8 and ns["pixels"].shape == (3, 3, 32, 32)
     with torch.no_grad():
         logits = serving_graph(final)(
@@ -117,3 +123,30 @@ def test_hf_image_model_with_plain_transformers(
     final = save(ModelSpec(source="hf", name=str(tiny_vit), task="image-classification"), run_dir)
     ns = run_block(python_blocks()[2], run_dir, photo[0], BLOCKS[2])
     np.testing.assert_allclose(ns["probs"].numpy(), reference_probs(final, [photo[1]]), atol=1e-5)
+
+
+@pytest.mark.parametrize("pooling", ["mean", "cls"])
+def test_pooled_text_model_with_plain_transformers(
+    tmp_path: Path, tiny_bert: Path, photo: tuple[Path, bytes], pooling: str
+) -> None:
+    spec = ModelSpec(
+        source="hf", name=str(tiny_bert), task="text-classification", max_length=16, pooling=pooling
+    )
+    torch.manual_seed(0)
+    loaded = build_model(spec, len(LABELS))
+    run_dir = tmp_path / "run"
+    save_final_model(
+        run_dir / "final" / "model",
+        loaded.model,
+        loaded.preprocessing,
+        source="hf",
+        task=spec.task,
+        labels=LABELS,
+        pooling=loaded.pooling,
+        max_length=16,
+    )
+    final = load_final_model(run_dir / "final" / "model")
+    ns = run_block(python_blocks()[3], run_dir, photo[0], BLOCKS[3])
+    expected = reference_probs(final, ["the team scored a late goal", "new chip for the network"])
+    np.testing.assert_allclose(ns["probs"].numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert ns["predictions"] == [LABELS[i] for i in expected.argmax(axis=1)]
