@@ -157,6 +157,8 @@ def recording_spec(base: dict[str, Any], grid: dict[str, dict[str, Any]], name: 
         "baselines": [],  # the table records the grid's configurations only
     }
     document["training"] = {**base.get("training", {}), "checkpoints_to_keep": 1}
+    document["audit"] = {"enabled": False}
+    document["finalize"] = {"after_search": False}
     document["tracking"] = {**base.get("tracking", {}), "wandb": {"mode": "disabled"}}
     return validate_spec(document, source="learning-curves")
 

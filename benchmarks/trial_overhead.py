@@ -322,12 +322,14 @@ def main() -> None:
     from tlsearch.search.runner import connect
 
     storage = tempfile.mkdtemp(prefix="tlsearch-overhead-")
-    # Baselines off: the figures are of the search's own trials.
+    # The audit, baselines and finalize off: the figures are of the search's own trials.
     base = [
         "search.scheduler.type=fifo",
         "tracking.wandb.mode=disabled",
         "search.seed_configs=none",
         "search.baselines=[]",
+        "audit.enabled=false",
+        "finalize.after_search=false",
     ]
     if args.quick:
         from tlsearch.testing import make_tiny_bert

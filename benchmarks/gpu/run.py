@@ -294,7 +294,9 @@ def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int]:
                     "text_column": "text",
                 },
                 "strategies": {"full": {}, "linear_probe": {}},
-                "search": {"num_samples": 2, "max_epochs": 1},
+                "search": {"num_samples": 2, "max_epochs": 1, "baselines": []},
+                "audit": {"enabled": False},
+                "finalize": {"after_search": False},
                 "resources": {"cpus_per_worker": 2},
             }
         )
@@ -307,6 +309,8 @@ OVERHEAD_BASE = [
     "tracking.wandb.mode=disabled",
     "search.seed_configs=none",
     "search.baselines=[]",  # the figures are of the search's own trials
+    "audit.enabled=false",
+    "finalize.after_search=false",
 ]
 
 
