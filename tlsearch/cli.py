@@ -263,6 +263,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if not outcome.succeeded:
         print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
         return EXIT_FAILED
+    if (outcome.run_dir / "final" / "metrics.json").exists():
+        print(
+            f"\nthe final model's test report: {outcome.run_dir / 'report.html'} (Final model), "
+            f"{outcome.run_dir / 'final' / 'MODEL_CARD.md'}; predict with `tlsearch predict {outcome.run_dir} "
+            "--input FILE --output predictions.parquet`"
+        )
     if outcome.finalize_error:
         print(
             f"tlsearch: the search finished, but finalize failed ({outcome.finalize_error}); try again with "
