@@ -266,8 +266,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if (outcome.run_dir / "final" / "metrics.json").exists():
         print(
             f"\nthe final model's test report: {outcome.run_dir / 'report.html'} (Final model), "
-            f"{outcome.run_dir / 'final' / 'MODEL_CARD.md'}; predict with `tlsearch predict {outcome.run_dir} "
-            "--input FILE --output predictions.parquet`"
+            f"{outcome.run_dir / 'final' / 'MODEL_CARD.md'}; predict with "
+            f"`tlsearch predict {outcome.run_dir} --input FILE --output predictions.parquet`"
         )
     if outcome.finalize_error:
         print(
