@@ -324,7 +324,6 @@ def _finalize_after_search(resolved: Resolved, run_dir: Path) -> str | None:
     and the run has no final/ yet (a resumed search finalizes once). A failure leaves the search's
     results as they are: it is reported, and `tlsearch finalize RUN_DIR` tries again."""
     from tlsearch.final.export import FINAL_DIR
-
     from tlsearch.search.finalize import finalize_run
 
     if resolved.data.test is None:
