@@ -54,8 +54,9 @@ TEST_METRIC = {"val_accuracy": "test_accuracy", "val_f1_macro": "test_f1_macro"}
 
 
 @dataclass
-class FinalModel:
-    """The model the final evaluation predicts with, as a trial builds it."""
+class ChosenModel:
+    """The best configuration's model as a trial builds it (before it is saved as the final model,
+    tlsearch.final.model_dir): what the test evaluation predicts with."""
 
     model: Any  # the prepared nn.Module (a peft model for LoRA), in eval mode
     loaded: Any  # its LoadedModel (preprocessing, source)
@@ -165,7 +166,7 @@ def _best(run_dir: Path) -> dict[str, Any]:
 
 def _from_checkpoint(
     spec: Spec, data: DataFiles, config: TrialConfig, checkpoint: str, run_dir: Path
-) -> FinalModel:
+) -> ChosenModel:
     """The trial's model with the weights of `checkpoint` (a trials.parquet value)."""
     from tlsearch.models import build_model
     from tlsearch.strategies.base import prepare
@@ -180,10 +181,10 @@ def _from_checkpoint(
         assert directory is not None
         prepared.checkpoint.load(prepared.model, directory)
         epochs = int(read_meta(directory)["epoch"])
-    return FinalModel(prepared.model.eval(), loaded, epochs, location)
+    return ChosenModel(prepared.model.eval(), loaded, epochs, location)
 
 
-def _retrained(resolved: Resolved, config: TrialConfig, best: dict[str, Any], staging: Path) -> FinalModel:
+def _retrained(resolved: Resolved, config: TrialConfig, best: dict[str, Any], staging: Path) -> ChosenModel:
     """The best configuration trained again on the training and validation rows the search read, for
     the epochs of the best trial's best checkpoint, in this process."""
     from tlsearch.train.checkpoint import open_checkpoint, read_meta
@@ -239,7 +240,7 @@ def _on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def predict(final: FinalModel, split: Split, spec: Spec) -> np.ndarray:
+def predict(final: ChosenModel, split: Split, spec: Spec) -> np.ndarray:
     """Probabilities of every row of `split`, in order, as the training loop feeds the model."""
     import torch
     from torch.utils.data import DataLoader
@@ -349,10 +350,10 @@ def _write_outputs(
         table.append_column(data.input_column, pa.array([str(i) for i in inputs])),
         staging / MISCLASSIFIED_FILE,
     )
+    import matplotlib.pyplot as plt
+
     for name, figure in figures(metrics).items():
         figure.savefig(staging / f"{name}.png", dpi=110, bbox_inches="tight")
-        import matplotlib.pyplot as plt
-
         plt.close(figure)
 
 

@@ -349,12 +349,8 @@ def run_baselines(resolved: Resolved, run_dir: Path, trials: list[dict[str, Any]
     for trial_id in lost:  # a killed driver's baseline trial: it runs again below
         append_jsonl(run_dir / EVENTS_LOG, {"event": "abandoned", "trial_id": trial_id})
     if lost:
-        trials = write_tables(
-            run_dir,
-            primary(spec.search.objectives).metric,
-            primary(spec.search.objectives).mode,
-            spec.search.max_epochs,
-        )
+        best = primary(spec.search.objectives)
+        trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
     if baselines.MAJORITY in baselines.wanted(spec) and baselines.MAJORITY not in baselines.ended(trials):
         baselines.record_majority(run_dir, spec, resolved.data)
         recorder = _recorder(spec, run_dir)
