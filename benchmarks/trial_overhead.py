@@ -36,6 +36,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -229,10 +230,12 @@ def measure(
     storage: str,
     busy_modes: tuple[bool, ...] = (False, True),
     inline_reports: bool = False,
+    on_busy: Callable[[dict[str, Any]], object] | None = None,
 ) -> dict[str, Any]:
     """Both searches in each mode (`training.reuse_processes` false, then true) on the connected
-    cluster; `busy_modes` picks the modes of the (longer) busy search. `inline_reports`: the busy
-    search with reused processes once more, each epoch reported in line (no background checkpoints)."""
+    cluster; `busy_modes` picks the modes of the (longer) busy search, whose figures also go to
+    `on_busy`. `inline_reports`: the busy search with reused processes once more, each epoch
+    reported in line (no background checkpoints)."""
     overhead = [
         *base,
         f"search.num_samples={overhead_trials}",
@@ -249,11 +252,12 @@ def measure(
         trials, events, _ = _search(spec, [*overhead, flag], storage, f"overhead-{mode}")
         figures["modes"][mode] = part = _overhead_figures(trials, events)
         if reuse in busy_modes:
-            part.update(
-                measure_busy(
-                    spec, base, busy_trials=busy_trials, busy=busy, slots=slots, storage=storage, reuse=reuse
-                )
+            busy_figures = measure_busy(
+                spec, base, busy_trials=busy_trials, busy=busy, slots=slots, storage=storage, reuse=reuse
             )
+            part.update(busy_figures)
+            if on_busy is not None:
+                on_busy(busy_figures)
         print(mode, part, flush=True)
     if inline_reports:
         inline = measure_busy(

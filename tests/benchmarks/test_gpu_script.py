@@ -59,8 +59,10 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     assert modes["reused_processes"]["busy_trials"] == 3
     assert overhead["trial_overhead_s"] is not None and 0 < overhead["device_busy_fraction"] <= 1
     assert results["trial_overhead_s_gpu"] == overhead["trial_overhead_s"]
-    # The busy search alone: each trial's start-up with its parts, the first one cold.
+    # The busy search alone: each trial's start-up with its parts, the first one cold. Measured
+    # once: with trial_overhead in the same run, device_busy takes that run's busy search.
     busy = checks["device_busy"]
+    assert busy["from"] == "trial_overhead"
     assert busy["busy_trials"] == 3 and len(busy["busy_startups"]) == 3
     assert all(s["startup_s"] > 0 and s["model_load_s"] is not None for s in busy["busy_startups"])
     assert busy["busy_startups"][0]["model_load_s"] > busy["busy_startups"][1]["model_load_s"]
