@@ -164,3 +164,61 @@ def test_a_space_of_choices_and_integers_lists_its_configurations() -> None:
 
 def test_a_float_range_is_not_listed() -> None:
     assert build_space(spec_with(strategies={"linear_probe": {}}), num_blocks=6).enumerate() is None
+
+
+def test_focal_gamma_is_searched_only_where_the_loss_is_focal() -> None:
+    spec = spec_with(
+        strategies={
+            "linear_probe": {"head_lr": 1e-3},
+            "common": {
+                "loss": ["cross_entropy", "focal"],
+                "focal_gamma": [1.0, 2.0, 3.0],
+                "weight_decay": 0.0,
+                "batch_size": 16,
+            },
+        }
+    )
+    space = build_space(spec, num_blocks=6)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    seen = set()
+    for _ in range(20):
+        trial = study.ask()
+        constants = space(trial)
+        loss = trial.params["common/loss"]
+        seen.add(loss)
+        config = TrialConfig.parse({**trial.params, **constants})
+        if loss == "focal":
+            assert trial.params["common/focal_gamma"] in (1.0, 2.0, 3.0)
+        else:
+            # not sampled: the trial gets the preferred value, and the sampler models nothing
+            assert "common/focal_gamma" not in trial.params and config.common.focal_gamma == 2.0
+        study.tell(trial, 0.0)
+    assert seen == {"cross_entropy", "focal"}
+    # Listed in full: 1 cross-entropy configuration + 3 focal ones.
+    listed = space.enumerate()
+    assert listed is not None and len(listed) == 4
+    assert sum("common/focal_gamma" in p for p in listed) == 3
+    # A seed configuration enqueues only what its trial suggests.
+    (seed,) = seed_points(
+        validate_spec(
+            {
+                **BASE,
+                "strategies": spec.strategies.model_dump(exclude_unset=True),
+                "search": {"seed_configs": [{"strategy": "linear_probe", "loss": "cross_entropy"}]},
+            }
+        ),
+        space,
+    )
+    assert seed == {"common/loss": "cross_entropy"}
+
+
+def test_a_knob_applies_only_with_a_choice_of_an_earlier_knob() -> None:
+    from typing import Annotated
+
+    from tlsearch.spec.params import Param
+    from tlsearch.spec.strategy import Knob, Knobs
+
+    with pytest.raises(TypeError, match="applies_when names a choice"):
+
+        class Broken(Knobs):  # declaring it is the test
+            gamma: Annotated[float, Knob(Param.of(1.0), 1.0, "x", applies_when=("loss", "focal"))]

@@ -82,6 +82,7 @@ class ImageDataset(Dataset):
 
     def __init__(self, split: Split, transform: Callable[[Any], torch.Tensor]):
         self.split = split
+        self.targets = split.targets
         self.transform = transform
 
     def __len__(self) -> int:

@@ -32,10 +32,20 @@ class Dim:
     log: bool = False
     step: float | None = None
     preferred: Any = None  # the knob's preferred value (seed configurations), before clipping
+    # (knob, value): suggested only where that knob of the same section takes that value; elsewhere
+    # the trial gets the default, unsampled (Knob.applies_when).
+    applies_when: tuple[str, Any] | None = None
 
     @classmethod
     def of(cls, knobs: type[Knobs], name: str, p: Param) -> Dim:
-        return cls(knobs.kind(name), p.choices, p.low, p.high, p.log, p.step, knobs.knob(name).preferred)
+        knob = knobs.knob(name)
+        return cls(
+            knobs.kind(name), p.choices, p.low, p.high, p.log, p.step, knob.preferred, knob.applies_when
+        )
+
+    def applies(self, values: dict[str, Any]) -> bool:
+        """Whether the knob is in play, given the section's values so far (by knob name)."""
+        return self.applies_when is None or values.get(self.applies_when[0]) == self.applies_when[1]
 
     @property
     def fixed(self) -> bool:
@@ -82,12 +92,15 @@ class SearchSpace:
         strategy = names[0] if len(names) == 1 else trial.suggest_categorical(STRATEGY_PARAM, names)
         constants: dict[str, Any] = {STRATEGY_PARAM: strategy} if len(names) == 1 else {}
         for prefix, dims in ((strategy, self.dims(strategy)), (COMMON, dict(self.common))):
+            values: dict[str, Any] = {}
             for knob, dim in dims.items():
                 name = f"{prefix}/{knob}"
                 if dim.fixed:
-                    constants[name] = dim.choices[0]  # type: ignore[index]
+                    constants[name] = values[knob] = dim.choices[0]  # type: ignore[index]
+                elif not dim.applies(values):
+                    constants[name] = values[knob] = dim.default()
                 else:
-                    dim.suggest(trial, name)
+                    values[knob] = dim.suggest(trial, name)
         return constants
 
     def enumerate(self, limit: int = 10_000) -> list[dict[str, Any]] | None:
@@ -104,16 +117,36 @@ class SearchSpace:
                     values = dim.values()
                     if values is None or len(strategy_points) * len(values) + len(points) > limit:
                         return None
-                    strategy_points = [{**p, f"{prefix}/{knob}": v} for p in strategy_points for v in values]
+                    strategy_points = [
+                        q
+                        for p in strategy_points
+                        for q in (
+                            [{**p, f"{prefix}/{knob}": v} for v in values]
+                            if dim.applies(self._section_values(p, prefix, dims))
+                            else [p]
+                        )
+                    ]
             points.extend(strategy_points)
         return points
 
-    def is_suggested(self, name: str) -> bool:
+    @staticmethod
+    def _section_values(point: dict[str, Any], prefix: str, dims: dict[str, Dim]) -> dict[str, Any]:
+        """A section's knob values in a flat point, the fixed ones included."""
+        values = {k: d.choices[0] for k, d in dims.items() if d.fixed}  # type: ignore[index]
+        values.update({k.split("/", 1)[1]: v for k, v in point.items() if k.startswith(f"{prefix}/")})
+        return values
+
+    def is_suggested(self, name: str, point: dict[str, Any] | None = None) -> bool:
+        """Whether the space suggests `name` (in the configuration `point`, where a knob applies only
+        with another one's value)."""
         if name == STRATEGY_PARAM:
             return len(self.strategies) > 1
         prefix, knob = name.split("/", 1)
         dims = dict(self.common) if prefix == COMMON else self.dims(prefix)
-        return not dims[knob].fixed
+        dim = dims[knob]
+        if dim.fixed:
+            return False
+        return point is None or dim.applies(self._section_values(point, prefix, dims))
 
     def default_point(self, strategy: str, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
         """A full flat config for `strategy`: preferred defaults, clipped into range, then overrides."""
@@ -173,7 +206,7 @@ def seed_points(spec: Spec, space: SearchSpace) -> list[dict[str, Any]]:
     else:
         points = [space.default_point(seed.strategy, seed.knobs()) for seed in seeds]
     # Enqueue only what the space suggests; constants come back from the space function itself.
-    return [{k: v for k, v in p.items() if space.is_suggested(k)} for p in points]
+    return [{k: v for k, v in p.items() if space.is_suggested(k, p)} for p in points]
 
 
 def make_sampler(spec: Spec) -> optuna.samplers.BaseSampler:

@@ -9,7 +9,8 @@ package registers it with one line. Everything else is derived from the knobs cl
 - a trial's typed values (`Knobs.model_validate`, in `tlsearch.space.TrialConfig`),
 - the key reference in docs/spec.md.
 
-The common knobs (`CommonKnobs`: batch size, weight decay, warm-up) are a `Knobs` class too.
+The common knobs (`CommonKnobs`: batch size, weight decay, warm-up, the training loss) are a `Knobs`
+class too.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Annotated, Any, ClassVar
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from tlsearch.registry import Registry
+from tlsearch.spec import vocab
 from tlsearch.spec.params import Kind, Param, Scalar, Strict, knob
 
 COMMON = "common"  # the spec section and trial-config prefix of the knobs every strategy shares
@@ -44,6 +46,9 @@ class Knob:
     # An integer bounded by the backbone's block count: a default range is clipped to the model's
     # blocks, an explicit range beyond them is refused (before any trial starts).
     at_most_blocks: bool = False
+    # Searched only where another knob of the same section takes one value (`("loss", "focal")`);
+    # elsewhere the trial gets `preferred`, unsampled, so the sampler models only what matters.
+    applies_when: tuple[str, str] | None = None
 
     def rules(self) -> dict[str, Any]:
         rules = {"ge": self.ge, "gt": self.gt, "le": self.le, "lt": self.lt, "allowed": self.allowed}
@@ -88,6 +93,13 @@ class Knobs(BaseModel):
         for name in cls.model_fields:
             spec = cls.knob(name)
             fields[name] = (knob(cls.kind(name), **spec.rules()), Field(spec.default, description=spec.doc))
+            if spec.applies_when is not None:
+                other, value = spec.applies_when
+                if other not in fields or value not in (cls.knob(other).allowed or ()):
+                    raise TypeError(
+                        f"{cls.__name__}.{name}: applies_when names a choice of a knob declared "
+                        f"before it, but got {spec.applies_when}"
+                    )
         space_name = cls.__name__.removesuffix("Knobs") + "Space"
         cls.space = create_model(
             space_name, __base__=Strict, __doc__=cls.__doc__, __module__=cls.__module__, **fields
@@ -134,6 +146,49 @@ class CommonKnobs(Knobs):
         ),
     ]
     batch_size: Annotated[int, Knob(Param.of(16, 32), 16, "Training batch size per worker.", ge=1, le=65536)]
+    # The training loss. Defaults keep plain cross-entropy, and a trial config written before these
+    # knobs existed reads as what it trained with. Validation metrics stay plain cross-entropy.
+    class_weighting: Annotated[
+        str,
+        Knob(
+            Param.of("none"),
+            "none",
+            "Class weights in the training loss: `none`, or `balanced` (each class weighted by "
+            "rows / (classes × its rows), scikit-learn's rule).",
+            allowed=vocab.CLASS_WEIGHTINGS,
+        ),
+    ] = "none"
+    label_smoothing: Annotated[
+        float,
+        Knob(
+            Param.of(0.0),
+            0.0,
+            "Share of each training target spread evenly over the classes (PyTorch's `label_smoothing`).",
+            ge=0,
+            lt=1,
+        ),
+    ] = 0.0
+    loss: Annotated[
+        str,
+        Knob(
+            Param.of("cross_entropy"),
+            "cross_entropy",
+            "`cross_entropy`, or `focal` (Lin et al. 2017: each row's cross-entropy times "
+            "(1 − p_true) ** `focal_gamma`, so easy rows count less).",
+            allowed=vocab.LOSSES,
+        ),
+    ] = "cross_entropy"
+    focal_gamma: Annotated[
+        float,
+        Knob(
+            Param.of(2.0),
+            2.0,
+            "Focal loss's exponent (0 is cross-entropy); searched only in trials whose `loss` is `focal`.",
+            ge=0,
+            le=10,
+            applies_when=("loss", "focal"),
+        ),
+    ] = 2.0
 
 
 @dataclass(frozen=True)

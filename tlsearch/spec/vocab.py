@@ -10,6 +10,10 @@ from __future__ import annotations
 # LoRA target presets, resolved against the model's own module names (never the head).
 LORA_TARGET_PRESETS: tuple[str, ...] = ("attention", "attention_mlp", "all_linear")
 
+# The training loss's class weights and kinds (strategies.common.class_weighting, .loss).
+CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "balanced")
+LOSSES: tuple[str, ...] = ("cross_entropy", "focal")
+
 # Every metric the training loop reports each epoch, with the direction that is better.
 METRICS: dict[str, str] = {
     "val_loss": "min",

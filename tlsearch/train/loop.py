@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
@@ -37,6 +36,7 @@ from tlsearch.train.checkpoint import EpochCheckpoint, open_checkpoint, restore
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
+from tlsearch.train.losses import TrainingLoss
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip
 
@@ -123,6 +123,7 @@ class Training:
     sampler: DistributedSampler
     train_loader: DataLoader
     val_loader: DataLoader
+    loss: TrainingLoss  # the common knobs' training loss (validation stays plain cross-entropy)
     grad_clip_norm: float | None
     mixed_precision: bool  # bf16 autocast (on GPU)
     channels_last: bool  # image batches enter in the model's channels-last layout
@@ -260,6 +261,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         sampler=sampler,
         train_loader=train_loader,
         val_loader=val_loader,
+        loss=TrainingLoss.of(config.common, train_set.targets, run.num_classes, session.device),
         grad_clip_norm=spec.training.grad_clip_norm,
         mixed_precision=on_gpu,
         channels_last=channels_last,
@@ -290,7 +292,7 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
             t.first_step_at = time.time()
         target = target.to(t.device, non_blocking=True)
         with t.autocast():
-            loss = F.cross_entropy(_forward(t.model, batch, t.to_device, t.source).float(), target)
+            loss = t.loss(_forward(t.model, batch, t.to_device, t.source).float(), target)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip_norm is not None:
