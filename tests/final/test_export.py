@@ -115,22 +115,41 @@ def test_a_mean_pooled_text_model_exports_with_parity(tmp_path: Path, tiny_bert:
     check_parity(final, path, texts, [r["label"] for r in rows])
 
 
-def test_a_merged_lora_model_exports_with_parity(tmp_path: Path, tiny_bert: Path) -> None:
-    from peft import LoraConfig, get_peft_model
+@pytest.mark.parametrize("method", ["lora", "dora", "ia3"])
+def test_a_merged_adapter_model_exports_with_parity(method: str, tmp_path: Path, tiny_bert: Path) -> None:
+    from peft import IA3Config, LoraConfig, get_peft_model
 
     loaded, spec = text_model(tiny_bert)
-    # As the lora strategy wraps it (tlsearch/strategies/lora/apply.py), with non-zero adapters: a
-    # trained LoRA, so that merging changes the weights.
-    peft_model = get_peft_model(
-        loaded.model,
-        LoraConfig(
+    # As the lora and ia3 strategies wrap it (tlsearch/strategies/*/apply.py), with adapters that are
+    # not the identity: trained ones, so that merging changes the weights.
+    head = list(loaded.head_modules)
+    config: Any
+    if method == "ia3":
+        config = IA3Config(
+            target_modules=["query", "value", "intermediate.dense"],
+            feedforward_modules=["intermediate.dense"],
+            modules_to_save=head,
+            init_ia3_weights=False,
+        )
+    else:
+        config = LoraConfig(
             r=4,
             lora_alpha=8,
             target_modules=["query", "value"],
-            modules_to_save=list(loaded.head_modules),
+            modules_to_save=head,
             init_lora_weights=False,
-        ),
-    ).eval()
+            use_dora=method == "dora",
+        )
+    peft_model = get_peft_model(loaded.model, config).eval()
+    # IA3's vectors far from 1 and a head of unit scale, as after training: the tiny model's fresh
+    # head (std 0.02) would hide what the vectors change.
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "ia3_" in name:
+                param.uniform_(-2.0, 3.0)
+            elif "modules_to_save" in name:
+                param.normal_()
     rows = text_rows(24, seed=4)
     texts = [r["text"] for r in rows]
     batch = loaded.preprocessing(texts, truncation=True, max_length=16, padding=True, return_tensors="pt")
@@ -143,7 +162,7 @@ def test_a_merged_lora_model_exports_with_parity(tmp_path: Path, tiny_bert: Path
     final = saved_text_model(
         peft_model, loaded.preprocessing, spec, tmp_path / "model"
     )  # merged by save_final_model
-    assert not any("lora_" in name for name, _ in final.module.named_parameters())
+    assert not any("lora_" in name or "ia3_" in name for name, _ in final.module.named_parameters())
     with torch.no_grad():
         torch.testing.assert_close(final.module(**batch).logits, unmerged, atol=1e-5, rtol=1e-5)
     path = tmp_path / ONNX_FILE

@@ -147,22 +147,24 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
         image_spec(
             image_data,
             tmp_path / "runs",
-            search={"num_samples": 4, "max_epochs": 2, "scheduler": {"type": "fifo"}},
+            search={"num_samples": 5, "max_epochs": 2, "scheduler": {"type": "fifo"}},
             strategies={
                 "linear_probe": {},
                 "partial": {},
                 "full": {},
                 "lora": {},
+                "ia3": {},
                 "common": {"batch_size": 12},
             },
         )
     )
     run_dir = run_search(spec).run_dir
     trials = {t["strategy"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
-    assert set(trials) == {"linear_probe", "partial", "full", "lora"}
+    assert set(trials) == {"linear_probe", "partial", "full", "lora", "ia3"}
     assert all(t["status"] == "completed" and t["epochs"] == 2 for t in trials.values())
     assert (
         trials["linear_probe"]["trainable_params"]
+        < trials["ia3"]["trainable_params"]
         < trials["lora"]["trainable_params"]
         < trials["full"]["trainable_params"]
     )
@@ -170,7 +172,7 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
         checkpoint = run_dir / t["checkpoint"]
         meta = json.loads((checkpoint / "meta.json").read_text())
         assert meta["config"]["strategy"] == strategy and meta["labels"] == ["0", "1", "2"]
-        weights = "adapter_model.safetensors" if strategy == "lora" else "model.safetensors"
+        weights = "adapter_model.safetensors" if strategy in ("lora", "ia3") else "model.safetensors"
         assert (checkpoint / weights).exists() and (checkpoint / "training_state.pt").exists()
         groups = json.loads(t["param_groups"])
         assert sum(g["params"] for g in groups) == t["trainable_params"]

@@ -24,10 +24,26 @@ CONFIGS = {
         "partial", head_lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, unfreeze_depth=1, **COMMON
     ),
     "full": trial_config("full", head_lr=1e-2, backbone_lr=1e-3, layer_decay=0.5, **COMMON),
-    "lora": trial_config(
-        "lora", head_lr=1e-2, lr=2e-3, rank=2, alpha=4.0, dropout=0.0, targets="attention", **COMMON
-    ),
+    **{
+        name: trial_config(
+            "lora",
+            head_lr=1e-2,
+            lr=2e-3,
+            rank=2,
+            alpha=4.0,
+            dropout=0.0,
+            targets="attention",
+            variant=variant,
+            **COMMON,
+        )
+        for name, variant in (("lora", "lora"), ("dora", "dora"), ("rslora", "rslora"))
+    },
+    "ia3": trial_config("ia3", head_lr=1e-2, lr=1e-2, targets="attention_mlp", **COMMON),
 }
+# Every configuration above: each strategy, each LoRA variant.
+CONFIGURED = list(CONFIGS)
+PEFT = {"lora", "ia3"}
+ADAPTER_MARK = {"lora": "lora_", "ia3": "ia3_"}
 
 
 # hf-image: a Hugging Face ViT (AutoModelForImageClassification) through the hf source; hf-mean: the
@@ -72,14 +88,15 @@ def test_the_builtin_strategies_are_registered_in_order_and_names_are_strict() -
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("strategy", BUILTIN)
+@pytest.mark.parametrize("configured", CONFIGURED)
 def test_trainable_sets_and_learning_rates(
-    source: str, strategy: str, tiny_bert: Path, tiny_vit: Path
+    source: str, configured: str, tiny_bert: Path, tiny_vit: Path
 ) -> None:
     torch.manual_seed(0)
     loaded = build_model(model_spec(source, tiny_bert, tiny_vit), num_classes=3)
     layers = loaded.layers
-    config = CONFIGS[strategy]
+    config = CONFIGS[configured]
+    strategy = config.strategy
     knobs, common = config.knobs, config.common
     prepared = prepare(loaded, config)
     trainable = {n for n, p in prepared.model.named_parameters() if p.requires_grad}
@@ -101,10 +118,13 @@ def test_trainable_sets_and_learning_rates(
         stem = next(n for n, lid in layers.layer_of.items() if lid == 0)
         assert lr_of[stem] == pytest.approx(knobs.backbone_lr * knobs.layer_decay**layers.num_blocks)
     else:
-        assert trainable and all("lora_" in n or "modules_to_save" in n for n in trainable)
-        assert all(lr_of[n] == knobs.lr for n in trainable if "lora_" in n)
+        mark = ADAPTER_MARK[strategy]
+        assert trainable and all(mark in n or "modules_to_save" in n for n in trainable)
+        assert all(lr_of[n] == knobs.lr for n in trainable if mark in n)
         assert any("modules_to_save" in n for n in trainable)  # the new head trains in full
-    if strategy != "lora":
+        # DoRA adds a trained magnitude per adapted output; the others do not
+        assert any("lora_magnitude_vector" in n for n in trainable) == (configured == "dora")
+    if strategy not in PEFT:
         assert all(lr_of[n] == knobs.head_lr for n in layers.head_params)
     params = dict(prepared.model.named_parameters())
     for group in prepared.param_groups:
@@ -114,12 +134,13 @@ def test_trainable_sets_and_learning_rates(
 
 
 @pytest.mark.parametrize("source", SOURCES)
-@pytest.mark.parametrize("strategy", BUILTIN)
+@pytest.mark.parametrize("configured", CONFIGURED)
 def test_checkpoint_restores_the_trained_state(
-    source: str, strategy: str, tiny_bert: Path, tiny_vit: Path, tmp_path: Path
+    source: str, configured: str, tiny_bert: Path, tiny_vit: Path, tmp_path: Path
 ) -> None:
     spec = model_spec(source, tiny_bert, tiny_vit)
-    config = CONFIGS[strategy]
+    config = CONFIGS[configured]
+    strategy = config.strategy
     torch.manual_seed(0)
     prepared = prepare(build_model(spec, num_classes=3), config)
     model = prepared.model
@@ -145,13 +166,23 @@ def test_checkpoint_restores_the_trained_state(
     with torch.no_grad():
         assert torch.allclose(logits(model, inputs), logits(fresh.model, inputs), atol=1e-6)
         assert not torch.allclose(before, logits(fresh.model, inputs), atol=1e-6)
-    if strategy == "lora":
+    if strategy in PEFT:  # adapter-only, in peft's format, loadable by peft itself
         files = {p.name for p in tmp_path.iterdir()}
         assert {"adapter_config.json", ADAPTER_FILE} <= files
+        import json
+
         from safetensors.torch import load_file
 
         saved = load_file(str(tmp_path / ADAPTER_FILE))
-        assert saved and all("lora_" in k or "classifier" in k or "head" in k for k in saved)
+        mark = ADAPTER_MARK[strategy]
+        assert saved and all(mark in k or "classifier" in k or "head" in k for k in saved)
+        adapter_config = json.loads((tmp_path / "adapter_config.json").read_text())
+        assert adapter_config["peft_type"] == strategy.upper()
+        if strategy == "lora":
+            assert (adapter_config["use_dora"], adapter_config["use_rslora"]) == (
+                configured == "dora",
+                configured == "rslora",
+            )
 
 
 def test_frozen_prefix_stays_in_eval_mode_and_batch_norm_is_frozen() -> None:

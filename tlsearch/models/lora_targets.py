@@ -1,4 +1,4 @@
-"""LoRA target presets resolved against the model's own module names (never the head).
+"""Adapter target presets (LoRA's, IA3's) resolved against the model's own module names (never the head).
 
 - `attention`: linear layers inside the blocks whose path names an attention module
   (`attn`, `attention`, `self_attn`, ...): timm's `attn.qkv`/`attn.proj`, BERT's
@@ -36,10 +36,16 @@ def linear_modules(loaded: LoadedModel) -> list[str]:
     ]
 
 
-def resolve_lora_targets(loaded: LoadedModel, preset: str) -> list[str]:
+def is_attention(name: str) -> bool:
+    """A module whose path names an attention module (`blocks.0.attn.qkv`)."""
+    return any(_ATTENTION.search(part) for part in name.split("."))
+
+
+def resolve_lora_targets(loaded: LoadedModel, preset: str, method: str = "LoRA") -> list[str]:
+    """The module names `preset` selects; `method` names the adapters in error messages."""
     if preset not in vocab.LORA_TARGET_PRESETS:
         raise UserInputError(
-            f"unknown LoRA target preset `{preset}`; known: {', '.join(vocab.LORA_TARGET_PRESETS)}"
+            f"unknown {method} target preset `{preset}`; known: {', '.join(vocab.LORA_TARGET_PRESETS)}"
         )
     candidates = linear_modules(loaded)
     in_blocks = [n for n in candidates if loaded.layers.in_blocks(n)]
@@ -48,11 +54,11 @@ def resolve_lora_targets(loaded: LoadedModel, preset: str) -> list[str]:
     elif preset == "attention_mlp":
         targets = in_blocks
     else:
-        targets = [n for n in in_blocks if any(_ATTENTION.search(part) for part in n.split("."))]
+        targets = [n for n in in_blocks if is_attention(n)]
     if not targets:
         shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
         raise UserInputError(
-            f"LoRA target preset `{preset}` matches no module of this model. "
+            f"{method} target preset `{preset}` matches no module of this model. "
             "Linear modules outside the head: "
             f"{shown or 'none (a convolutional model: use partial or full fine-tuning instead)'}"
         )

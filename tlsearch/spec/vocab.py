@@ -7,8 +7,10 @@ a registry of their own that the spec reads directly (tlsearch.spec.strategy).
 
 from __future__ import annotations
 
-# LoRA target presets, resolved against the model's own module names (never the head).
+# Adapter target presets (LoRA, IA3), resolved against the model's own module names (never the head).
 LORA_TARGET_PRESETS: tuple[str, ...] = ("attention", "attention_mlp", "all_linear")
+# LoRA's variants in peft: plain, weight-decomposed (DoRA, `use_dora`), rank-stabilised (`use_rslora`).
+LORA_VARIANTS: tuple[str, ...] = ("lora", "dora", "rslora")
 
 # The training loss's class weights and kinds (strategies.common.class_weighting, .loss).
 CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "balanced")

@@ -8,7 +8,7 @@ A new strategy is its own package plus one line here.
 """
 
 from tlsearch.spec.strategy import register_strategy
-from tlsearch.strategies import full, linear_probe, lora, partial
+from tlsearch.strategies import full, ia3, linear_probe, lora, partial
 
-for _builtin in (linear_probe, partial, full, lora):
+for _builtin in (linear_probe, partial, full, lora, ia3):
     register_strategy(_builtin.STRATEGY)

@@ -38,6 +38,17 @@ class LoraKnobs(Knobs):
             allowed=vocab.LORA_TARGET_PRESETS,
         ),
     ]
+    variant: Annotated[
+        str,
+        Knob(
+            Param.of("lora"),
+            "lora",
+            "`lora`; `dora` (weight-decomposed LoRA, peft's `use_dora`: a trained magnitude per output, "
+            "the adapters set the direction) or `rslora` (adapters scale by alpha / √rank, peft's "
+            "`use_rslora`, steadier at high ranks).",
+            allowed=vocab.LORA_VARIANTS,
+        ),
+    ] = "lora"  # a trial config from before the knob existed trained plain LoRA
 
 
 STRATEGY = Strategy(

@@ -27,15 +27,19 @@ def apply(loaded: LoadedModel, knobs: LoraKnobs, common: CommonKnobs) -> Prepare
         target_modules=targets,
         modules_to_save=list(loaded.head_modules),
         bias="none",
+        use_dora=knobs.variant == "dora",
+        use_rslora=knobs.variant == "rslora",
     )
     model = get_peft_model(loaded.model, peft_config)
     adapters: list[tuple[str, nn.Parameter]] = []
     head: list[tuple[str, nn.Parameter]] = []
     for name, param in model.named_parameters():
-        if param.requires_grad:
+        if param.requires_grad:  # DoRA's magnitudes are `lora_magnitude_vector`
             (adapters if "lora_" in name else head).append((name, param))
     groups = [
-        ParamGroup.of("lora", adapters, knobs.lr, common.weight_decay),
+        ParamGroup.of("lora", [(n, p) for n, p in adapters if p.ndim > 1], knobs.lr, common.weight_decay),
+        # DoRA's magnitudes: decaying them would shrink the weights they scale, not the update.
+        ParamGroup.of("lora_no_decay", [(n, p) for n, p in adapters if p.ndim <= 1], knobs.lr, 0.0),
         ParamGroup.of("head", [(n, p) for n, p in head if p.ndim > 1], knobs.head_lr, common.weight_decay),
         ParamGroup.of("head_no_decay", [(n, p) for n, p in head if p.ndim <= 1], knobs.head_lr, 0.0),
     ]
