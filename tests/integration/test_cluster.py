@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from safetensors.torch import load_file
 
 from tests.integration.conftest import RAY, LocalCluster, WorkerNode, stop_nodes
 from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists
@@ -271,16 +272,25 @@ def test_tlsearch_run_address_places_a_ddp_trial_across_nodes(
             "trial_driver_resources": {"trial_driver": 1},
         },
     )
+    # Gradually unfrozen: the top block trains in epoch 1, the next one joins in epoch 2, and the DDP
+    # wrapper, which registers what needs gradients, is rebuilt on both nodes between the two.
+    spec["strategies"] = {"gradual": {"probe_epochs": 0}, "common": {"batch_size": 8}}
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(yaml.safe_dump(spec))
     env = {k: v for k, v in two_nodes.env.items() if k != "RAY_ADDRESS"}
     run = _tlsearch(["run", str(spec_path), "--address", two_nodes.head.address], env, ROOT)
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]
     assert "2 nodes: " in run.stdout and "must be a filesystem every node mounts" in run.stdout
-    (trial,) = _trials(tmp_path / "runs" / "attached")
-    assert trial["status"] == "completed" and trial["workers"] == 2
+    run_dir = tmp_path / "runs" / "attached"
+    (trial,) = _trials(run_dir)
+    assert trial["status"] == "completed" and trial["workers"] == 2 and trial["strategy"] == "gradual"
     assert set(trial["worker_nodes"].split(",")) == two_nodes.node_ids()
     assert trial["driver_node"] == two_nodes.head_node_id()
+    # The epoch-2 checkpoint holds what trained by then: the head and the top two blocks, not the
+    # embeddings below them.
+    saved = load_file(str(run_dir / trial["checkpoint"] / "model.safetensors"))
+    assert {int(n.split(".")[3]) for n in saved if n.startswith("bert.encoder.layer.")} == {0, 1}
+    assert not any("embeddings" in n for n in saved)
 
 
 def test_cancelling_tlsearch_submit_stops_the_job(

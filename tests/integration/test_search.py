@@ -147,12 +147,14 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
         image_spec(
             image_data,
             tmp_path / "runs",
-            search={"num_samples": 5, "max_epochs": 2, "scheduler": {"type": "fifo"}},
+            search={"num_samples": 7, "max_epochs": 2, "scheduler": {"type": "fifo"}},
             strategies={
                 "linear_probe": {},
                 "partial": {},
                 "full": {},
                 "lora": {},
+                "gradual": {},
+                "lp_ft": {"probe_epochs": 3},
                 "ia3": {},
                 "common": {"batch_size": 12},
             },
@@ -160,8 +162,11 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
     )
     run_dir = run_search(spec).run_dir
     trials = {t["strategy"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
-    assert set(trials) == {"linear_probe", "partial", "full", "lora", "ia3"}
+    assert set(trials) == {"linear_probe", "partial", "full", "lora", "gradual", "lp_ft", "ia3"}
     assert all(t["status"] == "completed" and t["epochs"] == 2 for t in trials.values())
+    # LP-FT probed its head on the linear probe's cached features before its first epoch
+    assert trials["lp_ft"]["head_probe_s"] > 0 and trials["lp_ft"]["feature_cache"] == "reused"
+    assert trials["linear_probe"]["head_probe_s"] is None
     assert (
         trials["linear_probe"]["trainable_params"]
         < trials["ia3"]["trainable_params"]

@@ -59,6 +59,8 @@ TRIAL_CONSTANTS = (
     "first_step_at",
     "feature_cache",  # built | reused | off | none | unsupported (tlsearch.train.features)
     "feature_cache_s",  # seconds spent building (or waiting for) the cached features
+    "head_probe_s",  # lp_ft: the head probe before the first epoch, its feature cache included
+    "head_probe_loss",  # lp_ft: the probe's last epoch's mean training loss
     "host_rss_at_start_gib",  # rank 0's resident memory when the trial began (tlsearch.train.host_memory)
     # A trial that continues another (ASHA's promotion) counts on from that one's wall and device
     # seconds; this is the part it inherited (0 otherwise): spent_device_s.

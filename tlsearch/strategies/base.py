@@ -11,7 +11,7 @@ before any trial starts). `prepare` and `check` find that module through the str
 from __future__ import annotations
 
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -65,10 +65,32 @@ class Prepared:
     feature_boundary: str | None = None
     # What a checkpoint holds of the model and in which files (passed in by each strategy).
     checkpoint: CheckpointFormat = field(default_factory=TrainableWeights)
+    # Gradual unfreezing: the parameter names that train in an epoch (0-based; a set that only
+    # grows). None: what trains never changes. `param_groups` hold every parameter that ever trains.
+    trainable_at: Callable[[int], set[str]] | None = None
+    # LP-FT: epochs the head trains alone on the frozen backbone's features before the trial's first
+    # epoch (tlsearch.train.head_probe); 0: none.
+    head_probe_epochs: int = 0
 
     @property
     def trainable_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        """Parameters the optimizer trains (by the last epoch, where blocks join gradually)."""
+        return sum(g.size for g in self.param_groups)
+
+    def enter_epoch(self, epoch: int) -> bool:
+        """Gradual unfreezing: what trains in `epoch` gets `requires_grad`, the rest not, and the
+        modules with nothing left to train are the ones kept in eval mode. Whether that changed."""
+        if self.trainable_at is None:
+            return False
+        wanted = self.trainable_at(epoch)
+        changed = False
+        for name, param in self.model.named_parameters():
+            if param.requires_grad != (name in wanted):
+                param.requires_grad_(name in wanted)
+                changed = True
+        if changed:
+            self.frozen_modules = fully_frozen_modules(self.model)
+        return changed
 
     def train_mode(self, model: nn.Module) -> None:
         model.train()
@@ -126,6 +148,22 @@ def freeze_except(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
     Returns the outermost fully frozen modules."""
     from timm.utils import freeze
 
+    frozen = _outermost_frozen(model, trainable)
+    if frozen:
+        freeze(model, frozen)
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in trainable)
+    return [model.get_submodule(n) for n in frozen]
+
+
+def fully_frozen_modules(model: nn.Module) -> list[nn.Module]:
+    """The outermost modules none of whose parameters train (as they stand now), to keep in eval mode:
+    no dropout noise, no batch-norm statistics moving."""
+    trainable = {name for name, p in model.named_parameters() if p.requires_grad}
+    return [model.get_submodule(n) for n in _outermost_frozen(model, trainable)]
+
+
+def _outermost_frozen(model: nn.Module, trainable: set[str]) -> list[str]:
     frozen: list[str] = []
     for name, module in model.named_modules():
         if not name or any(name.startswith(f + ".") for f in frozen):
@@ -133,11 +171,7 @@ def freeze_except(model: nn.Module, trainable: set[str]) -> list[nn.Module]:
         names = [f"{name}.{p}" for p, _ in module.named_parameters()]
         if names and not any(n in trainable for n in names):
             frozen.append(name)
-    if frozen:
-        freeze(model, frozen)
-    for name, param in model.named_parameters():
-        param.requires_grad_(name in trainable)
-    return [model.get_submodule(n) for n in frozen]
+    return frozen
 
 
 def layerwise_groups(

@@ -34,6 +34,7 @@ from tlsearch.train import process_cache
 from tlsearch.train.batches import ToDevice
 from tlsearch.train.checkpoint import EpochCheckpoint, open_checkpoint, restore
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
+from tlsearch.train.head_probe import HeadProbe, probe_head
 from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.losses import TrainingLoss
@@ -133,6 +134,7 @@ class Training:
     # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
     # with cached features of its frozen prefix, and `model` is that tail.
     feature_cache: FeatureCacheUse
+    head_probe: HeadProbe | None = None  # LP-FT's probe, run before the first epoch
     # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when this loop began
     # (a multi-worker trial's rank 0: after Ray Train started its workers), when the model was ready,
     # when the data was, and when the first training step began (its first batch in hand: the
@@ -147,6 +149,18 @@ class Training:
     # Called between steps: raises when a report still in flight failed or Tune stopped the trial
     # (Session.poll), so a stopped trial's thread ends within a step.
     poll: Callable[[], None] = lambda: None
+    # The prepared model wrapped again for the session (gradual unfreezing changed what trains: DDP
+    # registers the parameters that need gradients when it wraps).
+    rewrap: Callable[[], nn.Module] | None = None
+
+    def enter_epoch(self, epoch: int) -> None:
+        """What trains in `epoch` (gradual unfreezing): the gradient-clipped set follows, and a
+        multi-worker trial's DDP wrapper is rebuilt around the new set."""
+        if not self.prepared.enter_epoch(epoch):
+            return
+        if self.rewrap is not None:
+            self.model = self.rewrap()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision)
@@ -199,6 +213,20 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
     train_set: Any
     val_set: Any
     workers = loader_workers(run)
+    # LP-FT: the head alone first, unless a checkpoint (which holds the probed head) is restored.
+    head_probe = None
+    if prepared.head_probe_epochs and inputs.continues_from is None and not session.resumes():
+        targets = trial_datasets()[0].targets
+        head_probe = probe_head(
+            inputs,
+            loaded,
+            prepared,
+            session,
+            trial_datasets,
+            workers,
+            TrainingLoss.of(config.common, targets, run.num_classes, session.device),
+            warmup_cosine,
+        )
     # A frozen prefix (linear probe, partial) runs once per search: train its tail on stored features.
     cache = use_feature_cache(inputs, loaded, prepared, session, trial_datasets, workers)
     if cache.tail is not None and cache.datasets is not None:
@@ -207,11 +235,16 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         trained = cache.tail.module
     else:
         trained = prepared.model
-    model = session.wrap(trained)
-    if spec.training.compile:
-        # In place: parameter names, checkpoints and the DDP wrapper stay as they are (a DDP module
-        # compiled whole lets dynamo split its graph at the gradient buckets).
-        model.compile()
+
+    def wrap() -> nn.Module:
+        wrapped = session.wrap(trained)
+        if spec.training.compile:
+            # In place: parameter names, checkpoints and the DDP wrapper stay as they are (a DDP module
+            # compiled whole lets dynamo split its graph at the gradient buckets).
+            wrapped.compile()
+        return wrapped
+
+    model = wrap()
     if cache.datasets is None:
         train_set, val_set = trial_datasets()
 
@@ -269,11 +302,13 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         source=loaded.source,
         host_memory_kept=host_memory_kept,
         feature_cache=cache,
+        head_probe=head_probe,
         loop_started_at=loop_started_at,
         model_ready=model_ready,
         rss_at_start_gib=rss_at_start_gib,
         data_ready=time.time(),
         poll=session.poll,
+        rewrap=wrap if session.world_size > 1 else None,
     )
 
 
@@ -282,6 +317,7 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
     No host synchronisation inside: the caller reads the loss once per epoch (a per-step .item()
     would stall the GPU)."""
     t = training
+    t.enter_epoch(epoch)
     t.sampler.set_epoch(epoch)
     t.prepared.train_mode(t.model)
     loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
@@ -373,6 +409,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
             )
         elif start_epoch:
             print(f"[tlsearch] resumed from the checkpoint of epoch {start_epoch}", flush=True)
+    probe = training.head_probe
     static = {
         "strategy": config.strategy,
         "trainable_params": prepared.trainable_params,
@@ -386,8 +423,11 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         "workers": session.world_size,
         # built: this trial computed the frozen prefix's features (its wall and device seconds include
         # that); reused: another trial had; off / none / unsupported: it ran the whole model each step.
-        "feature_cache": training.feature_cache.status,
-        "feature_cache_s": round(training.feature_cache.seconds, 3),
+        # (lp_ft: what the cache did for its head probe, which ran on it)
+        "feature_cache": probe.feature_cache if probe else training.feature_cache.status,
+        "feature_cache_s": round(probe.feature_cache_s if probe else training.feature_cache.seconds, 3),
+        "head_probe_s": round(probe.seconds, 3) if probe else None,
+        "head_probe_loss": probe.train_loss if probe else None,
         "host_rss_at_start_gib": training.rss_at_start_gib,  # rank 0's process
         "inherited_device_s": inherited_device_s,
     }

@@ -37,6 +37,9 @@ class Session(Protocol):
         replace the parameter objects: the loop builds the optimizer from the wrapped module."""
 
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
+    def resumes(self) -> bool:
+        """Whether this run of the trial starts from its own checkpoint (a retry, a resumed search)."""
+
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None: ...
     def poll(self) -> None:
         """Between steps: raises what a report still in flight raised (SystemExit: Tune stopped the trial)."""
@@ -117,6 +120,11 @@ class TuneSession:
 
         return as_directory(tune.get_checkpoint())
 
+    def resumes(self) -> bool:
+        from ray import tune
+
+        return tune.get_checkpoint() is not None
+
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
         """Hands the epoch to Tune. Tune's `report` returns once the checkpoint files are in the
         trial's storage and the driver has taken the result (and asked for the next one, or set the
@@ -167,6 +175,9 @@ class LocalSession:
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         return contextlib.nullcontext(None)
 
+    def resumes(self) -> bool:
+        return False
+
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
         def keep(directory: Path | None) -> None:
             self.reports.append(dict(metrics))
@@ -209,6 +220,11 @@ class TrainSession:
         import ray.train
 
         return as_directory(ray.train.get_checkpoint())
+
+    def resumes(self) -> bool:
+        import ray.train
+
+        return ray.train.get_checkpoint() is not None
 
     def report(self, metrics: dict[str, Any], checkpoint: EpochCheckpoint | None, epoch: int) -> None:
         import ray.train
