@@ -59,6 +59,7 @@ TRIAL_CONSTANTS = (
     "first_step_at",
     "feature_cache",  # built | reused | off | none | unsupported (tlsearch.train.features)
     "feature_cache_s",  # seconds spent building (or waiting for) the cached features
+    "feature_cache_reason",  # why it was off: setting | augmentation | mixup (else null)
     "head_probe_s",  # lp_ft: the head probe before the first epoch, its feature cache included
     "head_probe_loss",  # lp_ft: the probe's last epoch's mean training loss
     "host_rss_at_start_gib",  # rank 0's resident memory when the trial began (tlsearch.train.host_memory)

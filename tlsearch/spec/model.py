@@ -23,7 +23,7 @@ from pydantic_core import InitErrorDetails
 from tlsearch.registry import suggest
 from tlsearch.spec import vocab
 from tlsearch.spec.objective import Objective
-from tlsearch.spec.params import Strict
+from tlsearch.spec.params import Param, Strict
 from tlsearch.spec.strategy import COMMON, STRATEGIES, CommonKnobs
 
 # --- model and data -------------------------------------------------------------------------
@@ -661,6 +661,62 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
         )
     if isinstance(s.seed_configs, list):
         problems += _check_seed_configs(spec)
+    problems += _check_augmentation(spec)
+    return problems
+
+
+def _check_augmentation(spec: Spec) -> list[tuple[str, str]]:
+    """Augmentation and mixup are for images; mixup's soft targets take neither focal loss nor class
+    weights (whatever values a search might combine)."""
+    common = spec.strategies.common
+
+    def param(knob: str) -> Param:
+        value: Param = getattr(common, knob)  # the space's fields are made from CommonKnobs
+        return value
+
+    augments = any(v != "none" for v in param("augmentation").choices or ())
+    mixes = any(
+        float(v) > 0
+        for v in (param("mixup").choices or (param("mixup").low, param("mixup").high))
+        if v is not None
+    )
+    problems = []
+    if spec.model.task != "image-classification":
+        for key, used in (("augmentation", augments), ("mixup", mixes)):
+            if used:
+                problems.append(
+                    (
+                        f"strategies.common.{key}",
+                        f"applies to image classification only, but the task is {spec.model.task}: remove it",
+                    )
+                )
+        return problems
+    if mixes:
+        sizes = param("batch_size").choices or (param("batch_size").low, param("batch_size").high)
+        if any(int(v) % 2 for v in sizes if v is not None) or param("batch_size").choices is None:
+            problems.append(
+                (
+                    "strategies.common.batch_size",
+                    "must be even with mixup (timm's Mixup pairs each row with another), but got "
+                    f"{param('batch_size').describe()}: list even sizes",
+                )
+            )
+        if "focal" in (param("loss").choices or ()):
+            problems.append(
+                (
+                    "strategies.common.mixup",
+                    "mixes targets into soft ones, which focal loss does not take: search `loss: "
+                    "cross_entropy` with it, or set `mixup: 0`",
+                )
+            )
+        if "balanced" in (param("class_weighting").choices or ()):
+            problems.append(
+                (
+                    "strategies.common.mixup",
+                    "mixes targets into soft ones, which class weights do not take: search "
+                    "`class_weighting: none` with it, or set `mixup: 0`",
+                )
+            )
     return problems
 
 

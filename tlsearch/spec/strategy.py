@@ -189,6 +189,32 @@ class CommonKnobs(Knobs):
             applies_when=("loss", "focal"),
         ),
     ] = 2.0
+    # Images only; validation and test stay deterministic. Either one makes a frozen prefix's output
+    # differ every epoch, so the trial trains without the feature cache.
+    augmentation: Annotated[
+        str,
+        Knob(
+            Param.of("none"),
+            "none",
+            "Training-image augmentation (timm's training transforms): `none`; `light` (a random resized "
+            "crop of 50–100% of the image, horizontal flips); `randaugment` (the same, plus timm's "
+            "RandAugment `rand-m9-mstd0.5-inc1`). Images only; not for digits or text in images, which "
+            "flips change.",
+            allowed=vocab.AUGMENTATIONS,
+        ),
+    ] = "none"
+    mixup: Annotated[
+        float,
+        Knob(
+            Param.of(0.0),
+            0.0,
+            "Mixup / CutMix alpha (timm's `Mixup`, half the batches each; 0: off): each training batch "
+            "mixed with itself reversed, with soft targets. Images only; not with focal loss or class "
+            "weights.",
+            ge=0,
+            le=10,
+        ),
+    ] = 0.0
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ LORA_VARIANTS: tuple[str, ...] = ("lora", "dora", "rslora")
 # The training loss's class weights and kinds (strategies.common.class_weighting, .loss).
 CLASS_WEIGHTINGS: tuple[str, ...] = ("none", "balanced")
 LOSSES: tuple[str, ...] = ("cross_entropy", "focal")
+# Training-image augmentation presets (strategies.common.augmentation).
+AUGMENTATIONS: tuple[str, ...] = ("none", "light", "randaugment")
 
 # Every metric the training loop reports each epoch, with the direction that is better.
 METRICS: dict[str, str] = {

@@ -311,7 +311,8 @@ class FeatureDataset(Dataset):
 class FeatureCacheUse:
     """What the cache did for one trial; `status` and `seconds` go on its result rows."""
 
-    status: str  # built | reused | off (training.feature_cache) | unsupported | none (the strategy)
+    status: str  # built | reused | off | unsupported | none (the strategy)
+    reason: str = ""  # why it is off: `setting` (training.feature_cache), `augmentation`, `mixup`
     seconds: float = 0.0  # obtaining the features: building them, or waiting for and checking them
     key: str = ""
     tail: Tail | None = None
@@ -352,9 +353,15 @@ def _use_feature_cache(
     spec, rank, device = inputs.run.spec, session.world_rank, session.device
     boundary = prepared.feature_boundary
     if spec.training.feature_cache == "off":
-        return FeatureCacheUse("off")
+        return FeatureCacheUse("off", "setting")
     if boundary is None:
         return FeatureCacheUse("none")
+    # The frozen prefix sees other pixels every epoch: what it outputs cannot be stored once.
+    common = inputs.config.common
+    if common.augmentation != "none":
+        return FeatureCacheUse("off", "augmentation")
+    if common.mixup > 0:
+        return FeatureCacheUse("off", "mixup")
     started = time.time()
     try:
         tail = make_tail(loaded, boundary)
@@ -382,7 +389,7 @@ def _use_feature_cache(
     if not manifest["supported"]:
         if rank == 0 or built:
             print(f"[tlsearch] feature cache {key.name}: {manifest['reason']}; training uncached", flush=True)
-        return FeatureCacheUse("unsupported", seconds, key.name)
+        return FeatureCacheUse("unsupported", seconds=seconds, key=key.name)
     directory = store.path(key.name)
     train, validation = (
         FeatureDataset(directory / info["file"], info["row_shape"], tail.to_batch)
@@ -401,7 +408,9 @@ def _use_feature_cache(
             f"{manifest['built_by']['trial_id']}",
             flush=True,
         )
-    return FeatureCacheUse("built" if built else "reused", seconds, key.name, tail, (train, validation))
+    return FeatureCacheUse(
+        "built" if built else "reused", seconds=seconds, key=key.name, tail=tail, datasets=(train, validation)
+    )
 
 
 def _build(

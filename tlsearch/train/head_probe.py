@@ -32,6 +32,7 @@ from tlsearch.train.session import Session
 @dataclass(frozen=True)
 class HeadProbe:
     feature_cache: str  # what the feature cache did for the probe (built, reused, off, unsupported)
+    feature_cache_reason: str  # why it was off (tlsearch.train.features.FeatureCacheUse.reason)
     feature_cache_s: float
     seconds: float  # the whole probe, the cache included
     train_loss: float  # the last probe epoch's mean training loss
@@ -110,4 +111,4 @@ def probe_head(
     finally:
         for name, param in model.named_parameters():
             param.requires_grad_(trains[name])
-    return HeadProbe(cache.status, cache.seconds, time.time() - started, train_loss)
+    return HeadProbe(cache.status, cache.reason, cache.seconds, time.time() - started, train_loss)

@@ -25,10 +25,12 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from tlsearch.data.augmentation import training_transform
 from tlsearch.data.datasets import ImageDataset, Split, TextDataset, load_split
 from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel, ModelSource
 from tlsearch.spec.model import ModelSpec
+from tlsearch.spec.strategy import CommonKnobs
 from tlsearch.strategies.base import Prepared, prepare
 from tlsearch.train import process_cache
 from tlsearch.train.batches import ToDevice
@@ -125,6 +127,7 @@ class Training:
     train_loader: DataLoader
     val_loader: DataLoader
     loss: TrainingLoss  # the common knobs' training loss (validation stays plain cross-entropy)
+    mixup: Any  # timm's Mixup of the training batches (strategies.common.mixup), or None
     grad_clip_norm: float | None
     mixed_precision: bool  # bf16 autocast (on GPU)
     channels_last: bool  # image batches enter in the model's channels-last layout
@@ -164,6 +167,30 @@ class Training:
 
     def autocast(self) -> Any:
         return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.mixed_precision)
+
+
+def batch_mixup(common: CommonKnobs, num_classes: int) -> Any:
+    """timm's Mixup / CutMix (half the batches each) at the trial's alpha, with its label smoothing
+    folded into the soft targets; None when `mixup` is 0."""
+    if common.mixup <= 0:
+        return None
+    from timm.data import Mixup
+
+    return Mixup(
+        mixup_alpha=common.mixup,
+        cutmix_alpha=common.mixup,
+        switch_prob=0.5,
+        label_smoothing=common.label_smoothing,
+        num_classes=num_classes,
+    )
+
+
+def _even(inputs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """timm's Mixup pairs each row with its mirror: an odd batch (the last of an epoch; the spec
+    makes batch sizes even) leaves its last row out."""
+    if target.shape[0] % 2:
+        return inputs[:-1], target[:-1]
+    return inputs, target
 
 
 def use_channels_last(setting: str | bool, loaded: LoadedModel) -> bool:
@@ -208,7 +235,12 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
 
     def trial_datasets() -> tuple[Any, Any]:  # (train, validation): each has its own `collate`
         key = process_cache.dataset_key(run.data, spec.model)
-        return process_cache.datasets(key, lambda: build_datasets(inputs, loaded))
+        train, validation = process_cache.datasets(key, lambda: build_datasets(inputs, loaded))
+        if config.common.augmentation != "none":  # the same rows, augmented (validation never is)
+            train = ImageDataset(
+                train.split, training_transform(loaded.preprocessing, config.common.augmentation)
+            )
+        return train, validation
 
     train_set: Any
     val_set: Any
@@ -295,6 +327,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         train_loader=train_loader,
         val_loader=val_loader,
         loss=TrainingLoss.of(config.common, train_set.targets, run.num_classes, session.device),
+        mixup=batch_mixup(config.common, run.num_classes),
         grad_clip_norm=spec.training.grad_clip_norm,
         mixed_precision=on_gpu,
         channels_last=channels_last,
@@ -324,11 +357,16 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
     seen = 0
     for batch, target in t.train_loader:
         t.poll()
+        if t.mixup is not None and target.shape[0] < 2:
+            continue  # nothing to mix a lone row with
         if t.first_step_at is None:
             t.first_step_at = time.time()
         target = target.to(t.device, non_blocking=True)
         with t.autocast():
-            loss = t.loss(_forward(t.model, batch, t.to_device, t.source).float(), target)
+            inputs = t.to_device(batch)
+            if t.mixup is not None:
+                inputs, target = t.mixup(*_even(inputs, target))  # soft targets
+            loss = t.loss(t.source.logits(t.model, inputs).float(), target)
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if t.grad_clip_norm is not None:
@@ -426,6 +464,8 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         # (lp_ft: what the cache did for its head probe, which ran on it)
         "feature_cache": probe.feature_cache if probe else training.feature_cache.status,
         "feature_cache_s": round(probe.feature_cache_s if probe else training.feature_cache.seconds, 3),
+        "feature_cache_reason": (probe.feature_cache_reason if probe else training.feature_cache.reason)
+        or None,
         "head_probe_s": round(probe.seconds, 3) if probe else None,
         "head_probe_loss": probe.train_loss if probe else None,
         "host_rss_at_start_gib": training.rss_at_start_gib,  # rank 0's process

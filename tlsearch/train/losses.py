@@ -44,6 +44,10 @@ class TrainingLoss:
         return cls(weights, common.label_smoothing, gamma)
 
     def __call__(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """`targets`: class indices, or soft targets per class (mixup's: its label smoothing is in
+        them already, and the spec refuses class weights and focal loss with it)."""
+        if targets.is_floating_point():
+            return F.cross_entropy(logits, targets)
         if self.focal_gamma is None:
             return F.cross_entropy(
                 logits, targets, weight=self.class_weights, label_smoothing=self.label_smoothing
