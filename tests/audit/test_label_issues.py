@@ -91,8 +91,12 @@ def test_the_feature_pass_on_a_timm_model(tmp_path: Path) -> None:
     split = Split([r["image"] for r in rows], np.asarray([r["label"] for r in rows]), tmp_path)
     first = frozen_features(model, 3, split, "image", seed=0, batch_size=5)
     assert first.shape[0] == 12 and first.ndim == 2 and np.isfinite(first).all()
-    # Random weights come from the seed: the same features each time.
-    assert np.array_equal(first, frozen_features(model, 3, split, "image", seed=0, batch_size=4))
+    # Random weights come from the seed: the same features each time; another batch size changes
+    # only the float rounding (the CPU kernels block the rows differently).
+    assert np.array_equal(first, frozen_features(model, 3, split, "image", seed=0, batch_size=5))
+    np.testing.assert_allclose(
+        first, frozen_features(model, 3, split, "image", seed=0, batch_size=4), rtol=1e-5, atol=1e-5
+    )
 
 
 def test_label_issues_can_be_turned_off(tmp_path: Path) -> None:
