@@ -288,7 +288,8 @@ def test_tlsearch_run_address_places_a_ddp_trial_across_nodes(
     assert trial["driver_node"] == two_nodes.head_node_id()
     # The epoch-2 checkpoint holds what trained by then: the head and the top two blocks, not the
     # embeddings below them.
-    saved = load_file(str(run_dir / trial["checkpoint"] / "model.safetensors"))
+    last = (run_dir / trial["checkpoint"]).parent / "checkpoint_epoch_0002"  # kept beside the best
+    saved = load_file(str(last / "model.safetensors"))
     assert {int(n.split(".")[3]) for n in saved if n.startswith("bert.encoder.layer.")} == {0, 1}
     assert not any("embeddings" in n for n in saved)
 
