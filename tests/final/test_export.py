@@ -240,3 +240,64 @@ def test_labels_the_model_does_not_know_are_refused(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="not among the final model's labels"):
         export_final(run_dir, [r["image"] for r in rows], ["0", "1", "7"])
     assert sorted(p.name for p in (run_dir / "final").iterdir()) == ["model"]
+
+
+@pytest.mark.parametrize("pooling", ["auto", "mean"])
+def test_a_prompt_tuned_model_is_saved_as_base_and_adapter_and_exports_with_parity(
+    pooling: str, tmp_path: Path, tiny_bert: Path
+) -> None:
+    """A prompt does not merge into weights: final/model/ holds the base model (with the trained head)
+    and the prompt as a peft adapter; loaded, it gives the prompt-tuned model's logits, and its ONNX
+    graph those of onnxruntime."""
+    from tlsearch.strategies.base import prepare
+    from tlsearch.testing import trial_config
+
+    spec = ModelSpec(
+        source="hf", name=str(tiny_bert), task="text-classification", max_length=16, pooling=pooling
+    )
+    torch.manual_seed(0)
+    loaded = build_model(spec, 3)
+    config = trial_config(
+        "prompt_tuning",
+        head_lr=1e-2,
+        lr=1e-2,
+        num_virtual_tokens=4,
+        weight_decay=0.0,
+        warmup_fraction=0.0,
+        batch_size=4,
+    )
+    prepared = prepare(loaded, config)
+    model = prepared.model.eval()
+    with torch.no_grad():  # as after training: a prompt and a head of their own
+        for param in model.parameters():
+            if param.requires_grad:
+                param.normal_()
+    rows = text_rows(24, seed=4)
+    texts = [r["text"] for r in rows]
+    batch = loaded.preprocessing(texts, truncation=True, max_length=16, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        tuned = model(**batch).logits
+        # the base model with the same head, without the prompt (peft's disable_adapter fails for
+        # prompt learning on a classifier: peft 0.21 reaches for generation hooks)
+        unprompted = model.get_base_model()(**batch).logits
+    assert not torch.allclose(tuned, unprompted, atol=1e-3)  # the prompt matters
+    resolved = loaded.pooling
+    save_final_model(
+        tmp_path / "model",
+        model,
+        loaded.preprocessing,
+        source="hf",
+        task=spec.task,
+        labels=LABELS,
+        pooling=resolved,
+        max_length=spec.max_length,
+    )
+    adapter = json.loads((tmp_path / "model" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "PROMPT_TUNING" and adapter["num_virtual_tokens"] == 4
+    final = load_final_model(tmp_path / "model")
+    assert final.meta["adapter"] == "adapter"
+    with torch.no_grad():
+        torch.testing.assert_close(final.module(**batch).logits, tuned, atol=1e-5, rtol=1e-5)
+    path = tmp_path / ONNX_FILE
+    export_onnx(final, path, encode(final, texts[:2]))
+    check_parity(final, path, texts, [r["label"] for r in rows])

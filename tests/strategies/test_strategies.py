@@ -39,11 +39,13 @@ CONFIGS = {
         for name, variant in (("lora", "lora"), ("dora", "dora"), ("rslora", "rslora"))
     },
     "ia3": trial_config("ia3", head_lr=1e-2, lr=1e-2, targets="attention_mlp", **COMMON),
+    "prompt_tuning": trial_config("prompt_tuning", head_lr=1e-2, lr=1e-2, num_virtual_tokens=3, **COMMON),
 }
+TEXT_ONLY = {"prompt_tuning"}  # on the Hugging Face text sources
 # Every configuration above: each strategy, each LoRA variant.
 CONFIGURED = list(CONFIGS)
-PEFT = {"lora", "ia3"}
-ADAPTER_MARK = {"lora": "lora_", "ia3": "ia3_"}
+PEFT = {"lora", "ia3", "prompt_tuning"}
+ADAPTER_MARK = {"lora": "lora_", "ia3": "ia3_", "prompt_tuning": "prompt_"}
 
 
 # hf-image: a Hugging Face ViT (AutoModelForImageClassification) through the hf source; hf-mean: the
@@ -92,6 +94,8 @@ def test_the_builtin_strategies_are_registered_in_order_and_names_are_strict() -
 def test_trainable_sets_and_learning_rates(
     source: str, configured: str, tiny_bert: Path, tiny_vit: Path
 ) -> None:
+    if configured in TEXT_ONLY and source not in ("hf", "hf-mean"):
+        pytest.skip("a text-model strategy")
     torch.manual_seed(0)
     loaded = build_model(model_spec(source, tiny_bert, tiny_vit), num_classes=3)
     layers = loaded.layers
@@ -138,6 +142,8 @@ def test_trainable_sets_and_learning_rates(
 def test_checkpoint_restores_the_trained_state(
     source: str, configured: str, tiny_bert: Path, tiny_vit: Path, tmp_path: Path
 ) -> None:
+    if configured in TEXT_ONLY and source not in ("hf", "hf-mean"):
+        pytest.skip("a text-model strategy")
     spec = model_spec(source, tiny_bert, tiny_vit)
     config = CONFIGS[configured]
     strategy = config.strategy

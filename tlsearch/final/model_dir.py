@@ -1,6 +1,9 @@
 """`final/model/`: the final model as a directory that loads without tlsearch (docs/final.md shows how).
 
-    model.safetensors   the weights (LoRA merged into the base weights by peft's merge_and_unload)
+    model.safetensors   the weights (LoRA, DoRA and IA3 merged into the base weights by peft's
+                        merge_and_unload; a prompt-tuned model's base weights, with its trained head)
+    adapter/            a prompt-tuned model's prompt (and head), in peft's format: a prompt does not
+                        merge into weights, so the model loads as the base plus this adapter
     config.json         the model's config: transformers' `save_pretrained` (hf), or timm's `local-dir:`
                         layout (architecture, model_args, pretrained_cfg with the preprocessing)
     tokenizer files     text models: the tokenizer, as `save_pretrained` writes it
@@ -25,6 +28,7 @@ from tlsearch.errors import UserInputError
 from tlsearch.registry import Registry
 
 META_FILE = "tlsearch.json"
+ADAPTER_DIR = "adapter"
 WEIGHTS_FILE = "model.safetensors"
 FORMAT_VERSION = 1
 TEXT_TASK = "text-classification"
@@ -107,8 +111,13 @@ def save_final_model(
     else:
         meta |= {"image_size": image_size, "data_config": _jsonable(preprocessing)}
     layout = LAYOUTS.get(meta["layout"])
-    module = merged(model)
     directory.mkdir(parents=True, exist_ok=True)
+    if is_prompt_learning(model):
+        model.save_pretrained(str(directory / ADAPTER_DIR))  # type: ignore[operator]
+        meta["adapter"] = ADAPTER_DIR
+        module = base_with_trained_head(model)
+    else:
+        module = merged(model)
     layout.save(directory, module, preprocessing, meta)
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
     return directory
@@ -126,7 +135,32 @@ def load_final_model(directory: Path) -> FinalModel:
             f"{path}: final-model format {meta.get('format_version')}; this tlsearch reads {FORMAT_VERSION}"
         )
     module, preprocessing = LAYOUTS.get(meta["layout"]).load(directory, meta)
+    if meta.get("adapter"):
+        from peft import PeftModel
+
+        module = PeftModel.from_pretrained(module, str(directory / meta["adapter"]))
     return FinalModel(module.eval(), preprocessing, list(meta["labels"]), meta)
+
+
+def is_prompt_learning(model: nn.Module) -> bool:
+    """A peft model whose adapter is a prompt (prompt tuning): nothing to merge into the weights."""
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel) and bool(model.peft_config[model.active_adapter].is_prompt_learning)
+
+
+def base_with_trained_head(model: Any) -> nn.Module:
+    """A prompt-tuned peft model's base model with the head peft trained (its `modules_to_save` copy)
+    in place of the original one, so the base directory alone holds the trained classifier."""
+    from peft.utils import ModulesToSaveWrapper
+
+    base: nn.Module = model.get_base_model()
+    for name, module in list(base.named_modules()):
+        if isinstance(module, ModulesToSaveWrapper):
+            parent, _, attribute = name.rpartition(".")
+            owner = base.get_submodule(parent) if parent else base
+            setattr(owner, attribute, module.modules_to_save[model.active_adapter])
+    return base
 
 
 def merged(model: nn.Module) -> nn.Module:

@@ -95,7 +95,7 @@ class PooledClassifier(nn.Module):
     LogisticRegression reaches 0.73). The base model sits under its own prefix (`bert`), so parameter names,
     the layer map and LoRA targets read as they do for `AutoModelForSequenceClassification`; the
     attributes the rest of tlsearch reads of a transformers model (`config`, `base_model_prefix`,
-    `base_model`, `main_input_name`, `get_input_embeddings`) are there too. Returns an object with
+    `base_model`, `main_input_name`, `get_input_embeddings`, `device`) are there too. Returns an object with
     `.logits`, as a transformers classifier does."""
 
     def __init__(self, base: nn.Module, pooling: str, num_labels: int):
@@ -118,6 +118,10 @@ class PooledClassifier(nn.Module):
 
     def get_input_embeddings(self) -> nn.Module:
         return self.base_model.get_input_embeddings()  # type: ignore[operator]
+
+    @property
+    def device(self) -> torch.device:  # as a transformers model has it (peft's prompt tuning reads it)
+        return next(self.parameters()).device
 
     def features(self, **inputs: Any) -> torch.Tensor:
         """What the head reads: rows × hidden."""

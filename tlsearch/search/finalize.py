@@ -363,7 +363,7 @@ def _latency(model_dir: Path, test: Split) -> dict[str, Any]:
 
     final = load_final_model(model_dir)
     singles, serving = latency_batches(final, test.inputs, test.base_dir)
-    return torch_latency_of(final, singles, serving, sorted(model_dir.glob("*.safetensors")))
+    return torch_latency_of(final, singles, serving, sorted(model_dir.rglob("*.safetensors")))  # adapter too
 
 
 def summary_line(metrics: dict[str, Any], final_dir: Path) -> str:

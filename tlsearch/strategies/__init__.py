@@ -8,7 +8,7 @@ A new strategy is its own package plus one line here.
 """
 
 from tlsearch.spec.strategy import register_strategy
-from tlsearch.strategies import full, gradual, ia3, linear_probe, lora, lp_ft, partial
+from tlsearch.strategies import full, gradual, ia3, linear_probe, lora, lp_ft, partial, prompt_tuning
 
-for _builtin in (linear_probe, partial, full, lora, gradual, lp_ft, ia3):
+for _builtin in (linear_probe, partial, full, lora, gradual, lp_ft, ia3, prompt_tuning):
     register_strategy(_builtin.STRATEGY)

@@ -78,7 +78,7 @@ class PeftAdapter(TrainableWeights):
         from safetensors.torch import load_file
 
         result: Any = set_peft_model_state_dict(model, load_file(str(directory / ADAPTER_FILE)))
-        if result.unexpected_keys:
-            raise RuntimeError(
-                f"adapter does not fit the model: unexpected keys {result.unexpected_keys[:5]}"
-            )
+        # A prompt's embeddings go into its prompt encoder, apart from the state dict peft reports on.
+        unexpected = [k for k in result.unexpected_keys if k != "prompt_embeddings"]
+        if unexpected:
+            raise RuntimeError(f"adapter does not fit the model: unexpected keys {unexpected[:5]}")

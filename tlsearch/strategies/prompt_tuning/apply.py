@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from tlsearch.errors import UserInputError
+from tlsearch.models.sources import LoadedModel
+from tlsearch.space import Dim
+from tlsearch.spec.strategy import CommonKnobs
+from tlsearch.strategies.base import ParamGroup, Prepared
+from tlsearch.strategies.formats import PeftAdapter
+from tlsearch.strategies.prompt_tuning import PromptTuningKnobs
+
+
+def apply(loaded: LoadedModel, knobs: PromptTuningKnobs, common: CommonKnobs) -> Prepared:
+    from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+
+    peft_config = PromptTuningConfig(
+        task_type=TaskType.SEQ_CLS,
+        num_virtual_tokens=knobs.num_virtual_tokens,
+        prompt_tuning_init=PromptTuningInit.SAMPLE_VOCAB,
+        modules_to_save=list(loaded.head_modules),
+    )
+    # peft freezes every weight of the model; the prompt and the head's trained copy train.
+    model = get_peft_model(loaded.model, peft_config)
+    prompt: list[tuple[str, nn.Parameter]] = []
+    head: list[tuple[str, nn.Parameter]] = []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (prompt if name.startswith("prompt_encoder.") else head).append((name, param))
+    groups = [
+        # The virtual tokens are embeddings: no decay towards 0, which no real token sits at.
+        ParamGroup.of("prompt", prompt, knobs.lr, 0.0),
+        ParamGroup.of("head", [(n, p) for n, p in head if p.ndim > 1], knobs.head_lr, common.weight_decay),
+        ParamGroup.of("head_no_decay", [(n, p) for n, p in head if p.ndim <= 1], knobs.head_lr, 0.0),
+    ]
+    return Prepared(model, [g for g in groups if g.param_names], [], checkpoint=PeftAdapter())
+
+
+def check(probe: LoadedModel, dims: dict[str, Dim]) -> None:
+    """A Hugging Face text model, with room for the virtual tokens among its positions."""
+    if probe.pooling is None or probe.source.name != "hf":
+        raise UserInputError(
+            "strategies.prompt_tuning: prompt tuning needs a Hugging Face text model (it puts trained "
+            "token embeddings before the input); remove it for this model"
+        )
+    config: Any = getattr(probe.model, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    most = max(int(v) for v in (dims["num_virtual_tokens"].values() or [dims["num_virtual_tokens"].high]))
+    if positions is not None and most >= positions:
+        raise UserInputError(
+            f"strategies.prompt_tuning.num_virtual_tokens: the model has {positions} positions, so "
+            f"the virtual tokens must be fewer, but up to {most} are searched"
+        )
