@@ -209,7 +209,7 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
         (
             {"strategies": {"full": {}, "lora": {}}, "training": {"feature_cache": "off"}},
             "training.feature_cache",
-            "applies to linear_probe and partial trials only",
+            "applies to linear_probe, partial, lp_ft trials only, and this search runs none of them",
         ),
         (
             {"audit": {"label_issues": False, "drop": ["label_issues"]}},

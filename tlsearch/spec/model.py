@@ -630,8 +630,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
         problems.append(
             (
                 "training.feature_cache",
-                f"applies to {' and '.join(cacheable)} trials only, and this search runs neither: remove it "
-                "(or enable one of them under `strategies`)",
+                f"applies to {', '.join(cacheable)} trials only, and this search runs none of them: "
+                "remove it (or enable one of them under `strategies`)",
             )
         )
 

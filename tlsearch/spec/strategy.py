@@ -228,7 +228,8 @@ class Strategy:
     implementation: str
     summary: str  # what trains, in a line
     # Its frozen prefix is deterministic, so its output may be computed once and reused
-    # (`training.feature_cache`; the strategy's `Prepared.feature_boundary` says where it ends).
+    # (`training.feature_cache`; the strategy's `Prepared.feature_boundary` says where it ends, or
+    # its head probe reads the cache: lp_ft).
     feature_cache: bool = False
     # Searched when a spec has no `strategies` section.
     default: bool = False

@@ -36,4 +36,5 @@ STRATEGY = Strategy(
     LpFtKnobs,
     "tlsearch.strategies.lp_ft.apply",
     summary="a linear probe on frozen features first, then everything, with layer-wise learning rates",
+    feature_cache=True,  # for its head probe
 )
