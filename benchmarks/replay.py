@@ -52,7 +52,22 @@ def config_key(config: dict[str, Any]) -> str:
         for k, v in flat.items()
         if v is not None and (k.startswith(f"{strategy}/") or k.startswith("common/"))
     }
+    # Knobs added since a table was recorded (the training loss, augmentation, LoRA's variant) have
+    # defaults, what its trials trained with: at its default, such a knob is left out of the key.
+    later = _later_defaults(strategy)
+    own = {k: v for k, v in own.items() if k not in later or later[k] != v}
     return json.dumps({STRATEGY: strategy, **dict(sorted(own.items()))})
+
+
+def _later_defaults(strategy: str) -> dict[str, Any]:
+    from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
+
+    defaults = {}
+    for prefix, knobs in (("common", CommonKnobs), (strategy, STRATEGIES.get(strategy).knobs)):
+        for name, info in knobs.model_fields.items():
+            if not info.is_required():
+                defaults[f"{prefix}/{name}"] = info.default
+    return defaults
 
 
 def _plain(value: Any) -> Any:
