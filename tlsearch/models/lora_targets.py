@@ -63,3 +63,10 @@ def resolve_lora_targets(loaded: LoadedModel, preset: str, method: str = "LoRA")
             f"{shown or 'none (a convolutional model: use partial or full fine-tuning instead)'}"
         )
     return targets
+
+
+def check_presets(probe: LoadedModel, presets: tuple[object, ...] | None, method: str) -> None:
+    """Every target preset a search space holds matches modules of this model (a strategy's `check`:
+    fails before the search, not in every trial)."""
+    for preset in presets or ():
+        resolve_lora_targets(probe, str(preset), method)

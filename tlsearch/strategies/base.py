@@ -226,3 +226,33 @@ def layerwise(
         weight_decay=weight_decay,
     )
     return Prepared(model, groups, frozen, feature_boundary)
+
+
+def adapter_groups(
+    model: nn.Module,
+    *,
+    mark: str,
+    name: str,
+    lr: float,
+    head_lr: float,
+    weight_decay: float,
+    decay_adapters: bool,
+) -> list[ParamGroup]:
+    """A peft model's optimizer groups: the adapters' trained tensors (names holding `mark`) at `lr`,
+    the head peft trains in full (`modules_to_save`) at `head_lr`. No weight decay on 1-d tensors, nor
+    on the adapters unless `decay_adapters` (scaling vectors and prompts decay towards 0, which is not
+    the base model)."""
+    adapters: list[tuple[str, nn.Parameter]] = []
+    head: list[tuple[str, nn.Parameter]] = []
+    for param_name, param in model.named_parameters():
+        if param.requires_grad:
+            (adapters if mark in param_name else head).append((param_name, param))
+
+    def by_decay(members: list[tuple[str, nn.Parameter]], key: str, rate: float) -> list[ParamGroup]:
+        return [
+            ParamGroup.of(key, [(n, p) for n, p in members if p.ndim > 1], rate, weight_decay),
+            ParamGroup.of(f"{key}_no_decay", [(n, p) for n, p in members if p.ndim <= 1], rate, 0.0),
+        ]
+
+    own = by_decay(adapters, name, lr) if decay_adapters else [ParamGroup.of(name, adapters, lr, 0.0)]
+    return [g for g in (*own, *by_decay(head, "head", head_lr)) if g.param_names]

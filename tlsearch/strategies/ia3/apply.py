@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from torch import nn
-
-from tlsearch.models.lora_targets import is_attention, resolve_lora_targets
+from tlsearch.models.lora_targets import check_presets, is_attention, resolve_lora_targets
 from tlsearch.models.sources import LoadedModel
 from tlsearch.space import Dim
 from tlsearch.spec.strategy import CommonKnobs
-from tlsearch.strategies.base import ParamGroup, Prepared, freeze_except
+from tlsearch.strategies.base import Prepared, adapter_groups, freeze_except
 from tlsearch.strategies.formats import PeftAdapter
 from tlsearch.strategies.ia3 import Ia3Knobs
 
@@ -26,21 +24,18 @@ def apply(loaded: LoadedModel, knobs: Ia3Knobs, common: CommonKnobs) -> Prepared
         modules_to_save=list(loaded.head_modules),
     )
     model = get_peft_model(loaded.model, peft_config)
-    vectors: list[tuple[str, nn.Parameter]] = []
-    head: list[tuple[str, nn.Parameter]] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (vectors if "ia3_" in name else head).append((name, param))
-    groups = [
-        # Scaling vectors start at 1: weight decay would pull them towards 0, not towards the base model.
-        ParamGroup.of("ia3", vectors, knobs.lr, 0.0),
-        ParamGroup.of("head", [(n, p) for n, p in head if p.ndim > 1], knobs.head_lr, common.weight_decay),
-        ParamGroup.of("head_no_decay", [(n, p) for n, p in head if p.ndim <= 1], knobs.head_lr, 0.0),
-    ]
-    return Prepared(model, [g for g in groups if g.param_names], [], checkpoint=PeftAdapter())
+    # Scaling vectors start at 1: weight decay would pull them towards 0, not towards the base model.
+    groups = adapter_groups(
+        model,
+        mark="ia3_",
+        name="ia3",
+        lr=knobs.lr,
+        head_lr=knobs.head_lr,
+        weight_decay=common.weight_decay,
+        decay_adapters=False,
+    )
+    return Prepared(model, groups, [], checkpoint=PeftAdapter())
 
 
 def check(probe: LoadedModel, dims: dict[str, Dim]) -> None:
-    """Every target preset searched matches modules of this model (fails now, not in every trial)."""
-    for preset in dims["targets"].choices or ():
-        resolve_lora_targets(probe, str(preset), method="IA3")
+    check_presets(probe, dims["targets"].choices, "IA3")

@@ -3,13 +3,11 @@ adapters; peft then freezes the remaining weights."""
 
 from __future__ import annotations
 
-from torch import nn
-
-from tlsearch.models.lora_targets import resolve_lora_targets
+from tlsearch.models.lora_targets import check_presets, resolve_lora_targets
 from tlsearch.models.sources import LoadedModel
 from tlsearch.space import Dim
 from tlsearch.spec.strategy import CommonKnobs
-from tlsearch.strategies.base import ParamGroup, Prepared, freeze_except
+from tlsearch.strategies.base import Prepared, adapter_groups, freeze_except
 from tlsearch.strategies.formats import PeftAdapter
 from tlsearch.strategies.lora import LoraKnobs
 
@@ -31,22 +29,19 @@ def apply(loaded: LoadedModel, knobs: LoraKnobs, common: CommonKnobs) -> Prepare
         use_rslora=knobs.variant == "rslora",
     )
     model = get_peft_model(loaded.model, peft_config)
-    adapters: list[tuple[str, nn.Parameter]] = []
-    head: list[tuple[str, nn.Parameter]] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:  # DoRA's magnitudes are `lora_magnitude_vector`
-            (adapters if "lora_" in name else head).append((name, param))
-    groups = [
-        ParamGroup.of("lora", [(n, p) for n, p in adapters if p.ndim > 1], knobs.lr, common.weight_decay),
-        # DoRA's magnitudes: decaying them would shrink the weights they scale, not the update.
-        ParamGroup.of("lora_no_decay", [(n, p) for n, p in adapters if p.ndim <= 1], knobs.lr, 0.0),
-        ParamGroup.of("head", [(n, p) for n, p in head if p.ndim > 1], knobs.head_lr, common.weight_decay),
-        ParamGroup.of("head_no_decay", [(n, p) for n, p in head if p.ndim <= 1], knobs.head_lr, 0.0),
-    ]
-    return Prepared(model, [g for g in groups if g.param_names], [], checkpoint=PeftAdapter())
+    # DoRA's magnitudes (`lora_magnitude_vector`, 1-d) get no decay: it would shrink the weights
+    # they scale, not the update.
+    groups = adapter_groups(
+        model,
+        mark="lora_",
+        name="lora",
+        lr=knobs.lr,
+        head_lr=knobs.head_lr,
+        weight_decay=common.weight_decay,
+        decay_adapters=True,
+    )
+    return Prepared(model, groups, [], checkpoint=PeftAdapter())
 
 
 def check(probe: LoadedModel, dims: dict[str, Dim]) -> None:
-    """Every target preset searched matches modules of this model (fails now, not in every trial)."""
-    for preset in dims["targets"].choices or ():
-        resolve_lora_targets(probe, str(preset))
+    check_presets(probe, dims["targets"].choices, "LoRA")

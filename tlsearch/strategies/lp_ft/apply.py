@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 from tlsearch.models.sources import LoadedModel
 from tlsearch.spec.strategy import CommonKnobs
 from tlsearch.strategies.base import Prepared, layerwise
@@ -15,5 +17,4 @@ def apply(loaded: LoadedModel, knobs: LpFtKnobs, common: CommonKnobs) -> Prepare
         layer_decay=knobs.layer_decay,
         weight_decay=common.weight_decay,
     )
-    prepared.head_probe_epochs = knobs.probe_epochs  # the loop runs the probe (tlsearch.train.head_probe)
-    return prepared
+    return replace(prepared, head_probe_epochs=knobs.probe_epochs)  # run by tlsearch.train.head_probe

@@ -2,13 +2,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
-
 from tlsearch.errors import UserInputError
 from tlsearch.models.sources import LoadedModel
 from tlsearch.space import Dim
 from tlsearch.spec.strategy import CommonKnobs
-from tlsearch.strategies.base import ParamGroup, Prepared
+from tlsearch.strategies.base import Prepared, adapter_groups
 from tlsearch.strategies.formats import PeftAdapter
 from tlsearch.strategies.prompt_tuning import PromptTuningKnobs
 
@@ -24,18 +22,17 @@ def apply(loaded: LoadedModel, knobs: PromptTuningKnobs, common: CommonKnobs) ->
     )
     # peft freezes every weight of the model; the prompt and the head's trained copy train.
     model = get_peft_model(loaded.model, peft_config)
-    prompt: list[tuple[str, nn.Parameter]] = []
-    head: list[tuple[str, nn.Parameter]] = []
-    for name, param in model.named_parameters():
-        if param.requires_grad:
-            (prompt if name.startswith("prompt_encoder.") else head).append((name, param))
-    groups = [
-        # The virtual tokens are embeddings: no decay towards 0, which no real token sits at.
-        ParamGroup.of("prompt", prompt, knobs.lr, 0.0),
-        ParamGroup.of("head", [(n, p) for n, p in head if p.ndim > 1], knobs.head_lr, common.weight_decay),
-        ParamGroup.of("head_no_decay", [(n, p) for n, p in head if p.ndim <= 1], knobs.head_lr, 0.0),
-    ]
-    return Prepared(model, [g for g in groups if g.param_names], [], checkpoint=PeftAdapter())
+    # The virtual tokens are embeddings: no decay towards 0, which no real token sits at.
+    groups = adapter_groups(
+        model,
+        mark="prompt_encoder.",
+        name="prompt",
+        lr=knobs.lr,
+        head_lr=knobs.head_lr,
+        weight_decay=common.weight_decay,
+        decay_adapters=False,
+    )
+    return Prepared(model, groups, [], checkpoint=PeftAdapter())
 
 
 def check(probe: LoadedModel, dims: dict[str, Dim]) -> None:
