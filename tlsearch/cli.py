@@ -260,6 +260,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_INTERRUPTED
+    if outcome.budget_spent:
+        print(
+            f"tlsearch: search.time_budget_s ran out after {len(outcome.search_trials)} of "
+            f"{outcome.num_samples} trials"
+        )
     if not outcome.succeeded:
         print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
         return EXIT_FAILED

@@ -377,3 +377,50 @@ def test_a_small_discrete_space_runs_each_configuration_once_then_ends(  # type:
     skipped = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     assert all("duplicate_of" in t.user_attrs for t in skipped)
     assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 2
+
+
+def test_time_budget_stops_the_search_and_leaves_every_trial_ended(  # type: ignore[no-untyped-def]
+    ray_connected, tiny_bert: Path, tmp_path: Path
+) -> None:
+    from tlsearch.search.runner import resume_search
+
+    files = {
+        split: write_parquet(text_rows(n, seed), tmp_path / f"{split}.parquet")
+        for split, n, seed in (("train", 48, 0), ("validation", 12, 1))
+    }
+    spec = validate_spec(
+        text_spec(
+            tiny_bert,
+            files,
+            tmp_path / "runs",
+            # Far more epochs than 12 s hold: the first trial is cut by the budget.
+            search={
+                "num_samples": 4,
+                "max_epochs": 400,
+                "max_concurrent": 1,
+                "scheduler": {"type": "fifo"},
+                "time_budget_s": 12,
+                "baselines": [],
+            },
+            strategies={"linear_probe": {}, "common": {"batch_size": 8}},
+            tracking={"wandb": {"mode": "disabled"}},
+        )
+    )
+    started = time.monotonic()
+    outcome = run_search(spec)
+    assert time.monotonic() - started < 120
+    assert outcome.budget_spent and not outcome.interrupted and outcome.succeeded
+    trials = pq.read_table(outcome.run_dir / TRIALS_TABLE).to_pylist()
+    assert 1 <= len(trials) < 4 and all(t["status"] != "running" for t in trials)
+    cut = [t for t in trials if t["ended_by"] == "time_budget"]
+    assert cut and all(t["status"] == "stopped_early" and 0 < t["epochs"] < 400 for t in cut)
+
+    info = yaml.safe_load((outcome.run_dir / RESOLVED_SPEC).read_text())["resolved"]["optuna"]
+    study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
+    states = [t.state for t in study.trials]
+    assert optuna.trial.TrialState.RUNNING not in states and optuna.trial.TrialState.PRUNED in states
+
+    # Resuming a search whose budget is spent starts no trial and changes no row.
+    resumed = resume_search(outcome.run_dir)
+    assert resumed.budget_spent and not resumed.interrupted
+    assert pq.read_table(outcome.run_dir / TRIALS_TABLE).to_pylist() == trials

@@ -161,6 +161,7 @@ def trial_rows(run_dir: Path, metric: str, mode: str, max_epochs: int) -> list[d
         else:
             row["status"] = "completed" if epochs and epochs[-1]["epoch"] >= max_epochs else "stopped_early"
         row["error"] = end.get("error") if end else None
+        row["ended_by"] = end.get("ended_by") if end else None  # time_budget: the search's budget ran out
         row["epochs"] = epochs[-1]["epoch"] if epochs else 0
         for name in METRICS:
             values = [v for v in (_finite(e.get(name)) for e in epochs) if v is not None]

@@ -23,6 +23,7 @@ from tlsearch.results.files import (
     trial_rows,
     write_tables,
 )
+from tlsearch.search.budget import budget_spent, end_cut_trials
 from tlsearch.space.trial_config import flatten
 from tlsearch.spec.model import WandbSpec
 from tlsearch.spec.objective import Objective, primary
@@ -64,11 +65,13 @@ class ResultsRecorder(Callback):
         search: str,
         wandb: WandbSpec,
         checkpoint_root: str | None = None,
+        time_budget: bool = False,
     ):
         self.run_dir = run_dir
         self.checkpoint_root = checkpoint_root  # `checkpoint_storage`: gives checkpoint paths their scheme
         self.objectives, self.max_epochs = tuple(objectives), max_epochs
         self.search, self.wandb = search, wandb
+        self.time_budget = time_budget  # the search's recorder, under search.time_budget_s
         self._tracker: WandbTracker | None = None
         self._next_rewrite = 0.0  # time.monotonic() before which a finished trial skips the rewrite
 
@@ -187,7 +190,13 @@ class ResultsRecorder(Callback):
         self.tracker.end_trial(trial_id, summary, failed=row["status"] == "error", checkpoint=checkpoint)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.rewrite()
+        # Tune stops the trials running when the time budget runs out without a word to callbacks.
+        cut = set(end_cut_trials(self._dir)) if self.time_budget and budget_spent(self._dir) else set()
+        rows = self.rewrite()
+        if self.tracker.enabled:
+            for row in rows:
+                if row["trial_id"] in cut:
+                    self._finish_run(row)
         self.tracker.close()
 
 

@@ -24,7 +24,7 @@ from tlsearch.results.files import (
 )
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
-from tlsearch.search import baselines
+from tlsearch.search import baselines, budget
 from tlsearch.search.policy.promotion import AshaRungs
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
@@ -44,6 +44,7 @@ class Outcome:
     trials: list[dict[str, Any]]  # every row of trials.parquet: the search's trials and the baselines
     num_samples: int
     finalize_error: str | None = None  # why finalize after the search failed (the search itself did not)
+    budget_spent: bool = False  # search.time_budget_s ran out: fewer than num_samples trials is its end
 
     @property
     def search_trials(self) -> list[dict[str, Any]]:
@@ -58,7 +59,9 @@ class Outcome:
         """Stopped before every trial (and baseline) ran to an end (Ctrl-C): `tlsearch resume`
         continues it."""
         search = self.search_trials
-        return len(search) < self.num_samples or any(t["status"] == "running" for t in self.trials)
+        if any(t["status"] == "running" for t in self.trials):
+            return True
+        return len(search) < self.num_samples and not self.budget_spent
 
 
 BASELINES_DIR = "baselines"  # the baselines' Tune experiment, inside the search's
@@ -268,7 +271,8 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage_path,
-            callbacks=[_recorder(spec, run_dir)],
+            callbacks=[_recorder(spec, run_dir, time_budget=s.time_budget_s is not None)],
+            stop=budget.TimeBudget(str(run_dir), s.time_budget_s) if s.time_budget_s is not None else None,
             checkpoint_config=tune.CheckpointConfig(
                 num_to_keep=spec.training.checkpoints_to_keep,
                 checkpoint_score_attribute=objective.metric,
@@ -282,7 +286,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     )
 
 
-def _recorder(spec: Spec, run_dir: Path) -> ResultsRecorder:
+def _recorder(spec: Spec, run_dir: Path, *, time_budget: bool = False) -> ResultsRecorder:
     s = spec.search
     return ResultsRecorder(
         str(run_dir),
@@ -291,26 +295,40 @@ def _recorder(spec: Spec, run_dir: Path) -> ResultsRecorder:
         spec.name,
         spec.tracking.wandb,
         checkpoint_root=spec.checkpoint_root(),
+        time_budget=time_budget,
     )
 
 
 def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | None) -> Outcome:
     connect(address)
     print(f"[tlsearch] run directory: {run_dir}", flush=True)
-    tuner = _tuner(resolved, run_dir, restore=restore)
-    grid = tuner.fit()
-    if restore:
-        forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
     spec = resolved.spec
+    if restore and budget.budget_spent(run_dir):
+        # The search's trials had used up its time budget: what is left is after them (baselines,
+        # the final model), and a trial the killed driver had not yet ended ends now.
+        print("[tlsearch] the search's time budget is spent: no more trials", flush=True)
+        if budget.end_cut_trials(run_dir):
+            recorder = _recorder(spec, run_dir)
+            recorder.setup()  # writes the W&B runs of the trials just ended
+            recorder.tracker.close()
+    else:
+        tuner = _tuner(resolved, run_dir, restore=restore)
+        budget.start_session(run_dir)
+        grid = tuner.fit()
+        budget.end_session(run_dir)
+        if restore:
+            forget_lost_trials(run_dir, {Path(result.path).name.removeprefix("trial_") for result in grid})
     best = primary(spec.search.objectives)  # what the best trial is by
+    spent = budget.budget_spent(run_dir)
     trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
-    outcome = Outcome(run_dir, trials, spec.search.num_samples)
+    outcome = Outcome(run_dir, trials, spec.search.num_samples, budget_spent=spent)
     if not outcome.interrupted:
-        close_orphans(resolved.study_name, make_storage(spec.tracking.optuna.storage, run_dir))
+        storage = make_storage(spec.tracking.optuna.storage, run_dir)
+        close_orphans(resolved.study_name, storage, pruned_when_reported=spent)
         if baselines.wanted(spec):
             run_baselines(resolved, run_dir, trials)
             trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
-            outcome = Outcome(run_dir, trials, spec.search.num_samples)
+            outcome = Outcome(run_dir, trials, spec.search.num_samples, budget_spent=spent)
     report = render_figures(run_dir)
     log_search_to_wandb(run_dir, spec, trials, report)  # uses the PNGs; its offline run joins the follow-up
     write_report_files(report)

@@ -172,11 +172,17 @@ class StudySearch(OptunaSearchAdapter):
         self.mark_told(trial_id)
 
 
-def close_orphans(study_name: str, storage: optuna.storages.BaseStorage) -> int:
+def close_orphans(
+    study_name: str, storage: optuna.storages.BaseStorage, *, pruned_when_reported: bool = False
+) -> int:
     """Fail the trials a killed driver left RUNNING, so every trial of the study ends terminal.
-    Call only when the search has ended (no trial of this search is running any more)."""
+    Call only when the search has ended (no trial of this search is running any more).
+
+    `pruned_when_reported`: the search's time budget stopped them. One that reported an epoch is
+    PRUNED at it, as a trial ASHA stopped; one that never did (or never started) fails."""
     study = optuna.load_study(study_name=study_name, storage=storage)
-    orphans = [t.number for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))]
-    for number in orphans:
-        study.tell(number, state=optuna.trial.TrialState.FAIL)
+    orphans = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in orphans:
+        reported = pruned_when_reported and bool(trial.intermediate_values)
+        study.tell(trial.number, state=TrialState.PRUNED if reported else TrialState.FAIL)
     return len(orphans)

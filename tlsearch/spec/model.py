@@ -270,6 +270,11 @@ class SearchSpec(Strict):
     seed_configs: Literal["default", "none"] | list[SeedConfig] = "default"
     """Configurations tried first: `default` (one per strategy, every knob at its preferred value),
     `none`, or a list of them."""
+    time_budget_s: float | None = Field(None, gt=0)
+    """Wall-clock seconds the search's trials may take, over every session of the search (a resumed
+    search gets what is left); none: no limit. When it runs out, no trial starts and running ones
+    stop where they are (status `stopped_early`, `ended_by: time_budget`); the baselines and the
+    final model come after it and are not counted."""
     max_failures: int = Field(1, ge=0)
     """Retries of a failed trial, each from its last checkpoint."""
     baselines: tuple[Literal["majority", "scratch", "default_linear_probe"], ...] = (
