@@ -29,14 +29,16 @@ def test_spent_counts_each_session_and_a_killed_one_until_its_last_record(tmp_pa
     _event(tmp_path, 300.0, SESSION_START)  # the driver before was killed after its record at 212: 12 s
     _event(tmp_path, 305.0, "checkpoint", trial_id="a", epoch=2)  # the current session: 5 s so far
     assert spent_s(tmp_path) == 30.0 + 12.0 + 5.0
+    assert spent_s(tmp_path, now=320.0) == 30.0 + 12.0 + 20.0  # the open session, until now
 
 
 def test_the_stopper_keeps_what_earlier_sessions_spent_and_logs_once(tmp_path: Path) -> None:
     now = time.time()
     _event(tmp_path, now - 100.0, SESSION_START)
     _event(tmp_path, now - 60.0, SESSION_END)  # 40 s spent before
-    assert not TimeBudget(str(tmp_path), 45.0).stop_all()
-    spent = TimeBudget(str(tmp_path), 40.0)
+    _event(tmp_path, now - 10.0, SESSION_START)  # this session began 10 s ago (the audit, Ray's start)
+    assert not TimeBudget(str(tmp_path), 60.0).stop_all()
+    spent = TimeBudget(str(tmp_path), 49.0)
     assert spent.stop_all() and spent.stop_all()
     assert sum(e["event"] == BUDGET_SPENT for e in read_jsonl(tmp_path / EVENTS_LOG)) == 1
 

@@ -1,11 +1,13 @@
-"""`search.time_budget_s`: the wall-clock seconds a search's trials may take, over every session of
-the search (the first run and each `tlsearch resume`).
+"""`search.time_budget_s`: the wall-clock seconds a search may take, over every session of it (the
+first run and each `tlsearch resume`), from the session's start (the data audit and Ray's start-up
+included) until its trials stop; the baselines and the final model come after.
 
-Each session of the search's trials is bracketed in the event log (`search_session` ...
-`search_session_end`); a driver killed mid-session left no end, and its session counts until the
-last record it wrote. When the budget runs out, Tune stops every running trial without telling the
-searcher or the callbacks (its `stop_all` path): the search's recorder ends them in the log
-(`ended_by: time_budget`) and the runner closes their Optuna trials, so nothing stays `running`.
+Each session is bracketed in the event log (`search_session` ... `search_session_end`); a driver
+killed mid-session left no end, and its session counts until the last record it wrote.
+
+When the budget runs out, Tune stops every running trial without telling the searcher or the
+callbacks (its `stop_all` path): the search's recorder ends them in the log (`ended_by:
+time_budget`) and the runner closes their Optuna trials, so nothing stays `running`.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ def end_session(run_dir: Path) -> None:
     append_jsonl(run_dir / EVENTS_LOG, {"event": SESSION_END, "time": time.time()})
 
 
-def spent_s(run_dir: Path) -> float:
-    """Seconds the search's trials have taken so far, over every session in the log."""
+def spent_s(run_dir: Path, *, now: float | None = None) -> float:
+    """Seconds the search has taken so far, over every session in the log; the last session, when
+    still open, until `now` (None: until its last record, as for a killed driver's)."""
     events = read_jsonl(run_dir / EVENTS_LOG)
     records = sorted(
         [(e["time"], e.get("event")) for e in events if "time" in e]
@@ -51,7 +54,7 @@ def spent_s(run_dir: Path) -> float:
         elif opened is not None:
             last = when
     if opened is not None:
-        spent += max(0.0, last - opened)
+        spent += max(0.0, (last if now is None else now) - opened)
     return spent
 
 
@@ -101,7 +104,8 @@ class TimeBudget(Stopper):
         if self._spent:
             return True
         if self._deadline is None:
-            self._deadline = time.time() + self.budget_s - spent_s(Path(self.run_dir))
+            now = time.time()
+            self._deadline = now + self.budget_s - spent_s(Path(self.run_dir), now=now)
         if time.time() < self._deadline:
             return False
         self._spent = True

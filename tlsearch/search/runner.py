@@ -311,9 +311,9 @@ def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | Non
             recorder = _recorder(spec, run_dir)
             recorder.setup()  # writes the W&B runs of the trials just ended
             recorder.tracker.close()
+        budget.end_session(run_dir)
     else:
         tuner = _tuner(resolved, run_dir, restore=restore)
-        budget.start_session(run_dir)
         grid = tuner.fit()
         budget.end_session(run_dir)
         if restore:
@@ -507,6 +507,7 @@ def run_search(spec: Spec, *, address: str | None = None) -> Outcome:
                 f"there; start this one with another name (`--name {spec.name}-2`)"
             )
     run_dir.mkdir(parents=True)
+    budget.start_session(run_dir)  # the time budget counts from here: the audit and Ray's start-up too
     try:
         resolved = resolve(spec, run_dir)
     except BaseException:
@@ -522,6 +523,7 @@ def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
 
     run_dir = Path(run_dir).expanduser().resolve()
     spec = read_resolved_spec(run_dir)
+    budget.start_session(run_dir)
     resolved = resolve(spec, run_dir, resuming=True)
     restorable = tune.Tuner.can_restore("/".join(experiment_location(spec, run_dir)))
     if not restorable and (run_dir / TRIALS_TABLE).exists():

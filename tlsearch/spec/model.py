@@ -271,8 +271,9 @@ class SearchSpec(Strict):
     """Configurations tried first: `default` (one per strategy, every knob at its preferred value),
     `none`, or a list of them."""
     time_budget_s: float | None = Field(None, gt=0)
-    """Wall-clock seconds the search's trials may take, over every session of the search (a resumed
-    search gets what is left); none: no limit. When it runs out, no trial starts and running ones
+    """Wall-clock seconds the search may take, from `tlsearch run` (the data audit and Ray's start-up
+    included) until its trials stop, over every session of it (a resumed search gets what is left);
+    none: no limit. When it runs out, no trial starts and running ones
     stop where they are (status `stopped_early`, `ended_by: time_budget`); the baselines and the
     final model come after it and are not counted."""
     max_failures: int = Field(1, ge=0)
