@@ -472,6 +472,9 @@ def run_optuna_loop(
     low, high = task.lr
 
     def objective(trial: optuna.Trial) -> float:
+        if log.over():  # `timeout` is checked only between trials
+            trial.study.stop()
+            raise optuna.TrialPruned()
         config = hp_config(
             trial.suggest_float("learning_rate", low, high, log=True),
             trial.suggest_float("weight_decay", 0.0, 0.1),
@@ -514,7 +517,7 @@ def run_optuna_loop(
         pruner=optuna.pruners.MedianPruner(),
     )
     study.optimize(objective, n_trials=1000, timeout=budget_s)
-    return len(study.trials)
+    return len({e["trial"] for e in read_evaluations(folder)})
 
 
 def run_tlsearch(

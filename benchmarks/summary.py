@@ -31,6 +31,9 @@ SOURCES: dict[str, tuple[str, str]] = {
     # other tables: search_efficiency_events.json, _val_all_events, _vision_events.
     "time_to_target_vs_random": ("search_efficiency_wide_events.json", "time_to_target_vs_random"),
     "bookkeeping_s_per_trial": ("bookkeeping.json", "bookkeeping_s_per_trial"),
+    # Against Trainer.hyperparameter_search (Optuna, Ray) and a plain Optuna loop at equal budget.
+    "peers_best_vs_tlsearch": ("peers.json", "peers_best_vs_tlsearch"),
+    "peers_time_to_their_best_ratio": ("peers.json", "peers_time_to_their_best_ratio"),
     "gpu_name": ("gpu_results.json", "gpu_name"),
     "vit_b16_full_img_s": ("gpu_results.json", "vit_b16_full_img_s"),
     "vit_b16_full_mfu": ("gpu_results.json", "vit_b16_full_mfu"),

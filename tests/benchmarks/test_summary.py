@@ -1,4 +1,4 @@
-"""The headline figures file names every key of issue 5, with its source, null where unmeasured."""
+"""The headline figures file names every key of issues 5 and 24, with its source, null where unmeasured."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ KEYS = {
     "train_vs_plain_throughput",
     "time_to_target_vs_random",
     "bookkeeping_s_per_trial",
+    "peers_best_vs_tlsearch",
+    "peers_time_to_their_best_ratio",
     "gpu_name",
     "vit_b16_full_img_s",
     "vit_b16_full_mfu",

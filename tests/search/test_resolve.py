@@ -10,7 +10,7 @@ import pytest
 from tlsearch.data.datasets import load_split
 from tlsearch.data.tables import file_sha256
 from tlsearch.errors import UserInputError
-from tlsearch.search.resolve import resolve_data
+from tlsearch.search.resolve import resolve, resolve_data
 from tlsearch.spec import validate_spec
 from tlsearch.testing import image_rows, image_spec, write_image_folder, write_parquet
 
@@ -71,3 +71,26 @@ def test_what_is_on_disk_must_be_the_form_the_spec_names(tmp_path: Path) -> None
     for data, message in cases:
         with pytest.raises(UserInputError, match=message):
             resolve_data(validate_spec(folder_spec(tmp_path, **data)), tmp_path / "run")
+
+
+def test_default_strategies_a_convolutional_model_cannot_run_are_left_out(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = {
+        split: write_parquet(image_rows(9, seed=i, size=8), tmp_path / f"{split}.parquet")
+        for i, split in enumerate(("train", "validation"))
+    }
+    model = {"name": "test_efficientnet"}
+    spec = validate_spec(image_spec(files, tmp_path / "runs", model=model, audit={"enabled": False}))
+    assert "lora" in spec.strategies.enabled()  # the defaults, before the model is known
+    resolved = resolve(spec, tmp_path / "run")
+    assert "lora" not in resolved.space.strategy_names()
+    assert "lora" not in resolved.spec.strategies.enabled()
+    assert {"linear_probe", "full"} <= set(resolved.space.strategy_names())
+    assert "default strategy `lora` left out: LoRA target preset" in capsys.readouterr().out
+
+    named = image_spec(
+        files, tmp_path / "runs", model=model, audit={"enabled": False}, strategies={"lora": {}}
+    )
+    with pytest.raises(UserInputError, match="matches no module of this model"):
+        resolve(validate_spec(named), tmp_path / "run2")

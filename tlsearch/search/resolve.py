@@ -21,13 +21,13 @@ from tlsearch.audit import AUDIT_DIR, AUDIT_FILE, dropped_train_rows, run_audit,
 from tlsearch.data.paths import data_paths
 from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
 from tlsearch.errors import UserInputError
-from tlsearch.models import build_model
+from tlsearch.models import LoadedModel, build_model
 from tlsearch.results.files import LAYOUT_VERSION, RESOLVED_SPEC
 from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
 from tlsearch.spec import Spec
 from tlsearch.spec.load import validate_spec
-from tlsearch.spec.model import split_form
+from tlsearch.spec.model import StrategiesSpec, split_form
 from tlsearch.spec.strategy import STRATEGIES
 from tlsearch.spec.vocab import TABLE_SUFFIXES
 from tlsearch.strategies.base import check
@@ -124,6 +124,7 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     else:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     probe = build_model(spec.model, len(data.labels), weights=False)
+    spec = _without_unfit_defaults(spec, probe)
     space = build_space(spec, num_blocks=probe.layers.num_blocks)
     for strategy in space.strategy_names():
         check(strategy, probe, space.dims(strategy))  # fail now, not in every trial
@@ -134,6 +135,27 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     return Resolved(
         spec, data, space, probe.layers.num_blocks, hashes, study_name, pooling=probe.pooling, audit=audit
     )
+
+
+def _without_unfit_defaults(spec: Spec, probe: LoadedModel) -> Spec:
+    """A spec without a `strategies` section searches the default strategies: leave out those this
+    model cannot run (LoRA on a convolutional network), saying why. A strategy the spec names is
+    never dropped: its check fails the search instead."""
+    if "strategies" in spec.model_fields_set:
+        return spec
+    space = build_space(spec, num_blocks=probe.layers.num_blocks)
+    kept: list[str] = []
+    for strategy in space.strategy_names():
+        try:
+            check(strategy, probe, space.dims(strategy))
+        except UserInputError as exc:
+            print(f"[tlsearch] default strategy `{strategy}` left out: {exc}", flush=True)
+        else:
+            kept.append(strategy)
+    if kept == space.strategy_names():
+        return spec
+    strategies = StrategiesSpec(**{name: {} for name in kept}, common=spec.strategies.common)
+    return spec.model_copy(update={"strategies": strategies})
 
 
 def audit_search(
