@@ -119,7 +119,7 @@ def rotten_tomatoes_table() -> pa.Table:
 
 
 TASKS: dict[str, Task] = {
-    "bbc": Task("text", "f1_macro", bbc_table, "text", (700, 200, 334), (1e-5, 3e-4), max_length=128),
+    "bbc": Task("text", "f1_macro", bbc_table, "text", (700, 200, 320), (1e-5, 3e-4), max_length=128),
     "rotten_tomatoes": Task(
         "text", "f1_macro", rotten_tomatoes_table, "text", (2000, 500, 1000), (1e-5, 3e-4), max_length=64
     ),

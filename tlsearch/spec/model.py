@@ -126,7 +126,8 @@ CommonSpace = CommonKnobs.space
 class StrategiesSpec(Strict):
     """`strategies`: one section per strategy searched (its knobs' search ranges), and `common`. A
     strategy left out is not searched; `lora:` with nothing after it searches LoRA with its default
-    ranges. No section at all: the four built-in strategies with their defaults."""
+    ranges. No section at all: the four built-in strategies with their defaults, less those the
+    model cannot run (LoRA on a convolutional network; the search says so when it starts)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)  # the strategies' sections, validated below
     common: CommonSpace = CommonSpace()  # type: ignore[valid-type]
