@@ -124,10 +124,7 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     else:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     probe = build_model(spec.model, len(data.labels), weights=False)
-    spec = _without_unfit_defaults(spec, probe)
-    space = build_space(spec, num_blocks=probe.layers.num_blocks)
-    for strategy in space.strategy_names():
-        check(strategy, probe, space.dims(strategy))  # fail now, not in every trial
+    spec, space = _checked_space(spec, probe)
     # After the checks above: a spec that cannot run fails in seconds, before the feature pass.
     audit = audit_search(spec, data, run_dir, resuming=resuming)
     if audit is not None:
@@ -137,25 +134,27 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     )
 
 
-def _without_unfit_defaults(spec: Spec, probe: LoadedModel) -> Spec:
-    """A spec without a `strategies` section searches the default strategies: leave out those this
-    model cannot run (LoRA on a convolutional network), saying why. A strategy the spec names is
-    never dropped: its check fails the search instead."""
-    if "strategies" in spec.model_fields_set:
-        return spec
+def _checked_space(spec: Spec, probe: LoadedModel) -> tuple[Spec, SearchSpace]:
+    """The search space, every strategy checked against the model now rather than in every trial.
+    A spec without a `strategies` section searches the defaults: those this model cannot run (LoRA on
+    a convolutional network) are left out, saying why. A strategy the spec names fails the search."""
+    defaulted = "strategies" not in spec.model_fields_set
     space = build_space(spec, num_blocks=probe.layers.num_blocks)
     kept: list[str] = []
     for strategy in space.strategy_names():
         try:
             check(strategy, probe, space.dims(strategy))
         except UserInputError as exc:
+            if not defaulted:
+                raise
             print(f"[tlsearch] default strategy `{strategy}` left out: {exc}", flush=True)
         else:
             kept.append(strategy)
     if kept == space.strategy_names():
-        return spec
-    strategies = StrategiesSpec(**{name: {} for name in kept}, common=spec.strategies.common)
-    return spec.model_copy(update={"strategies": strategies})
+        return spec, space
+    sections = {name: spec.strategies.space(name) for name in kept}
+    spec = spec.model_copy(update={"strategies": StrategiesSpec(**sections, common=spec.strategies.common)})
+    return spec, build_space(spec, num_blocks=probe.layers.num_blocks)
 
 
 def audit_search(
