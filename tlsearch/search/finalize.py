@@ -170,7 +170,7 @@ def _from_checkpoint(
     """The trial's model with the weights of `checkpoint` (a trials.parquet value)."""
     from tlsearch.models import build_model
     from tlsearch.strategies.base import prepare
-    from tlsearch.train.checkpoint import open_checkpoint, read_meta
+    from tlsearch.train.checkpoint import load_weights, open_checkpoint, read_meta
     from tlsearch.train.loop import seed_everything
 
     seed_everything(spec.seed)
@@ -179,7 +179,7 @@ def _from_checkpoint(
     location = checkpoint_location(run_dir, checkpoint)
     with open_checkpoint(location) as directory:
         assert directory is not None
-        prepared.checkpoint.load(prepared.model, directory)
+        load_weights(prepared, directory)  # written sharded or not
         epochs = int(read_meta(directory)["epoch"])
     return ChosenModel(prepared.model.eval(), loaded, epochs, location)
 

@@ -73,7 +73,8 @@ def from_scratch(run: RunContext) -> RunContext:
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
-    train_trial(loop_config["inputs"], TrainSession())
+    inputs: TrialInputs = loop_config["inputs"]
+    train_trial(inputs, TrainSession(inputs.run.spec.resources.fsdp))
 
 
 def _fit_with_ray_train(inputs: TrialInputs) -> None:

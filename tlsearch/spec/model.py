@@ -314,11 +314,31 @@ class SearchSpec(Strict):
         return (Objective(self.metric, self.resolved_mode),)
 
 
+class FsdpSpec(Strict):
+    """`resources.fsdp`: how a sharded (FSDP2) trial shards its model."""
+
+    cpu_offload: bool = False
+    """Keep the sharded parameters, gradients and optimizer state in host memory between uses (FSDP2's
+    CPUOffloadPolicy): room for a larger model on each device, at the cost of copies every step."""
+    reshard_after_forward: bool = True
+    """Free each block's gathered parameters after its forward pass and gather them again for the
+    backward pass (less memory); false keeps them until the backward (one all-gather fewer per block)."""
+
+
 class ResourcesSpec(Strict):
     """`resources`: what each trial holds on the Ray cluster."""
 
     workers_per_trial: int = Field(1, ge=1)
-    """1: the trial trains in its Tune trial process; more: a Ray Train DDP run on that many workers."""
+    """1: the trial trains in its Tune trial process; more: a Ray Train run on that many workers
+    (data parallel, each worker holding the whole model, or sharded: `parallelism`)."""
+    parallelism: Literal["auto", "ddp", "fsdp"] = "auto"
+    """How a multi-worker trial spreads its model: `ddp`, every worker holds the whole model, its
+    gradients and optimizer state; `fsdp`, each holds 1/N of them (PyTorch FSDP2, one shard group per
+    block), for backbones whose training state does not fit one device; `auto`, per trial, DDP where
+    the estimate of its training state and activations fits 85% of a device's memory, else FSDP (DDP
+    on CPU-only clusters). Single-worker trials are neither."""
+    fsdp: FsdpSpec = FsdpSpec()
+    """Options of sharded trials."""
     cpus_per_worker: float = Field(1.0, gt=0)
     """CPUs each worker holds (and torch's threads)."""
     gpus_per_worker: float | None = Field(None, ge=0)
@@ -625,6 +645,7 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                     f"Known: {', '.join(s + '://' for s in CHECKPOINT_SCHEMES)}, or a path",
                 )
             )
+    problems += _check_parallelism(spec)
     if r.use_gpu is False and r.gpus_per_worker:
         problems.append(("resources.gpus_per_worker", "must be 0 or unset when `use_gpu: false`"))
 
@@ -669,6 +690,34 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
     if isinstance(s.seed_configs, list):
         problems += _check_seed_configs(spec)
     problems += _check_augmentation(spec)
+    return problems
+
+
+def _check_parallelism(spec: Spec) -> list[tuple[str, str]]:
+    """Sharding needs several workers; a strategy that cannot train sharded is refused by name."""
+    r = spec.resources
+    problems = []
+    if r.parallelism == "fsdp" and r.workers_per_trial == 1:
+        problems.append(
+            (
+                "resources.parallelism",
+                "`fsdp` shards a trial's model over its workers, but workers_per_trial is 1: set "
+                "workers_per_trial to 2 or more, or remove `parallelism`",
+            )
+        )
+    if "fsdp" in r.model_fields_set and r.parallelism == "ddp":
+        problems.append(("resources.fsdp", "applies to sharded trials only: remove it, or set parallelism"))
+    if r.parallelism == "fsdp" and r.workers_per_trial > 1:
+        for name in spec.strategies.enabled():  # the defaults all shard: these are named
+            reason = STRATEGIES.get(name).not_sharded_because
+            if reason:
+                problems.append(
+                    (
+                        f"strategies.{name}",
+                        f"cannot train sharded ({reason}): remove it, or set resources.parallelism to "
+                        "ddp or auto",
+                    )
+                )
     return problems
 
 

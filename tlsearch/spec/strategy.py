@@ -233,6 +233,8 @@ class Strategy:
     feature_cache: bool = False
     # Searched when a spec has no `strategies` section.
     default: bool = False
+    # Why its trials cannot train sharded (FSDP2), or None when they can.
+    not_sharded_because: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or self.name == COMMON:

@@ -9,6 +9,13 @@ at once (Ray Train workers, a local session), or, for a single-worker Tune trial
 own while the next epoch trains (tlsearch.train.session). `detached` makes the second safe: it copies
 what the next steps change (trainable weights, AdamW's moments) to host memory first.
 
+A sharded (FSDP2) trial's checkpoint holds no whole tensor anywhere: every worker writes its shards
+of the saved weights (`MODEL_SHARDS`) and of the optimizer state (`OPTIMIZER_SHARDS`) with
+torch.distributed.checkpoint in safetensors files (DCP's Hugging Face storage, each file naming its
+shard's offsets: no pickle), and rank 0 the rest; Ray Train merges the workers' files into one
+checkpoint directory. `restore` puts the shards back into a sharded trial on any number of workers,
+`load_weights` into an unsharded model too (finalize, export), since DCP reshards on reading.
+
 Where they live (`CheckpointLayout`): a single-worker trial reports to Tune, which keeps them as
 `<experiment>/trial_<id>/checkpoint_000000/`, ...; a multi-worker trial is one Ray Train run per
 trial, `<experiment>/train/<search>-<id>/checkpoint_epoch_0001/`, ... The experiment directory is the
@@ -33,6 +40,8 @@ if TYPE_CHECKING:
 
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
+MODEL_SHARDS = "model_shards"  # a sharded trial's saved weights, one safetensors file per worker
+OPTIMIZER_SHARDS = "optimizer_shards"  # its optimizer's tensors, the same way
 
 
 def host_copy(value: Any) -> Any:
@@ -53,6 +62,12 @@ class EpochCheckpoint:
     tensors: dict[str, torch.Tensor]  # what the strategy saves of it: the model's own, until `detached`
     state: dict[str, Any]  # optimizer, scheduler, RNG, epoch, ...: torch.save'd as STATE_FILE
     meta: dict[str, Any]
+    # A sharded trial's: this worker's shards of the optimizer state (by DCP's flattened names); the
+    # optimizer's other values (learning rates, betas, ...) are in `state`.
+    optimizer_tensors: dict[str, torch.Tensor] | None = None
+    writes_state: bool = (
+        True  # False on a sharded trial's other ranks: rank 0 writes STATE_FILE and META_FILE
+    )
 
     @classmethod
     def take(
@@ -76,6 +91,32 @@ class EpochCheckpoint:
             meta=meta,
         )
 
+    @classmethod
+    def take_sharded(
+        cls,
+        prepared: Prepared,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        meta: dict[str, Any],
+        rank: int,
+        **state: Any,
+    ) -> EpochCheckpoint:
+        """This worker's part of a sharded trial's checkpoint (every rank takes one)."""
+        optimizer_tensors, optimizer_values = _flat_optimizer_state(prepared, optimizer)
+        return cls(
+            prepared=prepared,
+            tensors=prepared.checkpoint.tensors(prepared.model),
+            state={
+                "optimizer_values": optimizer_values,
+                "scheduler": scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                **state,
+            },
+            meta=meta,
+            optimizer_tensors=optimizer_tensors,
+            writes_state=rank == 0,
+        )
+
     def detached(self) -> EpochCheckpoint:
         """The same checkpoint in host memory, no longer tied to tensors that training changes."""
         return replace(self, tensors=host_copy(self.tensors), state=host_copy(self.state))
@@ -83,10 +124,65 @@ class EpochCheckpoint:
     def write(self, directory: Path) -> float:
         """Writes the files into the (empty) `directory`; returns the seconds it took."""
         started = time.time()
-        self.prepared.checkpoint.write(self.prepared.model, self.tensors, directory)
-        torch.save(self.state, directory / STATE_FILE)
-        (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str))
+        if self.optimizer_tensors is not None:  # a collective: every rank writes its shards
+            _save_shards(self.tensors, directory / MODEL_SHARDS)
+            _save_shards(self.optimizer_tensors, directory / OPTIMIZER_SHARDS)
+        else:
+            self.prepared.checkpoint.write(self.prepared.model, self.tensors, directory)
+        if self.writes_state:
+            torch.save(self.state, directory / STATE_FILE)
+            (directory / META_FILE).write_text(json.dumps(self.meta, indent=2, default=str))
         return time.time() - started
+
+
+def _flat_options() -> Any:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    # One entry per tensor ("state.<parameter>.exp_avg"): DCP saves and reshards them by name.
+    return StateDictOptions(flatten_optimizer_state_dict=True)
+
+
+def _flat_optimizer_state(
+    prepared: Prepared, optimizer: torch.optim.Optimizer
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A sharded model's optimizer state by parameter name: (its tensors, each rank its shards; the
+    rest: learning rates, betas, ...). An optimizer that has not stepped yet gets its state first."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    flat: dict[str, Any] = dict(get_optimizer_state_dict(prepared.model, optimizer, options=_flat_options()))
+    tensors = {k: v for k, v in flat.items() if isinstance(v, torch.Tensor)}
+    return tensors, {k: v for k, v in flat.items() if k not in tensors}
+
+
+def _save_shards(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageWriter
+
+    directory.mkdir()
+    dcp.save(tensors, storage_writer=HuggingFaceStorageWriter(str(directory), save_distributed=True))
+
+
+def _load_shards(tensors: dict[str, torch.Tensor], directory: Path) -> None:
+    """Reads a sharded checkpoint's tensors into `tensors` in place, whatever their sharding now (a
+    sharded model on any number of workers, or a whole one in a single process)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import HuggingFaceStorageReader
+
+    dcp.load(tensors, storage_reader=HuggingFaceStorageReader(str(directory)))
+
+
+def is_sharded_checkpoint(directory: Path) -> bool:
+    return (directory / MODEL_SHARDS).is_dir()
+
+
+def load_weights(prepared: Prepared, directory: Path) -> None:
+    """Puts a checkpoint's weights into a freshly prepared model, sharded or not, from a checkpoint
+    written sharded or not."""
+    if is_sharded_checkpoint(directory):
+        with torch.no_grad():
+            _load_shards(prepared.checkpoint.tensors(prepared.model), directory / MODEL_SHARDS)
+    else:
+        prepared.checkpoint.load(prepared.model, directory)
 
 
 @dataclass(frozen=True)
@@ -107,9 +203,18 @@ def restore(
 ) -> Restored:
     """Puts a checkpoint back into a freshly prepared trial: model weights (safetensors), optimizer,
     schedule and the RNG state the next epoch draws from."""
-    prepared.checkpoint.load(prepared.model, directory)
+    load_weights(prepared, directory)
     state = torch.load(directory / STATE_FILE, map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(state["optimizer"])
+    if is_sharded_checkpoint(directory):
+        from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+
+        # The optimizer's own state as the template that DCP fills in place, then its other values.
+        tensors, _ = _flat_optimizer_state(prepared, optimizer)
+        _load_shards(tensors, directory / OPTIMIZER_SHARDS)
+        flat = {**tensors, **state["optimizer_values"]}
+        set_optimizer_state_dict(prepared.model, optimizer, flat, options=_flat_options())
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["torch_rng"])
     return Restored(

@@ -30,7 +30,7 @@ from tlsearch.data.datasets import ImageDataset, Split, TextDataset, load_split
 from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel, ModelSource
 from tlsearch.spec.model import ModelSpec
-from tlsearch.spec.strategy import CommonKnobs
+from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
 from tlsearch.strategies.base import Prepared, prepare
 from tlsearch.train import process_cache
 from tlsearch.train.batches import ToDevice
@@ -40,8 +40,10 @@ from tlsearch.train.head_probe import HeadProbe, probe_head
 from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.losses import TrainingLoss
+from tlsearch.train.memory_plan import choose_sharding, plan
 from tlsearch.train.metrics import classification_metrics
 from tlsearch.train.session import Session, node_id, node_ip
+from tlsearch.train.sharding import DDP, FSDP, NONE, is_sharded
 
 
 class TrainingDiverged(RuntimeError):
@@ -118,7 +120,7 @@ class Training:
     loop runs in a Tune trial actor, on Ray Train workers, or under a benchmark's stopwatch."""
 
     prepared: Prepared
-    model: nn.Module  # wrapped for the session (DDP on several workers), compiled when asked
+    model: nn.Module  # wrapped for the session (DDP or sharded on several workers), compiled when asked
     device: torch.device
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
@@ -137,6 +139,8 @@ class Training:
     # What the feature cache did (tlsearch.train.features): the loaders then feed the model's tail
     # with cached features of its frozen prefix, and `model` is that tail.
     feature_cache: FeatureCacheUse
+    # What `model` trains under: `fsdp` (sharded), `ddp`, or `none` (one process).
+    parallelism: str = NONE
     head_probe: HeadProbe | None = None  # LP-FT's probe, run before the first epoch
     # Where a trial's start-up goes (benchmarks/trial_overhead.py): wall clock when this loop began
     # (a multi-worker trial's rank 0: after Ray Train started its workers), when the model was ready,
@@ -210,6 +214,24 @@ def loader_workers(run: RunContext) -> int:
     return workers
 
 
+def trains_sharded(inputs: TrialInputs, session: Session, blocks: list[nn.Module]) -> bool:
+    """Whether a trial shards its model (FSDP2): `resources.parallelism`, for `auto` the memory plan
+    (FSDP where DDP would not fit the GPU). Never on one worker, for a strategy that cannot (refused
+    by name at validation), or for what holds no block (a head on cached features)."""
+    run, config = inputs.run, inputs.config
+    asked = run.spec.resources.parallelism
+    if session.world_size == 1 or not blocks or STRATEGIES.get(config.strategy).not_sharded_because:
+        return False
+    if asked != "auto":
+        return asked == FSDP
+    if session.device.type != "cuda":
+        return False
+    ddp, _ = plan(run.spec.model, run.num_classes, config, workers=session.world_size, on_gpu=True)
+    decision = [choose_sharding(ddp, session.device)]
+    dist.broadcast_object_list(decision, src=0)  # one answer, should the ranks' devices differ
+    return bool(decision[0])
+
+
 def setup_training(inputs: TrialInputs, session: Session) -> Training:
     """Model, strategy, loaders, optimizer and schedule of one trial, on the session's device."""
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
@@ -268,8 +290,17 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
     else:
         trained = prepared.model
 
+    # A sharded trial shards each block of what trains here (with cached features: the tail's).
+    in_trained = set(trained.modules())
+    blocks = [
+        block
+        for block in (loaded.model.get_submodule(prefix) for prefix in loaded.layers.block_prefixes)
+        if block in in_trained
+    ]
+    shard_blocks = blocks if trains_sharded(inputs, session, blocks) else []
+
     def wrap() -> nn.Module:
-        wrapped = session.wrap(trained)
+        wrapped = session.wrap(trained, shard_blocks)
         if spec.training.compile:
             # In place: parameter names, checkpoints and the DDP wrapper stay as they are (a DDP module
             # compiled whole lets dynamo split its graph at the gradient buckets).
@@ -277,6 +308,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         return wrapped
 
     model = wrap()
+    parallelism = FSDP if is_sharded(model) else DDP if session.world_size > 1 else NONE
     if cache.datasets is None:
         train_set, val_set = trial_datasets()
 
@@ -341,7 +373,9 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         rss_at_start_gib=rss_at_start_gib,
         data_ready=time.time(),
         poll=session.poll,
-        rewrap=wrap if session.world_size > 1 else None,
+        parallelism=parallelism,
+        # Gradual unfreezing under DDP (it is refused sharded: tlsearch.spec.model._check_parallelism).
+        rewrap=wrap if parallelism == DDP else None,
     )
 
 
@@ -389,10 +423,29 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
             # Kept on the device until the end: one copy to the host instead of a stall per batch.
             logits.append(_forward(model, batch, training.to_device, training.source).float())
         targets.append(target)
+    if training.parallelism == FSDP:
+        _match_forward_passes(training, session, len(logits))
     # A rank may hold no validation rows at all (fewer rows than workers).
     local_logits = torch.cat(logits).cpu() if logits else torch.zeros((0, num_classes))
     local_targets = torch.cat(targets) if targets else torch.zeros((0,), dtype=torch.long)
     return _gather(local_logits, session.world_size), _gather(local_targets, session.world_size)
+
+
+def _match_forward_passes(training: Training, session: Session, done: int) -> None:
+    """Every rank of a sharded model must run as many forward passes (each gathers a block's
+    parameters from all ranks), but validation shards may differ by a batch: a rank with fewer runs
+    the difference on the validation set's first row, its output dropped."""
+    device = training.device if dist.get_backend() == "nccl" else torch.device("cpu")
+    most = torch.tensor([done], device=device)
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    missing = int(most.item()) - done
+    if missing:
+        shard: Any = training.val_loader.dataset  # a Subset of the validation set (setup_training)
+        full: Any = shard.dataset
+        batch, _ = full.collate([full[0]])
+        for _ in range(missing):
+            with training.autocast():
+                _forward(training.model, batch, training.to_device, training.source)
 
 
 def describe_trial(inputs: TrialInputs, training: Training) -> str:
@@ -459,6 +512,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
         # Not "pid": Tune overwrites that key with the trial actor's pid.
         "rank0_pid": os.getpid(),  # the process that trains (rank 0), for py-spy and friends
         "workers": session.world_size,
+        "parallelism": training.parallelism,
         # built: this trial computed the frozen prefix's features (its wall and device seconds include
         # that); reused: another trial had; off / none / unsupported: it ran the whole model each step.
         # (lp_ft: what the cache did for its head probe, which ran on it)
@@ -510,22 +564,21 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 host_rss_gib=resident_gib(),  # rank 0's process at the epoch's end
             )
             epoch_checkpoint = None
-            if session.world_rank == 0:
-                epoch_checkpoint = EpochCheckpoint.take(
-                    prepared,  # the whole model's names, cached features or not
-                    optimizer,
-                    scheduler,
-                    epoch=epoch + 1,
-                    wall_s=wall_s,
-                    inherited_device_s=inherited_device_s,
-                    meta={
-                        "trial_id": inputs.trial_id,
-                        "epoch": epoch + 1,
-                        "config": config.as_dict(),
-                        "labels": list(run.data.labels),
-                        "metrics": {k: v for k, v in metrics.items() if k != "param_groups"},
-                    },
+            meta = {
+                "trial_id": inputs.trial_id,
+                "epoch": epoch + 1,
+                "config": config.as_dict(),
+                "labels": list(run.data.labels),
+                "metrics": {k: v for k, v in metrics.items() if k != "param_groups"},
+            }
+            state = {"epoch": epoch + 1, "wall_s": wall_s, "inherited_device_s": inherited_device_s}
+            if training.parallelism == FSDP:  # each rank its shards
+                epoch_checkpoint = EpochCheckpoint.take_sharded(
+                    prepared, optimizer, scheduler, meta, session.world_rank, **state
                 )
+            elif session.world_rank == 0:
+                # the whole model's names, cached features or not
+                epoch_checkpoint = EpochCheckpoint.take(prepared, optimizer, scheduler, meta, **state)
             # Between epochs, not training: `checkpoint_save_s` (what the training thread spent on the
             # checkpoint) is part of what keeps the device idle.
             session.report(metrics, epoch_checkpoint, epoch + 1)

@@ -5,8 +5,8 @@
   `training.background_checkpoints`) each epoch's report goes to Tune from a thread of its own: the
   files are written, Ray copies them to the trial's storage and the driver answers while the next
   epoch trains (the device would otherwise wait for all three, every epoch).
-- TrainSession: a multi-worker trial runs the loop on Ray Train workers (DDP); rank 0's
-  reports reach Tune through TuneReportCallback.
+- TrainSession: a multi-worker trial runs the loop on Ray Train workers, data parallel (DDP) or
+  sharded (FSDP2: tlsearch.train.sharding); rank 0's reports reach Tune through TuneReportCallback.
 - LocalSession: one trial in this process, no Ray (benchmarks, tests): reports are kept in a list.
 """
 
@@ -16,15 +16,17 @@ import contextlib
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from tlsearch.spec.model import FsdpSpec
 from tlsearch.train.checkpoint import CheckpointLayout, EpochCheckpoint, as_directory
 from tlsearch.train.scratch import scratch_dir
+from tlsearch.train.sharding import shard
 
 
 class Session(Protocol):
@@ -32,9 +34,10 @@ class Session(Protocol):
     world_size: int
     device: torch.device
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        """The module as this session trains it: on its device; DDP on several workers. A wrapper may
-        replace the parameter objects: the loop builds the optimizer from the wrapped module."""
+    def wrap(self, model: nn.Module, shard_blocks: Sequence[nn.Module] = ()) -> nn.Module:
+        """The module as this session trains it: on its device; on several workers DDP, or sharded
+        when `shard_blocks` names the blocks to shard one by one. A wrapper may replace the parameter
+        objects: the loop builds the optimizer from the wrapped module."""
 
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def resumes(self) -> bool:
@@ -109,8 +112,8 @@ class TuneSession:
         self.background = background
         self._in_flight: _InFlight | None = None
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
+    def wrap(self, model: nn.Module, shard_blocks: Sequence[nn.Module] = ()) -> nn.Module:
+        return model.to(self.device)  # one process: nothing to shard over
 
     def worker_nodes(self) -> list[str]:
         return [node_id()]
@@ -166,8 +169,8 @@ class LocalSession:
         self.reports: list[dict[str, Any]] = []  # each epoch's metrics, in order
         self.checkpoints_to = checkpoints_to  # each epoch's checkpoint kept as <dir>/epoch_0001, ...
 
-    def wrap(self, model: nn.Module) -> nn.Module:
-        return model.to(self.device)
+    def wrap(self, model: nn.Module, shard_blocks: Sequence[nn.Module] = ()) -> nn.Module:
+        return model.to(self.device)  # one process: nothing to shard over
 
     def worker_nodes(self) -> list[str]:
         return [node_id()]
@@ -194,7 +197,7 @@ class LocalSession:
 
 
 class TrainSession:
-    def __init__(self) -> None:
+    def __init__(self, fsdp: FsdpSpec | None = None) -> None:
         import ray.train
         import ray.train.torch
 
@@ -202,10 +205,17 @@ class TrainSession:
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
+        if self.device.type == "cuda":
+            # Before the first collective on this process group's NCCL communicator: otherwise every
+            # rank may open it on GPU 0 and FSDP's first all-gather hangs (Ray issue #57860).
+            torch.cuda.set_device(self.device)
+        self.fsdp = fsdp or FsdpSpec()  # how a sharded trial shards
 
-    def wrap(self, model: nn.Module) -> nn.Module:
+    def wrap(self, model: nn.Module, shard_blocks: Sequence[nn.Module] = ()) -> nn.Module:
         import ray.train.torch
 
+        if shard_blocks:
+            return shard(model, shard_blocks, self.fsdp, self.device)
         return ray.train.torch.prepare_model(model)
 
     def worker_nodes(self) -> list[str]:
@@ -235,7 +245,8 @@ class TrainSession:
                 metrics, checkpoint=on_storage, checkpoint_dir_name=CheckpointLayout.epoch_dirname(epoch)
             )
 
-        # Every rank reports (it is a barrier); only rank 0 carries the checkpoint.
+        # Every rank reports (it is a barrier); rank 0 carries the checkpoint, or each rank its
+        # shards (Ray Train merges their files into one checkpoint directory).
         _write_then(metrics, checkpoint, send)
 
     def poll(self) -> None:

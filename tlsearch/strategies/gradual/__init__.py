@@ -37,4 +37,7 @@ STRATEGY = Strategy(
     GradualKnobs,
     "tlsearch.strategies.gradual.apply",
     summary="the head, then one more block from the top every `unfreeze_every` epochs",
+    # FSDP2 builds a block's gathered parameters once, with the trainability they had when it was
+    # sharded: a block that joins later would get no gradients.
+    not_sharded_because="it unfreezes blocks mid-trial, and FSDP2 fixes what trains when it shards",
 )
