@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -299,3 +300,24 @@ def test_predict_refuses_a_file_without_the_input_column_and_a_run_without_a_fin
     assert [r["row_id"] for r in table] == [0, 1]
     assert all(abs(sum(r[f"prob_{c}"] for c in ("food", "sport", "tech")) - 1) < 1e-5 for r in table)
     assert main(["predict", str(run_dir), "--input", str(good), "--output", str(out)]) == 2  # exists
+
+
+def test_validate_prints_the_memory_plan_of_a_multi_worker_spec(tiny_bert: Path, tmp_path: Path) -> None:
+    files = {"train": tmp_path / "train.parquet", "validation": tmp_path / "validation.parquet"}
+    spec = text_spec(
+        tiny_bert,
+        files,
+        tmp_path,
+        resources={"workers_per_trial": 4},
+        strategies={"full": {}, "lora": {}, "gradual": {}, "common": {"batch_size": [8, 32]}},
+    )
+    (tmp_path / "spec.yaml").write_text(yaml.safe_dump(spec))
+    result = tlsearch("validate", str(tmp_path / "spec.yaml"))
+    assert result.returncode == 0, result.stderr
+    assert "memory per device, 4 workers, batch size 32" in result.stdout
+    lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith("  ")}
+    assert set(lines) == {"full", "lora", "gradual"}
+    total = re.compile(r"(ddp|fsdp) ([0-9.]+) (GiB|MiB)")
+    full = {way: float(v) * (1024 if unit == "GiB" else 1) for way, v, unit in total.findall(lines["full"])}
+    assert 0 < full["fsdp"] < full["ddp"]  # a quarter of the weights, gradients and AdamW's moments
+    assert "fsdp not sharded: it unfreezes blocks mid-trial" in lines["gradual"]

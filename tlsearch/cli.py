@@ -180,6 +180,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
 
 
+def _print_memory_plan(spec: Spec) -> None:
+    """What a multi-worker search's trials hold per device, DDP and sharded (built on the meta device:
+    a model whose configuration cannot be read here gets a line saying so, not a failed validation)."""
+    from tlsearch.train.memory_plan import plan_lines
+
+    try:
+        lines = plan_lines(spec)
+    except (OSError, ValueError, RuntimeError) as exc:
+        lines = [f"memory per device: not estimated here ({type(exc).__name__}: {exc})"]
+    print("\n".join(lines))
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from tlsearch.spec import load_spec
 
@@ -193,6 +205,8 @@ def _dispatch(args: argparse.Namespace) -> int:
                 bad += 1
             else:
                 print(f"{path}: ok ({spec.name}: {', '.join(spec.strategies.enabled())})")
+                if spec.resources.workers_per_trial > 1:
+                    _print_memory_plan(spec)
         return EXIT_BAD_INPUT if bad else EXIT_OK
 
     if args.command == "audit":

@@ -45,9 +45,13 @@ def epochs_of(run_dir: Path) -> list[dict]:
     return pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
 
 
-def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
+def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
+    ray_connected, tiny_bert: Path, tmp_path: Path, parallelism: str
+) -> None:
     # 25 validation rows: with 2 workers the shards hold 13 and 12; metrics over the gathered whole
-    # are multiples of 1/25, per-shard ones would not be.
+    # are multiples of 1/25, per-shard ones would not be. In batches of 6 the shards are 3 and 2
+    # forward passes: a sharded model's ranks must still run as many.
     data = {
         "train": write_parquet(text_rows(160, seed=1), tmp_path / "train.parquet"),
         "validation": write_parquet(text_rows(25, seed=2), tmp_path / "validation.parquet"),
@@ -86,11 +90,12 @@ def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) ->
                 },
                 "common": {"batch_size": 8},
             },
-            resources={"workers_per_trial": 2, "cpus_per_worker": 1},
+            resources={"workers_per_trial": 2, "cpus_per_worker": 1, "parallelism": parallelism},
+            training={"eval_batch_size": 6},
         )
     )
     # Kill the first trial's rank-0 worker after its first checkpoint: Ray Train restarts the worker
-    # group, which resumes from that checkpoint.
+    # group, which resumes from that checkpoint (sharded: each rank from its shards).
     run_dir = spec.run_dir()
     killed: list[str] = []
 
@@ -118,6 +123,11 @@ def test_ddp_search_with_asha(ray_connected, tiny_bert: Path, tmp_path: Path) ->
     assert {t["strategy"] for t in trials} == {"full", "linear_probe", "lora", "partial"}
     for t in trials:
         assert t["workers"] == 2
+        # Sharded, but for a head on cached features (no block to shard: data parallel).
+        sharded = parallelism == "fsdp" and t["strategy"] != "linear_probe"
+        assert t["parallelism"] == ("fsdp" if sharded else "ddp"), t
+        files = {p.name for p in (run_dir / t["checkpoint"]).iterdir()}
+        assert ("model_shards" in files) == sharded, files
         assert t["device_s"] == pytest.approx(2 * t["wall_s"])  # 2 workers x 1 CPU each
         # Ray Train's start of the workers is its own part of the start-up, before the model's load
         assert 0 < t["workers_start_s"] < t["setup_s"] and 0 < t["model_load_s"] < t["setup_s"]

@@ -172,6 +172,24 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
             "resources.trial_driver_resources.stable",
             "must be > 0, but got 0",
         ),
+        (
+            {"resources": {"parallelism": "fsdp"}},
+            "resources.parallelism",
+            "`fsdp` shards a trial's model over its workers, but workers_per_trial is 1",
+        ),
+        (
+            {"resources": {"workers_per_trial": 2, "parallelism": "ddp", "fsdp": {"cpu_offload": True}}},
+            "resources.fsdp",
+            "applies to sharded trials only",
+        ),
+        (
+            {
+                "resources": {"workers_per_trial": 2, "parallelism": "fsdp"},
+                "strategies": {"full": {}, "gradual": {}},
+            },
+            "strategies.gradual",
+            "cannot train sharded (it unfreezes blocks mid-trial",
+        ),
         ({"checkpoint_storage": "s4://bucket/x"}, "checkpoint_storage", "Did you mean `s3`?"),
         ({"search": {"metric": "val_loss", "mode": "max"}}, "search.mode", "minimised"),
         (

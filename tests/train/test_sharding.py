@@ -148,7 +148,9 @@ def _matrix_worker(config: dict[str, Any]) -> None:
             if rank == 0:
                 for part in range(world):
                     shutil.copytree(root / case / f"rank{part}", merged, dirs_exist_ok=True)
-            full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+            full = get_model_state_dict(
+                model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+            )
             trained = {k: v for k, v in full.items() if k in checkpoint.tensors}
             dist.barrier()
             # Restored into a fresh sharded model and optimizer: the same weights, and the next step

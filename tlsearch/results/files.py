@@ -51,6 +51,7 @@ TRIAL_CONSTANTS = (
     "worker_nodes",
     "driver_node",
     "workers",
+    "parallelism",  # none (one process) | ddp | fsdp (sharded): tlsearch.train.sharding
     "param_groups",
     "workers_start_s",
     "model_load_s",

@@ -416,6 +416,9 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
 def evaluate(training: Training, session: Session, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     model = training.model
     model.eval()
+    # A sharded model's ranks must run as many forward passes (each gathers a block's parameters from
+    # all ranks), but validation shards may differ by a batch: known before the first one.
+    missing = _missing_forward_passes(training) if training.parallelism == FSDP else 0
     logits, targets = [], []
     for batch, target in training.val_loader:
         training.poll()
@@ -423,29 +426,27 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
             # Kept on the device until the end: one copy to the host instead of a stall per batch.
             logits.append(_forward(model, batch, training.to_device, training.source).float())
         targets.append(target)
-    if training.parallelism == FSDP:
-        _match_forward_passes(training, session, len(logits))
+    if missing:  # on the validation set's first row, the output dropped
+        shard: Any = training.val_loader.dataset  # a Subset of the validation set (setup_training)
+        # Through a loader, as the set's own batches come (cached features are read batch-wise).
+        one_row = DataLoader(Subset(shard.dataset, [0]), batch_size=1, collate_fn=shard.dataset.collate)
+        batch, _ = next(iter(one_row))
+        for _ in range(missing):
+            with training.autocast():
+                _forward(model, batch, training.to_device, training.source)
     # A rank may hold no validation rows at all (fewer rows than workers).
     local_logits = torch.cat(logits).cpu() if logits else torch.zeros((0, num_classes))
     local_targets = torch.cat(targets) if targets else torch.zeros((0,), dtype=torch.long)
     return _gather(local_logits, session.world_size), _gather(local_targets, session.world_size)
 
 
-def _match_forward_passes(training: Training, session: Session, done: int) -> None:
-    """Every rank of a sharded model must run as many forward passes (each gathers a block's
-    parameters from all ranks), but validation shards may differ by a batch: a rank with fewer runs
-    the difference on the validation set's first row, its output dropped."""
+def _missing_forward_passes(training: Training) -> int:
+    """How many validation batches this rank has fewer than the rank with the most."""
     device = training.device if dist.get_backend() == "nccl" else torch.device("cpu")
-    most = torch.tensor([done], device=device)
+    mine = len(training.val_loader)
+    most = torch.tensor([mine], device=device)
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
-    missing = int(most.item()) - done
-    if missing:
-        shard: Any = training.val_loader.dataset  # a Subset of the validation set (setup_training)
-        full: Any = shard.dataset
-        batch, _ = full.collate([full[0]])
-        for _ in range(missing):
-            with training.autocast():
-                _forward(training.model, batch, training.to_device, training.source)
+    return int(most.item()) - mine
 
 
 def describe_trial(inputs: TrialInputs, training: Training) -> str:

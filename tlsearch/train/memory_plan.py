@@ -25,11 +25,16 @@ from torch import nn
 
 from tlsearch.models.sources import LoadedModel, ModelSource
 from tlsearch.space import TrialConfig
-from tlsearch.spec.model import ModelSpec
+from tlsearch.spec.model import ModelSpec, Spec
+from tlsearch.spec.strategy import STRATEGIES
+from tlsearch.train.sharding import DDP, FSDP
 
 DEVICE_FRACTION = 0.85  # of a device's memory: the rest for the allocator's fragmentation, CUDA context
 ADAM_MOMENTS = 2  # fp32 tensors AdamW keeps per trainable parameter
 GIB = 2**30
+# The head's size when the data's labels are not read yet (`validate`): a few classes weigh nothing
+# beside a backbone.
+NUM_CLASSES_FOR_PLAN = 2
 
 
 @dataclass(frozen=True)
@@ -46,12 +51,16 @@ class MemoryEstimate:
         return self.parameters + self.gradients + self.optimizer + self.activations
 
     def describe(self) -> str:
-        parts = ("parameters", "gradients", "optimizer", "activations")
-        return (
-            f"{self.total / GIB:.2f} GiB ("
-            + ", ".join(f"{name} {getattr(self, name) / GIB:.2f}" for name in parts)
-            + ")"
+        parts = ", ".join(
+            f"{name} {size(getattr(self, name))}"
+            for name in ("parameters", "gradients", "optimizer", "activations")
         )
+        return f"{size(self.total)} ({parts})"
+
+
+def size(n_bytes: int) -> str:
+    """Bytes in GiB, or MiB below one GiB."""
+    return f"{n_bytes / GIB:.2f} GiB" if n_bytes >= GIB else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def estimate(
@@ -60,18 +69,22 @@ def estimate(
     activation_bytes: int,
     *,
     workers: int,
-    sharded: bool,
+    parallelism: str,
     on_gpu: bool,
 ) -> MemoryEstimate:
     """The per-device estimate of training `model` (its `requires_grad` as the strategy set them) on
-    `workers` workers; `activation_bytes`: `saved_activation_bytes` at the trial's batch size."""
+    `workers` workers under `parallelism` (none, ddp, fsdp); `activation_bytes`:
+    `saved_activation_bytes` at the trial's batch size."""
     params = list(model.parameters())
     trainable = sum(p.numel() for p in params if p.requires_grad)
     weights = sum(p.numel() * p.element_size() for p in params)
     # Autocast keeps fp32 weights and computes in bf16: about half of what autograd saves is bf16.
     activations = activation_bytes // 2 if on_gpu else activation_bytes
-    if not sharded:
-        return MemoryEstimate(weights, 2 * 4 * trainable, ADAM_MOMENTS * 4 * trainable, activations)
+    if parallelism != FSDP:
+        gradient_copies = 2 if parallelism == DDP else 1  # DDP's reduction buckets
+        return MemoryEstimate(
+            weights, gradient_copies * 4 * trainable, ADAM_MOMENTS * 4 * trainable, activations
+        )
     gathered_bytes = 2 if on_gpu else 4  # MixedPrecisionPolicy gathers bf16 parameters
     largest_block = max((sum(p.numel() for p in b.parameters()) for b in blocks), default=0)
     return MemoryEstimate(
@@ -138,6 +151,34 @@ def plan(
     activations = saved_activation_bytes(prepared.model, loaded.source, batch)
     blocks = [loaded.model.get_submodule(prefix) for prefix in loaded.layers.block_prefixes]
     return tuple(  # type: ignore[return-value]
-        estimate(prepared.model, blocks, activations, workers=workers, sharded=sharded, on_gpu=on_gpu)
-        for sharded in (False, True)
+        estimate(prepared.model, blocks, activations, workers=workers, parallelism=way, on_gpu=on_gpu)
+        for way in (DDP, FSDP)
     )
+
+
+def plan_lines(spec: Spec) -> list[str]:
+    """Per strategy, the DDP and FSDP estimates per device of a multi-worker search's trials at the
+    strategy's preferred knobs and the largest batch size searched (`tlsearch validate` prints them),
+    and which `auto` would pick on this machine's GPU, if it has one."""
+    from tlsearch.space import build_space
+
+    space = build_space(spec)
+    batch = dict(space.common)["batch_size"]
+    largest = max(batch.choices) if batch.choices else batch.high
+    workers, on_gpu = spec.resources.workers_per_trial, torch.cuda.is_available()
+    device = f"on this machine's GPU ({torch.cuda.get_device_name()})" if on_gpu else "on a GPU"
+    lines = [
+        f"memory per device, {workers} workers, batch size {largest}"
+        f"{', bf16 on GPU' if on_gpu else ''} (`auto` shards where DDP exceeds "
+        f"{DEVICE_FRACTION:.0%} of a device {device}):"
+    ]
+    for strategy in space.strategy_names():
+        config = TrialConfig.parse(space.default_point(strategy, {"batch_size": largest}))
+        ddp, fsdp = plan(spec.model, NUM_CLASSES_FOR_PLAN, config, workers=workers, on_gpu=on_gpu)
+        pick = ""
+        if on_gpu:
+            pick = " -> fsdp" if choose_sharding(ddp, torch.device("cuda")) else " -> ddp"
+        reason = STRATEGIES.get(strategy).not_sharded_because
+        sharded = f"not sharded: {reason}" if reason else fsdp.describe()
+        lines.append(f"  {strategy:<14} ddp {ddp.describe()}; fsdp {sharded}{pick}")
+    return lines
