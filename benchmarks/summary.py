@@ -34,6 +34,10 @@ SOURCES: dict[str, tuple[str, str]] = {
     # Against Trainer.hyperparameter_search (Optuna, Ray) and a plain Optuna loop at equal budget.
     "peers_best_vs_tlsearch": ("peers.json", "peers_best_vs_tlsearch"),
     "peers_time_to_their_best_ratio": ("peers.json", "peers_time_to_their_best_ratio"),
+    # Sharded against data parallel, 2 CPU workers, BERT-base shapes: what each worker holds.
+    "fsdp_state_bytes_per_worker_vs_ddp": ("fsdp.json", "fsdp_state_bytes_per_worker_vs_ddp"),
+    "fsdp_memory_per_worker_vs_ddp": ("fsdp.json", "fsdp_memory_per_worker_vs_ddp"),
+    "fsdp_vs_ddp_throughput": ("fsdp.json", "fsdp_vs_ddp_throughput"),
     "gpu_name": ("gpu_results.json", "gpu_name"),
     "vit_b16_full_img_s": ("gpu_results.json", "vit_b16_full_img_s"),
     "vit_b16_full_mfu": ("gpu_results.json", "vit_b16_full_mfu"),

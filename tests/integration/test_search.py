@@ -120,6 +120,8 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
         (t["trial_id"], t["status"], t["error"]) for t in trials
     ]
     assert any(t["status"] == "stopped_early" for t in trials)
+    # Trials ASHA stopped left no Ray Train worker or placement group behind (Ray issue #54305).
+    _wait_for(lambda: not _train_leftovers(), 60, "the stopped trials' workers to go")
     assert {t["strategy"] for t in trials} == {"full", "linear_probe", "lora", "partial"}
     for t in trials:
         assert t["workers"] == 2
@@ -201,6 +203,17 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
     assert report.returncode == 0 and "best trial per strategy" in report.stdout
     for strategy in trials:
         assert strategy in report.stdout
+
+
+def _train_leftovers() -> list[str]:
+    """Ray Train workers still alive and placement groups still held, on the test's cluster."""
+    from ray.util.state import list_actors, list_placement_groups
+
+    workers = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
+    groups = list_placement_groups(filters=[("state", "=", "CREATED")], limit=1000)
+    return [f"actor {a.class_name}" for a in workers if "TrainWorker" in a.class_name] + [
+        f"placement group {g.placement_group_id}" for g in groups
+    ]
 
 
 def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
