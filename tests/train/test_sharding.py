@@ -7,6 +7,7 @@ them) restores into a fresh sharded model and optimizer, and loads into an unsha
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORKERS, STEPS, BATCH, NUM_CLASSES = 2, 3, 8, 3
 STRATEGIES_BY_MODEL = {
-    "timm_vit": ("full", "partial", "lora", "ia3"),
+    "timm_vit": ("full", "partial", "linear_probe", "lora", "ia3"),
     "hf_bert": ("full", "partial", "lora", "ia3", "prompt_tuning"),
 }
 
@@ -190,14 +191,30 @@ def _matrix_worker(config: dict[str, Any]) -> None:
         (root / "results.json").write_text(json.dumps(results))
 
 
-def _single_process(model_spec: dict[str, Any], strategy: str) -> tuple[list[float], dict[str, int]]:
+def _share(shape: torch.Size) -> int:
+    """The most one of WORKERS ranks holds of a tensor: its cut dimension (the first, or the longest
+    where the first is shorter than the worker count) divided, rounded up."""
+    if not shape:
+        return 1
+    dim = 0 if shape[0] >= WORKERS else max(range(len(shape)), key=lambda d: shape[d])
+    return math.ceil(shape[dim] / WORKERS) * (math.prod(shape) // shape[dim])
+
+
+def _single_process(
+    model_spec: dict[str, Any], strategy: str
+) -> tuple[list[float], dict[str, tuple[int, int]]]:
+    """The losses of one process on the whole batches, and per kind of tensor (every parameter, the
+    trainable ones, AdamW's moments) (the total, the most a rank may hold of it)."""
     prepared, source, _ = _prepared(model_spec, strategy)
     losses, optimizer, _ = _train(prepared, prepared.model, source, _batches(model_spec), slice(None), 1)
-    model = prepared.model
+    kinds = {
+        "params": list(prepared.model.parameters()),
+        "trainable": [p for p in prepared.model.parameters() if p.requires_grad],
+        "moments": [v for s in optimizer.state.values() for v in s.values() if v.ndim > 0],
+    }
     sizes = {
-        "params": sum(p.numel() for p in model.parameters()),
-        "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "moments": sum(v.numel() for s in optimizer.state.values() for v in s.values() if v.ndim > 0),
+        kind: (sum(t.numel() for t in tensors), sum(_share(t.shape) for t in tensors))
+        for kind, tensors in kinds.items()
     }
     return losses, sizes
 
@@ -224,11 +241,15 @@ def test_sharded_training_matches_one_process_and_its_checkpoint_round_trips(
         expected_losses, sizes = _single_process(models[name], strategy)
         assert got["sharded"], case
         assert got["losses"] == pytest.approx(expected_losses, rel=1e-4, abs=1e-5), case
-        # Each rank holds about half of everything (FSDP2 pads each tensor's first dimension).
-        for params, trainable, moments in got["held"]:
-            assert params == pytest.approx(sizes["params"] / WORKERS, rel=0.1), case
-            assert trainable == pytest.approx(sizes["trainable"] / WORKERS, rel=0.1), case
-            assert moments == pytest.approx(sizes["moments"] / WORKERS, rel=0.1), case
+        # The ranks hold each tensor once between them, each at most its share rounded up per tensor
+        # (about half: within 10% here, beside a tiny linear probe's three-row head).
+        for kind, held in zip(
+            ("params", "trainable", "moments"), zip(*got["held"], strict=True), strict=True
+        ):
+            total, share = sizes[kind]
+            assert sum(held) == total and max(held) <= share, (case, kind, held, sizes[kind])
+            if total > 10_000:
+                assert max(held) <= 0.55 * total, (case, kind, held)
         assert got["restored_epoch"] == 1 and got["restored_same"], case
         assert got["next_step"][0] == pytest.approx(got["next_step"][1], rel=1e-5), case
         # The merged shards load into an unsharded model (as finalize does): the gathered weights.
