@@ -46,11 +46,10 @@ def _worker(config: dict[str, Any]) -> None:
     from tlsearch.models.sources import build_model
     from tlsearch.spec.model import FsdpSpec, ModelSpec
     from tlsearch.strategies.base import prepare
-    from tlsearch.testing import trial_config
+    from tlsearch.testing import local_numel, trial_config
     from tlsearch.train.host_memory import resident_gib
     from tlsearch.train.loop import seed_everything
     from tlsearch.train.session import TrainSession
-    from tlsearch.train.sharding import local_numel
 
     torch.set_num_threads(1)
     rank = ray.train.get_context().get_world_rank()

@@ -16,6 +16,8 @@ from tlsearch.space import TrialConfig
 from tlsearch.spec.strategy import COMMON
 
 if TYPE_CHECKING:
+    import torch
+
     from tlsearch.train.inputs import TrialInputs
 
 CLASS_WORDS = {
@@ -261,3 +263,10 @@ def trial_inputs(spec_dict: dict[str, Any], config: TrialConfig[Any], run_dir: P
     spec = validate_spec(spec_dict)
     data, _ = resolve_data(spec, run_dir)
     return TrialInputs(RunContext(str(run_dir), spec, data, use_gpu=False), config, "t0", time.time())
+
+
+def local_numel(tensor: torch.Tensor) -> int:
+    """Elements this worker holds of `tensor` (its shard, for a sharded one)."""
+    from torch.distributed.tensor import DTensor
+
+    return tensor.to_local().numel() if isinstance(tensor, DTensor) else tensor.numel()

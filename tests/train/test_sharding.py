@@ -114,7 +114,8 @@ def _matrix_worker(config: dict[str, Any]) -> None:
     import torch.distributed as dist
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    from tlsearch.train.sharding import is_sharded, local_numel, shard
+    from tlsearch.testing import local_numel
+    from tlsearch.train.sharding import is_sharded, shard
 
     rank, world = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     root = Path(config["root"])

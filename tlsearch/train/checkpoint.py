@@ -65,9 +65,8 @@ class EpochCheckpoint:
     # A sharded trial's: this worker's shards of the optimizer state (by DCP's flattened names); the
     # optimizer's other values (learning rates, betas, ...) are in `state`.
     optimizer_tensors: dict[str, torch.Tensor] | None = None
-    writes_state: bool = (
-        True  # False on a sharded trial's other ranks: rank 0 writes STATE_FILE and META_FILE
-    )
+    # False on a sharded trial's other ranks: rank 0 writes STATE_FILE and META_FILE.
+    writes_state: bool = True
 
     @classmethod
     def take(

@@ -93,15 +93,18 @@ def _forward(model: nn.Module, batch: Any, to_device: ToDevice, source: ModelSou
     return source.logits(model, to_device(batch))
 
 
+def _collective_device() -> torch.device:
+    """Where the process group's collectives take their tensors: the GPU for NCCL, else the host."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def _gather(tensor: torch.Tensor, world_size: int) -> torch.Tensor:
     """Concatenate each rank's rows on every rank (shards may differ in length by one)."""
     if world_size == 1:
         return tensor
-    device = (
-        torch.device("cuda", torch.cuda.current_device())
-        if dist.get_backend() == "nccl"
-        else torch.device("cpu")
-    )
+    device = _collective_device()
     local = tensor.to(device)
     size = torch.tensor([local.shape[0]], device=device)
     sizes = [torch.zeros_like(size) for _ in range(world_size)]
@@ -442,9 +445,8 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
 
 def _missing_forward_passes(training: Training) -> int:
     """How many validation batches this rank has fewer than the rank with the most."""
-    device = training.device if dist.get_backend() == "nccl" else torch.device("cpu")
     mine = len(training.val_loader)
-    most = torch.tensor([mine], device=device)
+    most = torch.tensor([mine], device=_collective_device())
     dist.all_reduce(most, op=dist.ReduceOp.MAX)
     return int(most.item()) - mine
 

@@ -72,10 +72,3 @@ def is_sharded(model: nn.Module) -> bool:
     from torch.distributed.fsdp import FSDPModule
 
     return isinstance(model, FSDPModule)
-
-
-def local_numel(tensor: torch.Tensor) -> int:
-    """Elements this worker holds of `tensor` (its shard, for a sharded one)."""
-    from torch.distributed.tensor import DTensor
-
-    return tensor.to_local().numel() if isinstance(tensor, DTensor) else tensor.numel()
