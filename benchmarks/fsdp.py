@@ -1,12 +1,15 @@
 """Sharded (FSDP2) against data-parallel (DDP) training on 2 CPU workers: what each worker holds.
 
-    .venv/bin/python benchmarks/fsdp.py [--steps 6] [--batch-size 8]
+    .venv/bin/python benchmarks/fsdp.py [--steps 6] [--batch-size 2]
     .venv/bin/python benchmarks/fsdp.py --quick   # a tiny BERT (under a minute): fsdp_quick.json
 
-A BERT-base-shaped model (12 layers, hidden 768, random weights: 110M parameters, ~1.8 GB of DDP
-training state) fully fine-tuned through tlsearch's own pieces (the `full` strategy, the session's
-wrapping, fused AdamW) on a real Ray Train worker group of 2, once with DDP and once sharded. Per
-worker (rank 0; the ranks agree within a shard's padding):
+A BERT-base-shaped model (12 layers, hidden 768, random weights, a small vocabulary: 86M parameters,
+1.28 GiB of DDP training state) fully fine-tuned through tlsearch's own pieces (the `full` strategy,
+the session's wrapping, fused AdamW, the host-memory settings a trial of each kind runs with) on a
+real Ray Train worker group of 2, once with DDP and once sharded. Two rows of 128 tokens per worker
+by default: the training state, which sharding divides, then outweighs the activations, which it
+does not (at 8 rows they are ~1.5 GiB a worker, either way). Per worker (rank 0; the ranks agree
+within a shard's padding):
 
 - `state_bytes`: parameters + gradients + AdamW's moments this worker holds (local shards when sharded);
 - `peak_rss_delta_bytes`: the process's peak resident memory minus its resident memory before the
@@ -47,12 +50,14 @@ def _worker(config: dict[str, Any]) -> None:
     from tlsearch.spec.model import FsdpSpec, ModelSpec
     from tlsearch.strategies.base import prepare
     from tlsearch.testing import local_numel, trial_config
-    from tlsearch.train.host_memory import resident_gib
+    from tlsearch.train.host_memory import configure_host_memory, resident_gib
     from tlsearch.train.loop import seed_everything
     from tlsearch.train.session import TrainSession
 
     torch.set_num_threads(1)
     rank = ray.train.get_context().get_world_rank()
+    # The malloc settings a trial of this parallelism runs with (tlsearch/train/host_memory.py).
+    configure_host_memory(keep=True, sharded=config["parallelism"] == "fsdp")
     rss_before = resident_gib() * 2**30
     seed_everything(0)
     spec = ModelSpec(source="hf", name=config["model"], task="text-classification", max_length=SEQUENCE)
@@ -129,7 +134,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--steps", type=int, default=6)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="a tiny BERT, for development")
     args = parser.parse_args()
 

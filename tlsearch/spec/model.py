@@ -386,7 +386,8 @@ class TrainingSpec(Strict):
     keep_host_memory: bool = True
     """Keep freed host memory in the trial process (glibc malloc settings) instead of returning it to
     the OS after every step and faulting it in again: 1.2-1.3x for a CNN on a CPU. The process keeps
-    its peak memory until the trial ends."""
+    its peak memory until the trial ends. Sharded trials (`resources.parallelism: fsdp`) always hand
+    large freed buffers back: they exist to hold less."""
     background_checkpoints: bool = True
     """Single-worker trials hand each epoch's checkpoint and report to Tune from a thread of their own
     while the next epoch trains; the loop stops only to copy the weights and optimizer state off the

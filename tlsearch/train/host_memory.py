@@ -15,6 +15,11 @@ The price is that the process keeps what it freed: `release_freed_host_memory` h
 trial ends (a reused trial process runs the next trial on another thread, whose arena may be another
 one: without the release arenas would keep their peaks). Off with
 `training.keep_host_memory: false`; nothing happens outside glibc (macOS, musl).
+
+Sharded trials do the opposite: they exist to hold less, and a kept peak (the whole model as built
+before sharding, each block's gathered parameters) would undo that on the host. They set a small fixed
+mmap threshold instead, so that every large buffer is its own mapping, unmapped when freed: the
+worker's resident memory follows what it holds (benchmarks/fsdp.py).
 """
 
 from __future__ import annotations
@@ -32,8 +37,24 @@ M_MMAP_THRESHOLD = -3
 
 TOP_PAD_BYTES = 256 << 20  # above a thread heap's 64 MiB: heap_trim never drops or shrinks one
 MMAP_THRESHOLD_BYTES = 32 << 20  # glibc's ceiling for this setting on 64-bit machines
+SHARDED_MMAP_THRESHOLD_BYTES = 1 << 20  # tensors above a MiB map and unmap; small ones stay cheap
 
 _applied = False
+
+
+def configure_host_memory(*, keep: bool, sharded: bool) -> bool:
+    """A trial process's malloc settings, before the model and the data take their memory: kept
+    (`keep_freed_host_memory`) for unsharded trials that ask for it, handed back for sharded ones.
+    True if freed memory is kept."""
+    if sharded:
+        hand_back_freed_host_memory()
+        return False
+    return keep and keep_freed_host_memory()
+
+
+def hand_back_freed_host_memory() -> bool:
+    """Give large freed buffers back to the OS at once (glibc only); True if the setting holds."""
+    return _is_glibc() and _libc().mallopt(M_MMAP_THRESHOLD, SHARDED_MMAP_THRESHOLD_BYTES) == 1
 
 
 def keep_freed_host_memory() -> bool:

@@ -37,7 +37,7 @@ from tlsearch.train.batches import ToDevice
 from tlsearch.train.checkpoint import EpochCheckpoint, open_checkpoint, restore
 from tlsearch.train.features import FeatureCacheUse, use_feature_cache
 from tlsearch.train.head_probe import HeadProbe, probe_head
-from tlsearch.train.host_memory import keep_freed_host_memory, resident_gib
+from tlsearch.train.host_memory import configure_host_memory, resident_gib
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.losses import TrainingLoss
 from tlsearch.train.memory_plan import choose_sharding, plan
@@ -242,7 +242,9 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
     seed_everything(spec.seed)
     rss_at_start_gib = resident_gib()
     # Before the model and the data take their memory.
-    host_memory_kept = spec.training.keep_host_memory and keep_freed_host_memory()
+    host_memory_kept = configure_host_memory(
+        keep=spec.training.keep_host_memory, sharded=spec.resources.parallelism == FSDP
+    )
     on_gpu = session.device.type == "cuda"
     if on_gpu:
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick its fastest kernels
