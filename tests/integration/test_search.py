@@ -121,7 +121,7 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
     ]
     assert any(t["status"] == "stopped_early" for t in trials)
     # Trials ASHA stopped left no Ray Train worker or placement group behind (Ray issue #54305).
-    _wait_for(lambda: not _train_leftovers(), 60, "the stopped trials' workers to go")
+    _wait_for(lambda: not _train_leftovers(ray_connected.address), 60, "the stopped trials' workers to go")
     assert {t["strategy"] for t in trials} == {"full", "linear_probe", "lora", "partial"}
     for t in trials:
         assert t["workers"] == 2
@@ -205,12 +205,14 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
         assert strategy in report.stdout
 
 
-def _train_leftovers() -> list[str]:
-    """Ray Train workers still alive and placement groups still held, on the test's cluster."""
+def _train_leftovers(address: str) -> list[str]:
+    """Ray Train workers still alive and placement groups still held, on the cluster at `address`
+    (named: without it the State API asks the cluster this machine started last, which another test
+    may have started and stopped)."""
     from ray.util.state import list_actors, list_placement_groups
 
-    workers = list_actors(filters=[("state", "=", "ALIVE")], limit=1000)
-    groups = list_placement_groups(filters=[("state", "=", "CREATED")], limit=1000)
+    workers = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
+    groups = list_placement_groups(address=address, filters=[("state", "=", "CREATED")], limit=1000)
     return [f"actor {a.class_name}" for a in workers if "TrainWorker" in a.class_name] + [
         f"placement group {g.placement_group_id}" for g in groups
     ]
