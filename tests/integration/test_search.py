@@ -154,6 +154,54 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
     assert {t["trial_id"]: t["status"] for t in trials}[victim] == "completed"
 
 
+def test_streamed_searches_sharded_and_in_the_trial_actor(  # type: ignore[no-untyped-def]
+    ray_connected, tiny_bert: Path, image_data: dict, tmp_path: Path
+) -> None:
+    """data.loader: ray_data. Text on 2 sharded workers per trial: the training rows split evenly,
+    the 25 validation rows each evaluated once (the shares differ; the sharded ranks run as many
+    forward passes). Images in the trial actor, decoded and augmented in Ray Data's tasks (a linear
+    probe: no features cached of rows that are not held)."""
+    data = {
+        "train": write_parquet(text_rows(61, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(25, seed=2), tmp_path / "validation.parquet"),
+    }
+    searches = [
+        text_spec(
+            tiny_bert,
+            data,
+            tmp_path / "runs",
+            data={"loader": "ray_data"},
+            # One trial at a time: 2 of the cluster's 4 CPUs left for Ray Data's tasks.
+            search={"num_samples": 1, "max_epochs": 2, "max_concurrent": 1, "scheduler": {"type": "fifo"}},
+            strategies={"full": {}, "common": {"batch_size": 8}},
+            resources={"workers_per_trial": 2, "cpus_per_worker": 1, "parallelism": "fsdp"},
+            training={"eval_batch_size": 4},
+        ),
+        image_spec(
+            image_data,
+            tmp_path / "runs",
+            data={"loader": "ray_data"},
+            search={"num_samples": 1, "max_epochs": 2, "scheduler": {"type": "fifo"}},
+            strategies={"linear_probe": {}, "common": {"augmentation": "light"}},
+        ),
+    ]
+    for spec_dict in searches:
+        spec = validate_spec(spec_dict)
+        run_dir = run_search(spec).run_dir
+        trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+        assert len(trials) == 1 and all(t["status"] == "completed" for t in trials), trials
+        workers = spec.resources.workers_per_trial
+        validation_rows = 25 if workers == 2 else 18
+        for t in trials:
+            assert t["workers"] == workers and t["epochs"] == 2
+            assert t["parallelism"] == ("fsdp" if workers == 2 else "none")
+            if t["strategy"] == "linear_probe":  # nothing is held to cache features of
+                assert (t["feature_cache"], t["feature_cache_reason"]) == ("off", "streamed"), t
+        assert all(row["val_rows"] == validation_rows for row in epochs_of(run_dir))
+        resolved = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text())
+        assert resolved["resolved"]["data_loader"] == "ray_data"
+
+
 def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: dict, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     spec = validate_spec(
         image_spec(

@@ -40,6 +40,9 @@ class DataFiles:
     # Training rows (0-based positions in the file) the data audit's `audit.drop` removes, before the
     # max_train_samples subset is drawn from the rest.
     drop_train_rows: tuple[int, ...] = ()
+    # How trials read the training and validation rows: `memory` or `ray_data` (`data.loader`
+    # resolved; tlsearch.data.streamed).
+    loader: str = "memory"
 
     def path(self, split: str) -> str:
         value = getattr(self, split)

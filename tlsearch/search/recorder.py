@@ -35,6 +35,7 @@ EPOCH_FIELDS = (
     *METRICS,
     "epoch_s",
     "train_samples_per_s",
+    "val_rows",
     "wall_s",
     "device_s",
     "lr_head",

@@ -19,6 +19,7 @@ import yaml
 from tlsearch import __version__
 from tlsearch.audit import AUDIT_DIR, AUDIT_FILE, dropped_train_rows, run_audit, search_refusal, summary_text
 from tlsearch.data.paths import data_paths
+from tlsearch.data.streamed import choose_loader
 from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
 from tlsearch.errors import UserInputError
 from tlsearch.models import LoadedModel, build_model
@@ -27,7 +28,7 @@ from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
 from tlsearch.spec import Spec
 from tlsearch.spec.load import validate_spec
-from tlsearch.spec.model import StrategiesSpec, split_form
+from tlsearch.spec.model import StrategiesSpec, split_form, streaming_refusals
 from tlsearch.spec.strategy import STRATEGIES
 from tlsearch.spec.vocab import TABLE_SUFFIXES
 from tlsearch.strategies.base import check
@@ -125,6 +126,12 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     probe = build_model(spec.model, len(data.labels), weights=False)
     spec, space = _checked_space(spec, probe)
+    loader, why = choose_loader(
+        data, spec.model, probe.preprocessing, spec.data.loader, streaming_refusals(spec)
+    )
+    data = dataclasses.replace(data, loader=loader)
+    if spec.data.loader == "auto":
+        print(f"[tlsearch] data.loader: {loader} ({why})", flush=True)
     # After the checks above: a spec that cannot run fails in seconds, before the feature pass.
     audit = audit_search(spec, data, run_dir, resuming=resuming)
     if audit is not None:
@@ -227,6 +234,7 @@ def write_resolved_spec(resolved: Resolved, run_dir: Path) -> None:
             for split, digest in resolved.hashes.items()
         },
         "labels": list(resolved.data.labels),
+        "data_loader": resolved.data.loader,
         "audit": _audit_record(resolved.audit),
         "optuna": {
             "study_name": resolved.study_name,

@@ -7,6 +7,9 @@ import os
 import time
 from typing import Any
 
+from ray.train import DataConfig
+
+from tlsearch.data.streamed import RAY_DATA, streamed_split
 from tlsearch.space.trial_config import Continuation, TrialConfig, split_baseline
 from tlsearch.spec.objective import primary
 from tlsearch.train.host_memory import release_freed_host_memory
@@ -77,6 +80,34 @@ def _train_worker(loop_config: dict[str, Any]) -> None:
     train_trial(inputs, TrainSession(inputs.run.spec.resources.fsdp))
 
 
+class EachValidationRowOnce(DataConfig):
+    """The training stream split evenly among the workers (each rank the same number of rows: the
+    same number of steps), the validation stream so that every row is evaluated once by one worker:
+    Ray Train's default `equal=True` split would leave up to N-1 rows out."""
+
+    def __init__(self) -> None:
+        super().__init__(datasets_to_split=["train"])
+
+    def configure(
+        self,
+        datasets: dict[str, Any],
+        world_size: int,
+        worker_handles: Any,
+        worker_node_ids: Any,
+        **kwargs: Any,
+    ) -> list[dict[str, Any]]:
+        datasets = dict(datasets)
+        validation = datasets.pop("validation", None)
+        shards = super().configure(datasets, world_size, worker_handles, worker_node_ids, **kwargs)
+        if validation is not None:
+            validation = validation.copy(validation)
+            validation.context.execution_options = self.default_ingest_options()
+            parts = validation.streaming_split(world_size, equal=False)
+            for shard, part in zip(shards, parts, strict=True):
+                shard["validation"] = part
+        return shards
+
+
 def _fit_with_ray_train(inputs: TrialInputs) -> None:
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", WORKER_GROUP_START_TIMEOUT_S)
     import ray.train
@@ -89,9 +120,18 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
     resources: dict[str, float] = {"CPU": r.cpus_per_worker}
     if run.use_gpu:
         resources["GPU"] = r.worker_gpus(True)
+    streams: dict[str, Any] = {}
+    if run.data.loader == RAY_DATA:  # Ray Train divides them among the workers
+        augmentation = inputs.config.common.augmentation
+        streams = {
+            split: streamed_split(run.data, split, spec.model, run.num_classes, augmentation)
+            for split in ("train", "validation")
+        }
     trainer = TorchTrainer(
         _train_worker,
         train_loop_config={"inputs": inputs},
+        datasets=streams or None,
+        dataset_config=EachValidationRowOnce(),
         scaling_config=ray.train.ScalingConfig(
             num_workers=r.workers_per_trial, use_gpu=run.use_gpu, resources_per_worker=resources
         ),

@@ -90,6 +90,13 @@ class DataSpec(Strict):
     same rows."""
     max_validation_samples: int | None = Field(None, ge=2)
     """The same for the validation rows."""
+    loader: Literal["auto", "memory", "ray_data"] = "auto"
+    """How trials read the training and validation rows: `memory`, each trial process holds its
+    split whole (tokenised up front, or encoded images decoded per row); `ray_data`, streamed from
+    Parquet by Ray Data, tokenised or decoded in its tasks a block at a time, the training rows split
+    across a trial's workers, so a worker holds a few blocks, not the split; `auto`, `ray_data` when
+    a split would take more than 2 GiB once tokenised or decoded (and the spec allows it), else
+    `memory`. Streaming reads Parquet splits only, without `max_*_samples` or `audit.drop`."""
 
     def splits(self) -> dict[str, str]:
         """The splits given as paths (not a builtin), by name."""
@@ -647,6 +654,8 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
                 )
             )
     problems += _check_parallelism(spec)
+    if spec.data.loader == "ray_data":
+        problems += [(f"data.{field}", why) for field, why in streaming_refusals(spec)]
     if r.use_gpu is False and r.gpus_per_worker:
         problems.append(("resources.gpus_per_worker", "must be 0 or unset when `use_gpu: false`"))
 
@@ -692,6 +701,54 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
         problems += _check_seed_configs(spec)
     problems += _check_augmentation(spec)
     return problems
+
+
+def streaming_refusals(spec: Spec) -> list[tuple[str, str]]:
+    """Why this search's trials cannot stream their data (`data.loader: ray_data`), by the field of
+    `data` at fault: with `ray_data` asked each is a problem, with `auto` a reason to hold the splits
+    in memory."""
+    d = spec.data
+    reasons = []
+    if d.builtin is None:
+        for split in ("train", "validation"):
+            path = getattr(d, split)
+            if path is not None and Path(path).suffix.lower() not in (".parquet", ".pq"):
+                reasons.append(
+                    (
+                        split,
+                        f"streaming reads Parquet files, but got {path}: convert it to Parquet "
+                        "(pyarrow.csv.read_csv, then pyarrow.parquet.write_table), or set "
+                        "data.loader: memory",
+                    )
+                )
+    for field in ("max_train_samples", "max_validation_samples"):
+        if getattr(d, field) is not None:
+            reasons.append(
+                (
+                    field,
+                    "draws its subset by row position, which a stream does not keep: remove it, "
+                    "or set data.loader: memory",
+                )
+            )
+    if spec.audit.drop:
+        reasons.append(
+            (
+                "loader",
+                "`audit.drop` removes training rows by position, which a stream does not keep: remove "
+                "audit.drop, or set data.loader: memory",
+            )
+        )
+    for name in spec.strategies.enabled():
+        reason = STRATEGIES.get(name).not_streamed_because
+        if reason:
+            reasons.append(
+                (
+                    "loader",
+                    f"strategies.{name} cannot read streamed data ({reason}): remove it, or set "
+                    "data.loader: memory",
+                )
+            )
+    return reasons
 
 
 def _check_parallelism(spec: Spec) -> list[tuple[str, str]]:

@@ -235,6 +235,8 @@ class Strategy:
     default: bool = False
     # Why its trials cannot train sharded (FSDP2), or None when they can.
     not_sharded_because: str | None = None
+    # Why its trials cannot read streamed data (`data.loader: ray_data`), or None when they can.
+    not_streamed_because: str | None = None
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name) or self.name == COMMON:

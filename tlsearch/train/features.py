@@ -47,6 +47,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from tlsearch.data.streamed import RAY_DATA
 from tlsearch.data.tables import SUBSET_SEED, file_sha256
 from tlsearch.models.base import sha256_json
 from tlsearch.models.sources import LoadedModel
@@ -312,7 +313,8 @@ class FeatureCacheUse:
     """What the cache did for one trial; `status` and `seconds` go on its result rows."""
 
     status: str  # built | reused | off | unsupported | none (the strategy)
-    reason: str = ""  # why it is off: `setting` (training.feature_cache), `augmentation`, `mixup`
+    # why it is off: `setting` (training.feature_cache), `augmentation`, `mixup`, `streamed` (data.loader)
+    reason: str = ""
     seconds: float = 0.0  # obtaining the features: building them, or waiting for and checking them
     key: str = ""
     tail: Tail | None = None
@@ -354,6 +356,8 @@ def _use_feature_cache(
     boundary = prepared.feature_boundary
     if spec.training.feature_cache == "off":
         return FeatureCacheUse("off", "setting")
+    if inputs.run.data.loader == RAY_DATA:  # the rows pass once an epoch; none are held to store
+        return FeatureCacheUse("off", "streamed")
     if boundary is None:
         return FeatureCacheUse("none")
     # The frozen prefix sees other pixels every epoch: what it outputs cannot be stored once.

@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from tlsearch.data.augmentation import training_transform
 from tlsearch.data.datasets import ImageDataset, Split, TextDataset, load_split
+from tlsearch.data.streamed import RAY_DATA, StreamedBatches, parquet_rows, split_targets, streamed_split
 from tlsearch.models.layers import is_convolutional
 from tlsearch.models.sources import LoadedModel, ModelSource
 from tlsearch.spec.model import ModelSpec
@@ -128,9 +129,11 @@ class Training:
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     trainable: list[nn.Parameter]
-    sampler: DistributedSampler
-    train_loader: DataLoader
-    val_loader: DataLoader
+    # Reshuffles the training rows each epoch (`set_epoch`): the loader's DistributedSampler, or
+    # the training stream itself (data.loader: ray_data).
+    sampler: DistributedSampler | StreamedBatches
+    train_loader: DataLoader | StreamedBatches
+    val_loader: DataLoader | StreamedBatches
     loss: TrainingLoss  # the common knobs' training loss (validation stays plain cross-entropy)
     mixup: Any  # timm's Mixup of the training batches (strategies.common.mixup), or None
     grad_clip_norm: float | None
@@ -162,6 +165,9 @@ class Training:
     # The prepared model wrapped again for the session (gradual unfreezing changed what trains: DDP
     # registers the parameters that need gradients when it wraps).
     rewrap: Callable[[], nn.Module] | None = None
+    # One row of the last training batch (streamed, sharded trials): the forward pass a rank runs
+    # while another still evaluates (tlsearch.train.loop.evaluate).
+    spare_row: Any = None
 
     def enter_epoch(self, epoch: int) -> None:
         """What trains in `epoch` (gradual unfreezing): the gradient-clipped set follows, and a
@@ -235,6 +241,30 @@ def trains_sharded(inputs: TrialInputs, session: Session, blocks: list[nn.Module
     return bool(decision[0])
 
 
+def streamed_loaders(inputs: TrialInputs, session: Session) -> tuple[StreamedBatches, StreamedBatches]:
+    """This rank's training and validation streams (data.loader: ray_data). A multi-worker trial's
+    driver built the datasets and Ray Train divided them; one process builds them itself."""
+    run, config, spec = inputs.run, inputs.config, inputs.run.spec
+    kind = run.data.input_kind
+
+    def build(split: str) -> Any:
+        return streamed_split(run.data, split, spec.model, run.num_classes, config.common.augmentation)
+
+    train_rows = parquet_rows(run.data.train)
+    train = StreamedBatches(
+        session.stream("train", lambda: build("train")),
+        config.common.batch_size,
+        kind,
+        shuffle_seed=spec.seed,
+        # Ray Train gives each rank the same number of training rows (the rest is left out).
+        rows_per_rank=train_rows // session.world_size,
+    )
+    validation = StreamedBatches(
+        session.stream("validation", lambda: build("validation")), spec.training.eval_batch_size, kind
+    )
+    return train, validation
+
+
 def setup_training(inputs: TrialInputs, session: Session) -> Training:
     """Model, strategy, loaders, optimizer and schedule of one trial, on the session's device."""
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
@@ -272,6 +302,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
     train_set: Any
     val_set: Any
     workers = loader_workers(run)
+    streamed = run.data.loader == RAY_DATA
     # LP-FT: the head alone first, unless a checkpoint (which holds the probed head) is restored.
     head_probe = None
     if prepared.head_probe_epochs and inputs.continues_from is None and not session.resumes():
@@ -314,37 +345,47 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
 
     model = wrap()
     parallelism = FSDP if is_sharded(model) else DDP if session.world_size > 1 else NONE
-    if cache.datasets is None:
-        train_set, val_set = trial_datasets()
+    sampler: DistributedSampler[Any] | StreamedBatches
+    train_loader: DataLoader[Any] | StreamedBatches
+    val_loader: DataLoader[Any] | StreamedBatches
+    if streamed:
+        train_loader, val_loader = streamed_loaders(inputs, session)
+        sampler, train_targets = train_loader, split_targets(run.data, "train")
+    else:
+        if cache.datasets is None:
+            train_set, val_set = trial_datasets()
 
-    sampler: DistributedSampler[Any] = DistributedSampler(
-        train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
-    )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=config.common.batch_size,
-        sampler=sampler,
-        collate_fn=train_set.collate,
-        num_workers=workers,
-        pin_memory=on_gpu,
-        persistent_workers=workers > 0,
-        # The loaders' worker seeds come from their own generator, not the global one that dropout
-        # draws from: dropout masks do not depend on how the data is loaded (cached or not, workers or not).
-        generator=torch.Generator().manual_seed(spec.seed),
-    )
-    # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
-    val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))
-    val_loader = DataLoader(
-        val_shard,
-        batch_size=spec.training.eval_batch_size,
-        collate_fn=val_set.collate,
-        num_workers=workers,
-        pin_memory=on_gpu,
-        persistent_workers=workers > 0,
-        # The loaders' worker seeds come from their own generator, not the global one that dropout
-        # draws from: dropout masks do not depend on how the data is loaded (cached or not, workers or not).
-        generator=torch.Generator().manual_seed(spec.seed),
-    )
+        sampler = DistributedSampler(
+            train_set, num_replicas=session.world_size, rank=session.world_rank, shuffle=True, seed=spec.seed
+        )
+        train_loader = DataLoader(
+            train_set,
+            batch_size=config.common.batch_size,
+            sampler=sampler,
+            collate_fn=train_set.collate,
+            num_workers=workers,
+            pin_memory=on_gpu,
+            persistent_workers=workers > 0,
+            # The loaders' worker seeds come from their own generator, not the global one that
+            # dropout draws from: dropout masks do not depend on how the data is loaded (cached or
+            # not, workers or not).
+            generator=torch.Generator().manual_seed(spec.seed),
+        )
+        # Each rank evaluates a disjoint shard; the metrics are computed on the gathered whole.
+        val_shard = Subset(val_set, range(session.world_rank, len(val_set), session.world_size))
+        val_loader = DataLoader(
+            val_shard,
+            batch_size=spec.training.eval_batch_size,
+            collate_fn=val_set.collate,
+            num_workers=workers,
+            pin_memory=on_gpu,
+            persistent_workers=workers > 0,
+            # The loaders' worker seeds come from their own generator, not the global one that
+            # dropout draws from: dropout masks do not depend on how the data is loaded (cached or
+            # not, workers or not).
+            generator=torch.Generator().manual_seed(spec.seed),
+        )
+        train_targets = train_set.targets
 
     # Fused AdamW on GPUs and CPUs alike: one kernel over all tensors (on a CPU 3-6x faster than
     # PyTorch's default per-tensor loop for MiniLM-L6's 22.7M parameters; benchmarks/throughput.py).
@@ -363,7 +404,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
         sampler=sampler,
         train_loader=train_loader,
         val_loader=val_loader,
-        loss=TrainingLoss.of(config.common, train_set.targets, run.num_classes, session.device),
+        loss=TrainingLoss.of(config.common, train_targets, run.num_classes, session.device),
         mixup=batch_mixup(config.common, run.num_classes),
         grad_clip_norm=spec.training.grad_clip_norm,
         mixed_precision=on_gpu,
@@ -393,7 +434,7 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
     t.sampler.set_epoch(epoch)
     t.prepared.train_mode(t.model)
     loss_sum = torch.zeros((), dtype=torch.float64, device=t.device)
-    seen = 0
+    seen, last = 0, None
     for batch, target in t.train_loader:
         t.poll()
         if t.mixup is not None and target.shape[0] < 2:
@@ -414,25 +455,50 @@ def train_epoch(training: Training, epoch: int) -> tuple[torch.Tensor, int]:
         t.scheduler.step()
         loss_sum += loss.detach().double() * target.shape[0]
         seen += target.shape[0]
+        last = batch
+    if seen and t.parallelism == FSDP and isinstance(t.val_loader, StreamedBatches):
+        t.spare_row = _first_row(last)
     return loss_sum, seen
+
+
+def _first_row(batch: Any) -> Any:
+    """A loader's batch cut to its first row (a dict of tensors, or a tensor)."""
+    if isinstance(batch, dict):
+        return {key: value[:1] for key, value in batch.items()}
+    return batch[:1]
 
 
 @torch.no_grad()
 def evaluate(training: Training, session: Session, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     model = training.model
     model.eval()
+    streamed = isinstance(training.val_loader, StreamedBatches)
     # A sharded model's ranks must run as many forward passes (each gathers a block's parameters from
-    # all ranks), but validation shards may differ by a batch: known before the first one.
-    missing = _missing_forward_passes(training) if training.parallelism == FSDP else 0
+    # all ranks), but validation shards may differ by a batch: known before the first one, or for a
+    # stream (whose shares Ray Data deals out as it reads) agreed on batch by batch.
+    sharded = training.parallelism == FSDP
+    missing = _missing_forward_passes(training) if sharded and not streamed else 0
+    lockstep = sharded and streamed
     logits, targets = [], []
-    for batch, target in training.val_loader:
+    batches = iter(training.val_loader)
+    while True:
+        item = next(batches, None)
+        if lockstep and not _any_rank_has(item is not None):
+            break
+        if item is None:
+            if not lockstep:
+                break
+            with training.autocast():  # others still evaluate: the same collectives, the output dropped
+                _forward(model, training.spare_row, training.to_device, training.source)
+            continue
+        batch, target = item
         training.poll()
         with training.autocast():
             # Kept on the device until the end: one copy to the host instead of a stall per batch.
             logits.append(_forward(model, batch, training.to_device, training.source).float())
         targets.append(target)
     if missing:  # on the validation set's first row, the output dropped
-        shard: Any = training.val_loader.dataset  # a Subset of the validation set (setup_training)
+        shard: Any = training.val_loader.dataset  # type: ignore[union-attr]  # a Subset (in memory)
         # Through a loader, as the set's own batches come (cached features are read batch-wise).
         one_row = DataLoader(Subset(shard.dataset, [0]), batch_size=1, collate_fn=shard.dataset.collate)
         batch, _ = next(iter(one_row))
@@ -443,6 +509,13 @@ def evaluate(training: Training, session: Session, num_classes: int) -> tuple[to
     local_logits = torch.cat(logits).cpu() if logits else torch.zeros((0, num_classes))
     local_targets = torch.cat(targets) if targets else torch.zeros((0,), dtype=torch.long)
     return _gather(local_logits, session.world_size), _gather(local_targets, session.world_size)
+
+
+def _any_rank_has(mine: bool) -> bool:
+    """Whether any rank of the process group passes True (every rank calls it)."""
+    flag = torch.tensor([int(mine)], device=_collective_device())
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 def _missing_forward_passes(training: Training) -> int:
@@ -556,6 +629,7 @@ def train_trial(inputs: TrialInputs, session: Session) -> None:
                 train_loss=train_loss,
                 epoch_s=time.time() - epoch_start,
                 train_samples_per_s=totals[1].item() / max(train_time, 1e-9),
+                val_rows=int(targets.shape[0]),
                 wall_s=wall_s,
                 device_s=wall_s * session.world_size * run.devices_per_worker,
                 lr_head=_group_lr(optimizer, "head"),

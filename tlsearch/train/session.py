@@ -39,6 +39,10 @@ class Session(Protocol):
         when `shard_blocks` names the blocks to shard one by one. A wrapper may replace the parameter
         objects: the loop builds the optimizer from the wrapped module."""
 
+    def stream(self, split: str, build: Callable[[], Any]) -> Any:
+        """This rank's Ray DataIterator over a streamed split (`data.loader: ray_data`): a
+        multi-worker trial's share, as Ray Train divided it; else the whole of `build()`'s dataset."""
+
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]: ...
     def resumes(self) -> bool:
         """Whether this run of the trial starts from its own checkpoint (a retry, a resumed search)."""
@@ -118,6 +122,9 @@ class TuneSession:
     def worker_nodes(self) -> list[str]:
         return [node_id()]
 
+    def stream(self, split: str, build: Callable[[], Any]) -> Any:
+        return build().iterator()  # one process reads it all
+
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         from ray import tune
 
@@ -175,6 +182,9 @@ class LocalSession:
     def worker_nodes(self) -> list[str]:
         return [node_id()]
 
+    def stream(self, split: str, build: Callable[[], Any]) -> Any:
+        return build().iterator()  # one process reads it all
+
     def restore_dir(self) -> contextlib.AbstractContextManager[Path | None]:
         return contextlib.nullcontext(None)
 
@@ -217,6 +227,11 @@ class TrainSession:
         if shard_blocks:
             return shard(model, shard_blocks, self.fsdp, self.device)
         return ray.train.torch.prepare_model(model)
+
+    def stream(self, split: str, build: Callable[[], Any]) -> Any:
+        import ray.train
+
+        return ray.train.get_dataset_shard(split)  # the trial driver built it (search/trainable.py)
 
     def worker_nodes(self) -> list[str]:
         """Each rank's node, in rank order (a collective: every rank calls it)."""

@@ -37,4 +37,5 @@ STRATEGY = Strategy(
     "tlsearch.strategies.lp_ft.apply",
     summary="a linear probe on frozen features first, then everything, with layer-wise learning rates",
     feature_cache=True,  # for its head probe
+    not_streamed_because="its head probe runs many epochs over rows held in memory or cached features",
 )
