@@ -49,7 +49,7 @@ def _worker(config: dict[str, Any]) -> None:
     from tlsearch.models.sources import build_model
     from tlsearch.spec.model import FsdpSpec, ModelSpec
     from tlsearch.strategies.base import prepare
-    from tlsearch.testing import local_numel, trial_config
+    from tlsearch.testing import local_numel, preferred_trial_config
     from tlsearch.train.host_memory import configure_host_memory, resident_gib
     from tlsearch.train.loop import seed_everything
     from tlsearch.train.session import TrainSession
@@ -62,12 +62,7 @@ def _worker(config: dict[str, Any]) -> None:
     seed_everything(0)
     spec = ModelSpec(source="hf", name=config["model"], task="text-classification", max_length=SEQUENCE)
     loaded = build_model(spec, 2)
-    from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
-
-    knobs = STRATEGIES.get("full").knobs
-    preferred = {k: knobs.knob(k).preferred for k in knobs.model_fields}
-    preferred.update({k: CommonKnobs.knob(k).preferred for k in CommonKnobs.model_fields})
-    prepared = prepare(loaded, trial_config("full", **{**preferred, "batch_size": config["batch_size"]}))
+    prepared = prepare(loaded, preferred_trial_config("full", batch_size=config["batch_size"]))
     blocks = [loaded.model.get_submodule(p) for p in loaded.layers.block_prefixes]
     sharded = config["parallelism"] == "fsdp"
     model = TrainSession(FsdpSpec()).wrap(prepared.model, blocks if sharded else ())

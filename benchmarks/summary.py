@@ -38,6 +38,8 @@ SOURCES: dict[str, tuple[str, str]] = {
     "fsdp_state_bytes_per_worker_vs_ddp": ("fsdp.json", "fsdp_state_bytes_per_worker_vs_ddp"),
     "fsdp_memory_per_worker_vs_ddp": ("fsdp.json", "fsdp_memory_per_worker_vs_ddp"),
     "fsdp_vs_ddp_throughput": ("fsdp.json", "fsdp_vs_ddp_throughput"),
+    # What a process holds of a training split streamed by Ray Data, over holding it tokenised whole.
+    "streamed_vs_memory_held": ("streamed_data.json", "streamed_vs_memory_held"),
     "gpu_name": ("gpu_results.json", "gpu_name"),
     "vit_b16_full_img_s": ("gpu_results.json", "vit_b16_full_img_s"),
     "vit_b16_full_mfu": ("gpu_results.json", "vit_b16_full_mfu"),

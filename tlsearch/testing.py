@@ -36,10 +36,12 @@ def make_tiny_bert(
     heads: int = 2,
     intermediate: int = 64,
     max_positions: int = 64,
+    weights: bool = True,
 ) -> Path:
     """A small BERT with its own WordPiece vocabulary, saved with save_pretrained (random weights
     stand in for pretrained ones: loading by path is what is under test). The sizes make larger ones
-    too (BERT-base shapes for a GPU benchmark)."""
+    too (BERT-base shapes for a GPU benchmark); weights=False saves its configuration alone (load it
+    with `model.pretrained: false`: nothing to write or read for a large one)."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     vocab = [
@@ -68,7 +70,10 @@ def make_tiny_bert(
     import torch
 
     torch.manual_seed(0)
-    BertForSequenceClassification(config).save_pretrained(directory)
+    if weights:
+        BertForSequenceClassification(config).save_pretrained(directory)
+    else:
+        config.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
 
@@ -240,6 +245,20 @@ def image_spec(files: dict[str, Path], storage: Path, **sections: Any) -> dict[s
     for key, value in sections.items():
         spec[key] = {**spec.get(key, {}), **value} if isinstance(value, dict) else value
     return spec
+
+
+def preferred_trial_config(strategy: str, **overrides: Any) -> TrialConfig[Any]:
+    """A trial's config at the strategy's and the common knobs' preferred values (what a search
+    tries first), with `overrides` by unprefixed name."""
+    from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
+
+    knobs = STRATEGIES.get(strategy).knobs
+    values = {k: knobs.knob(k).preferred for k in knobs.model_fields}
+    values.update({k: CommonKnobs.knob(k).preferred for k in CommonKnobs.model_fields})
+    unknown = set(overrides) - set(values)
+    if unknown:
+        raise ValueError(f"{strategy} has no knobs {sorted(unknown)}")
+    return trial_config(strategy, **{**values, **overrides})
 
 
 def trial_config(strategy: str, **knobs: Any) -> TrialConfig[Any]:

@@ -23,6 +23,12 @@ error and the others still run. To add one, write a function taking the Context 
 - vit_b16_model_only: the same training step on a batch already on the device, eager and compiled:
   the ceiling without the input pipeline (the gap to vit_b16_full is the DataLoader path's cost).
 - The feature cache's figure (target 2) is a ratio measured on the CPU (benchmarks/feature_cache.py).
+- fsdp_memory_sweep (issue 25): with the GPU's memory capped at 6 GiB, full fine-tuning of BERT shapes
+  of 0.1-0.5 B parameters replicated (DDP), sharded (FSDP2) and sharded with CPU offload at the same
+  batch: the largest that trains each way, FSDP/DDP throughput where both fit (about 2 min).
+- vit_b16_mfu_variants (issue 25): the ViT-B/16 step toward 40% MFU, a child process per variant,
+  each capped (batch 256; bf16 parameters with fp32 master weights; CUDA graphs; max-autotune).
+  Both at once, within 6 minutes: `bash benchmarks/gpu/run.sh --only fsdp_memory_sweep,vit_b16_mfu_variants`.
 
 The headline keys `gpu_name`, `vit_b16_full_img_s` and `vit_b16_full_mfu` take the faster of eager and
 compiled training.
@@ -454,6 +460,283 @@ def check_model_only(ctx: Context) -> dict[str, Any]:
     return out
 
 
+# --- issue 25: sharding on a memory-capped GPU, and ViT-B/16 toward 40% MFU ------------------------
+
+# BERT shapes of the memory sweep: (layers, hidden, heads), about 0.1, 0.2, 0.35 and 0.5 B parameters
+# (12 x hidden^2 per layer; a small vocabulary keeps them in the blocks).
+SWEEP = ((12, 768, 12), (16, 1024, 16), (24, 1088, 16), (24, 1280, 16))
+DRY_SWEEP = ((2, 32, 2), (2, 64, 2))
+SWEEP_CAP_GIB = 6.0  # the device memory a sweep run may use (set_per_process_memory_fraction)
+SWEEP_BATCH, SWEEP_SEQUENCE = 8, 128
+SWEEP_WAYS = ("ddp", "fsdp", "fsdp_offload")
+VARIANT_SECONDS = 60.0  # each variant's cap (the sweep: its timed steps; MFU: its whole child process)
+
+
+def _process_group(device: torch.device) -> bool:
+    """A process group of one (NCCL on the GPU, gloo on CPU) for DDP and FSDP2 in this process; True
+    when this call made it (the caller destroys it)."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return False
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=0,
+        world_size=1,
+        **({"device_id": device} if device.type == "cuda" else {}),
+    )
+    return True
+
+
+def _sweep_run(ctx: Context, model_dir: Path, way: str) -> dict[str, Any]:
+    """Full fine-tuning of the model at `model_dir` through tlsearch's pieces (the `full` strategy,
+    DDP or the session's sharding, fused AdamW, bf16 autocast on the GPU), SWEEP_BATCH rows of
+    SWEEP_SEQUENCE tokens a step, for up to VARIANT_SECONDS: whether it fits, its peak device memory
+    and samples/s after the first step."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    from tlsearch.models.sources import build_model
+    from tlsearch.spec.model import FsdpSpec, ModelSpec
+    from tlsearch.strategies.base import prepare
+    from tlsearch.testing import preferred_trial_config
+    from tlsearch.train.loop import seed_everything
+    from tlsearch.train.sharding import shard
+
+    on_gpu = ctx.device.type == "cuda"
+    seed_everything(0)
+    spec = ModelSpec(
+        source="hf",
+        name=str(model_dir),
+        task="text-classification",
+        max_length=SWEEP_SEQUENCE,
+        pretrained=False,
+    )
+    loaded = build_model(spec, 2)
+    prepared = prepare(loaded, preferred_trial_config("full", batch_size=SWEEP_BATCH))
+    parameters = sum(p.numel() for p in prepared.model.parameters())
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats()
+    steps, started = 0, 0.0
+    try:
+        if way == "ddp":
+            model: torch.nn.Module = DistributedDataParallel(
+                prepared.model.to(ctx.device), device_ids=[ctx.device.index] if on_gpu else None
+            )
+        else:
+            blocks = [loaded.model.get_submodule(p) for p in loaded.layers.block_prefixes]
+            model = shard(prepared.model, blocks, FsdpSpec(cpu_offload=way == "fsdp_offload"), ctx.device)
+        optimizer = torch.optim.AdamW(prepared.optimizer_groups(model), fused=True)
+        ids = torch.randint(1, 10, (SWEEP_BATCH, SWEEP_SEQUENCE), device=ctx.device)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        target = torch.randint(0, 2, (SWEEP_BATCH,), device=ctx.device)
+        model.train()
+        limit = VARIANT_SECONDS if not ctx.dry_run else 0.5
+        while steps < 30:
+            if steps == 1:  # the first step allocates gradients and AdamW's state
+                if on_gpu:
+                    torch.cuda.synchronize()
+                started = time.perf_counter()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu):
+                loss = torch.nn.functional.cross_entropy(loaded.source.logits(model, batch).float(), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if steps > 1 and time.perf_counter() - started > limit:
+                break
+        if on_gpu:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - started
+        out: dict[str, Any] = {"fits": True, "samples_per_s": round(SWEEP_BATCH * (steps - 1) / seconds, 2)}
+    except torch.OutOfMemoryError as exc:
+        out = {"fits": False, "error": str(exc).splitlines()[0][:200]}
+    out.update(parameters=parameters, steps=steps)
+    if on_gpu:
+        out["peak_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def check_fsdp_memory_sweep(ctx: Context) -> dict[str, Any]:
+    """With the GPU's memory capped at SWEEP_CAP_GIB: full fine-tuning of BERT shapes from 0.1 to 0.5 B
+    parameters, replicated (DDP), sharded (FSDP2) and sharded with CPU offload, at the same batch; the
+    largest that trains each way, and FSDP's throughput over DDP's where both fit. One GPU: a process
+    group of one, so sharding divides nothing here (tests/train/test_sharding.py and benchmarks/fsdp.py
+    measure the division over workers); what this shows is the memory CPU offload frees and what
+    FSDP2's gathering and offload cost in time. A way that does not fit a size skips the larger ones."""
+    import torch.distributed as dist
+
+    from tlsearch.testing import make_tiny_bert
+
+    on_gpu = ctx.device.type == "cuda"
+    if on_gpu:
+        total = torch.cuda.get_device_properties(ctx.device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, SWEEP_CAP_GIB * 2**30 / total), ctx.device)
+    made = _process_group(ctx.device)
+    runs: dict[str, dict[str, Any]] = {}
+    try:
+        failed: set[str] = set()
+        for layers, hidden, heads in DRY_SWEEP if ctx.dry_run else SWEEP:
+            name = f"{layers}x{hidden}"
+            model_dir = make_tiny_bert(
+                ctx.scratch / f"bert-{name}",
+                layers=layers,
+                hidden=hidden,
+                heads=heads,
+                intermediate=4 * hidden,
+                max_positions=SWEEP_SEQUENCE,
+                weights=False,
+            )
+            runs[name] = {}
+            for way in SWEEP_WAYS:
+                if way in failed:
+                    runs[name][way] = {"fits": False, "skipped": "a smaller size did not fit"}
+                    continue
+                runs[name][way] = _sweep_run(ctx, model_dir, way)
+                if not runs[name][way]["fits"]:
+                    failed.add(way)
+                print(f"  sweep {name} {way}: {runs[name][way]}", flush=True)
+                release()
+    finally:
+        if made:
+            dist.destroy_process_group()
+        if on_gpu:
+            torch.cuda.set_per_process_memory_fraction(1.0, ctx.device)
+
+    def largest(way: str) -> int | None:
+        fitting = [r[way]["parameters"] for r in runs.values() if r[way].get("fits")]
+        return max(fitting) if fitting else None
+
+    both = [r for r in runs.values() if r["ddp"].get("fits") and r["fsdp"].get("fits")]
+    return {
+        "cap_gib": SWEEP_CAP_GIB if on_gpu else None,
+        "batch_size": SWEEP_BATCH,
+        "sequence_length": SWEEP_SEQUENCE,
+        "runs": runs,
+        **{f"largest_params_{way}": largest(way) for way in SWEEP_WAYS},
+        "fsdp_vs_ddp_throughput_one_gpu": [
+            round(r["fsdp"]["samples_per_s"] / r["ddp"]["samples_per_s"], 3) for r in both
+        ],
+    }
+
+
+# ViT-B/16 training-step variants toward 40% MFU, in the order of what each is expected to add. Each
+# runs in a child process of its own (a clean compile cache and allocator) capped at VARIANT_SECONDS,
+# max-autotune at twice that (its GEMM autotuning alone can take minutes): a variant past its cap is
+# recorded as such.
+MFU_VARIANTS = {
+    "compiled_b256": {"batch": 256, "mode": None, "bf16_params": False},
+    "compiled_b256_bf16_params": {"batch": 256, "mode": None, "bf16_params": True},
+    "cuda_graphs_b256_bf16_params": {"batch": 256, "mode": "reduce-overhead", "bf16_params": True},
+    "max_autotune_b256_bf16_params": {"batch": 256, "mode": "max-autotune", "bf16_params": True},
+}
+
+
+def mfu_variant(name: str, device: torch.device, sizes: Sizes, dry_run: bool) -> dict[str, Any]:
+    """One variant's images/s and MFU over 20 timed steps (2 in a dry run) after 3 warm-up steps:
+    timm's ViT-B/16 fully fine-tuned on one batch on the device, fused AdamW. `bf16_params`: the
+    model's parameters in bf16 (no per-step casts under autocast) with fp32 master weights that AdamW
+    updates and copies back; otherwise fp32 parameters under bf16 autocast, as trials train."""
+    import timm
+
+    variant = MFU_VARIANTS[name]
+    batch = variant["batch"] if not dry_run else 2 * sizes.batch_size
+    on_gpu = device.type == "cuda"
+    model = timm.create_model(
+        sizes.model, pretrained=False, num_classes=sizes.classes, img_size=sizes.image_size
+    )
+    model = model.to(device).train()
+    x = torch.randn(batch, 3, sizes.image_size, sizes.image_size, device=device)
+    y = torch.randint(0, sizes.classes, (batch,), device=device)
+    flops = forward_flops_x3(model, x[:2])
+    params = [p for p in model.parameters() if p.requires_grad]
+    if variant["bf16_params"]:
+        master = [p.detach().clone().float() for p in params]
+        model.to(torch.bfloat16)
+        x = x.to(torch.bfloat16)
+        optimizer = torch.optim.AdamW(master, lr=1e-4, fused=True)
+    else:
+        master = params
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=True)
+    # Dry run: no mode (the CPU's compile takes none beside aot_eager, _compile_without_codegen).
+    model.compile(**({"mode": variant["mode"]} if variant["mode"] and not dry_run else {}))
+
+    def step() -> None:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=on_gpu and not variant["bf16_params"]):
+            loss = torch.nn.functional.cross_entropy(model(x).float(), y)
+        loss.backward()
+        if variant["bf16_params"]:  # the bf16 gradients onto the fp32 masters, the update back
+            for m, p in zip(master, params, strict=True):
+                m.grad = p.grad.float() if p.grad is not None else None
+                p.grad = None
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():
+                torch._foreach_copy_(params, master)
+        else:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    steps = 2 if dry_run else 20
+    warm_start = time.time()
+    for _ in range(3):
+        step()
+    if on_gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    start = time.time()
+    for _ in range(steps):
+        step()
+    if on_gpu:
+        torch.cuda.synchronize()
+    img_s = batch * steps / (time.time() - start)
+    peak = dense_bf16_peak(torch.cuda.get_device_name(device)) if on_gpu else None
+    return {
+        "batch_size": batch,
+        "img_s": round(img_s, 1),
+        "mfu": round(img_s * flops / peak, 4) if peak else None,
+        "warmup_s": round(start - warm_start, 1),
+        "train_flops_per_image": flops,
+        **({"max_memory_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2)} if on_gpu else {}),
+    }
+
+
+def check_vit_mfu_variants(ctx: Context) -> dict[str, Any]:
+    """ViT-B/16 full fine-tuning at 224 px toward 40% of the chip's dense bf16 peak: the step of
+    vit_b16_model_only (compiled, fused AdamW) at batch 256, then with bf16 parameters and fp32 master
+    weights, then CUDA graphs (`reduce-overhead`), then `max-autotune`; each variant's images/s, MFU
+    and warm-up (compile) time, or that it ran past its cap."""
+    variants: dict[str, Any] = {}
+    for name, variant in MFU_VARIANTS.items():
+        if ctx.dry_run and variant["mode"]:
+            variants[name] = {
+                "status": "skipped",
+                "why": "a compile mode of the GPU's (the dry run's is aot_eager)",
+            }
+            continue
+        cap = VARIANT_SECONDS * (2 if "autotune" in name else 1) * (5 if ctx.dry_run else 1)
+        command = [sys.executable, str(Path(__file__).resolve()), "--mfu-variant", name]
+        if ctx.dry_run:
+            command.append("--dry-run")
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=cap, cwd=ROOT)
+        except subprocess.TimeoutExpired:
+            variants[name] = {"status": "past its cap", "cap_s": cap}
+        else:
+            if done.returncode == 0:
+                variants[name] = {"status": "ok", **json.loads(done.stdout.strip().splitlines()[-1])}
+            else:
+                variants[name] = {"status": "error", "error": (done.stderr or done.stdout)[-1500:]}
+        print(f"  mfu {name}: {variants[name]}", flush=True)
+    measured = [v["mfu"] for v in variants.values() if v.get("mfu") is not None]
+    return {"variants": variants, "best_mfu": max(measured) if measured else None}
+
+
 CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("vit_b16_full", check_vit_eager),
     ("trial_overhead", check_trial_overhead),
@@ -461,6 +744,8 @@ CHECKS: list[tuple[str, Callable[[Context], dict[str, Any]]]] = [
     ("loop_vs_plain", check_loop_vs_plain),
     ("vit_b16_model_only", check_model_only),
     ("device_busy", check_device_busy),
+    ("fsdp_memory_sweep", check_fsdp_memory_sweep),
+    ("vit_b16_mfu_variants", check_vit_mfu_variants),
 ]
 # Run only when named in --only: device_busy repeats trial_overhead's busy search alone.
 OPT_IN = {"device_busy"}
@@ -510,6 +795,12 @@ def headline(parts: dict[str, dict[str, Any]], gpu_name: str) -> dict[str, Any]:
         # The busy search alone when a run measured it (a later run than trial_overhead's).
         "device_busy_fraction_gpu": parts.get("device_busy", {}).get("device_busy_fraction")
         or parts.get("trial_overhead", {}).get("device_busy_fraction"),
+        # Issue 25: the best step variant's MFU, and the largest model each way trains when capped.
+        "vit_b16_best_variant_mfu": parts.get("vit_b16_mfu_variants", {}).get("best_mfu"),
+        **{
+            f"sweep_largest_params_{way}": parts.get("fsdp_memory_sweep", {}).get(f"largest_params_{way}")
+            for way in SWEEP_WAYS
+        },
     }
 
 
@@ -659,7 +950,14 @@ def main() -> None:
         default=None,
         help="file GPU runs' gpu_results.json (several merge, the last run of a check wins) and stop",
     )
+    parser.add_argument("--mfu-variant", default=None, choices=sorted(MFU_VARIANTS), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.mfu_variant is not None:  # a child of vit_b16_mfu_variants: its figures on stdout
+        if args.dry_run:
+            _compile_without_codegen()
+        device = torch.device("cpu" if args.dry_run else "cuda:0")
+        print(json.dumps(mfu_variant(args.mfu_variant, device, DRY if args.dry_run else FULL, args.dry_run)))
+        return
     if args.record is not None:
         try:
             record(args.record)

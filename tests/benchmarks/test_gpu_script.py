@@ -19,6 +19,8 @@ ALL_CHECKS = (
     "loop_vs_plain",
     "vit_b16_model_only",
     "device_busy",
+    "fsdp_memory_sweep",
+    "vit_b16_mfu_variants",
 )
 
 
@@ -71,6 +73,20 @@ def test_dry_run_writes_every_check_and_the_headline(tmp_path: Path) -> None:
     assert idle["total"] > 0 and idle["startups"] > 0 and idle["checkpoint_saves"] >= 0
     assert abs(idle["startups"] + idle["checkpoint_saves"] + idle["other"] - idle["total"]) < 0.05
     assert results["device_busy_fraction_gpu"] == busy["device_busy_fraction"]
+    # Full fine-tuning of two BERT sizes replicated, sharded and sharded with CPU offload, each with
+    # its parameter count; on the GPU its memory is capped (none on a CPU).
+    sweep = checks["fsdp_memory_sweep"]
+    assert sweep["cap_gib"] is None and list(sweep["runs"]) == ["2x32", "2x64"]
+    for run in sweep["runs"].values():
+        assert list(run) == ["ddp", "fsdp", "fsdp_offload"]
+        assert all(way["fits"] and way["samples_per_s"] > 0 and way["steps"] >= 2 for way in run.values())
+    assert sweep["largest_params_fsdp_offload"] == sweep["runs"]["2x64"]["ddp"]["parameters"] > 100_000
+    assert len(sweep["fsdp_vs_ddp_throughput_one_gpu"]) == 2
+    # Each MFU variant in a child process of its own; those of a GPU compile mode wait for a GPU.
+    variants = checks["vit_b16_mfu_variants"]["variants"]
+    assert variants["compiled_b256"]["status"] == variants["compiled_b256_bf16_params"]["status"] == "ok"
+    assert all(variants[v]["img_s"] > 0 for v in ("compiled_b256", "compiled_b256_bf16_params"))
+    assert variants["max_autotune_b256_bf16_params"]["status"] == "skipped"
     assert "[gpu] wrote" in result.stdout
 
 

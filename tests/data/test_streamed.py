@@ -5,9 +5,6 @@ reading a stream holds much less than one holding the whole split."""
 from __future__ import annotations
 
 import functools
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.streamed_data import held_gib, synthetic_split
 from tlsearch.data.datasets import ImageDataset, TextDataset, load_split
 from tlsearch.data.streamed import MEMORY, RAY_DATA, StreamedBatches, choose_loader, streamed_split
 from tlsearch.errors import SpecError
@@ -115,7 +113,9 @@ def test_streams_give_the_rows_the_in_memory_data_sets_give(  # type: ignore[no-
             in_memory = split_dataset(load_split(files, split), files.input_kind, spec.model, loaded)
             assert isinstance(in_memory, TextDataset | ImageDataset)
             stream = StreamedBatches(
-                LocalSession().stream(split, functools.partial(streamed_split, files, split, spec.model, 3)),
+                LocalSession().stream(
+                    split, functools.partial(streamed_split, files, split, spec.model, loaded.preprocessing)
+                ),
                 batch_size=4,
                 input_kind=files.input_kind,
                 shuffle_seed=0 if split == "train" else None,
@@ -124,68 +124,14 @@ def test_streams_give_the_rows_the_in_memory_data_sets_give(  # type: ignore[no-
             assert sorted(streamed) == sorted(_memory_rows(in_memory)), (spec.model.source, split)
 
 
-# In a fresh process: the growth of its resident memory (sampled every 5 ms) while it reads the
-# training split, whole or streamed.
-MEASURE = """
-import json, sys, threading, time
-from tlsearch.data.tables import DataFiles
-from tlsearch.spec.model import ModelSpec
-from tlsearch.train.host_memory import resident_gib
-files, model, mode = DataFiles(**json.loads(sys.argv[1])), ModelSpec(**json.loads(sys.argv[2])), sys.argv[3]
-peak, done = [0.0], threading.Event()
-def sample():
-    while not done.is_set():
-        peak[0] = max(peak[0], resident_gib())
-        time.sleep(0.005)
-if mode == "memory":
-    from tlsearch.data.datasets import load_split, TextDataset
-    from tlsearch.models.sources import build_model
-    tokenizer = build_model(model, len(files.labels), weights=False).preprocessing
-    before = resident_gib()
-    threading.Thread(target=sample, daemon=True).start()
-    dataset = TextDataset(load_split(files, "train"), tokenizer, model.max_length)
-    rows = len(dataset)
-else:
-    import ray
-    from tlsearch.data.streamed import StreamedBatches, streamed_split
-    ray.init(address=sys.argv[4], log_to_driver=False)
-    def stream(split):
-        return StreamedBatches(streamed_split(files, split, model, len(files.labels)).iterator(), 64, "text")
-    sum(1 for _ in stream("validation"))  # Ray Data's own start-up (its executor, its imports) first
-    before = resident_gib()
-    stream = stream("train")
-    threading.Thread(target=sample, daemon=True).start()
-    rows = sum(len(targets) for _, targets in stream)
-done.set()
-time.sleep(0.02)
-print(json.dumps({"rows": rows, "held_gib": max(peak[0], resident_gib()) - before}))
-"""
-
-
 @pytest.mark.integration
 @pytest.mark.slow
 def test_a_stream_holds_much_less_than_the_whole_split(  # type: ignore[no-untyped-def]
-    ray_connected, tiny_bert: Path, tmp_path: Path
+    ray_connected, tmp_path: Path
 ) -> None:
     rows = 60_000
-    data = {
-        "train": write_parquet(text_rows(rows, seed=1, words_per_row=60), tmp_path / "train.parquet"),
-        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
-    }
-    spec = validate_spec(text_spec(tiny_bert, data, tmp_path / "runs", model={"max_length": 64}))
-    files, _ = resolve_data(spec, tmp_path)
-    arguments = [json.dumps(files.__dict__), spec.model.model_dump_json()]
-    held = {}
-    for mode in ("memory", "ray_data"):
-        out = subprocess.run(
-            [sys.executable, "-c", MEASURE, *arguments, mode, ray_connected.address],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            check=True,
-        )
-        measured = json.loads(out.stdout.strip().splitlines()[-1])
-        assert measured["rows"] == rows
-        held[mode] = measured["held_gib"]
+    files, model = synthetic_split(tmp_path, rows)
+    held = {mode: held_gib(files, model, mode, ray_connected.address) for mode in ("memory", "ray_data")}
+    assert all(h["rows"] == rows for h in held.values())
     # Tokenised whole, the split's rows are Python lists of token ids; streamed, a few blocks.
-    assert held["ray_data"] < 0.25 * held["memory"], held
+    assert held["ray_data"]["held_gib"] < 0.25 * held["memory"]["held_gib"], held

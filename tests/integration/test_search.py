@@ -72,6 +72,8 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
                     {"strategy": "linear_probe", "head_lr": 1e-5},
                     {"strategy": "lora", "head_lr": 1e-5, "lr": 1e-5},
                     {"strategy": "partial", "head_lr": 1e-5, "backbone_lr": 1e-5},
+                    # Its head probe on the linear probe's cached features, then sharded or DDP.
+                    {"strategy": "lp_ft", "head_lr": 1e-5, "backbone_lr": 1e-5, "probe_epochs": 2},
                 ],
             },
             strategies={
@@ -87,6 +89,10 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
                 "lora": {
                     "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
                     "lr": {"low": 1e-5, "high": 1e-2, "log": True},
+                },
+                "lp_ft": {
+                    "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
+                    "backbone_lr": {"low": 1e-5, "high": 1e-2, "log": True},
                 },
                 "common": {"batch_size": 8},
             },
@@ -122,7 +128,7 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
     assert any(t["status"] == "stopped_early" for t in trials)
     # Trials ASHA stopped left no Ray Train worker or placement group behind (Ray issue #54305).
     _wait_for(lambda: not _train_leftovers(ray_connected.address), 60, "the stopped trials' workers to go")
-    assert {t["strategy"] for t in trials} == {"full", "linear_probe", "lora", "partial"}
+    assert {t["strategy"] for t in trials} == {"full", "linear_probe", "lora", "partial", "lp_ft"}
     for t in trials:
         assert t["workers"] == 2
         # Sharded, but for a head on cached features (no block to shard: data parallel).
@@ -141,10 +147,12 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
     # Linear-probe and partial trials trained on cached features, each cache built by one rank of one
     # trial and read by both ranks of the others.
     for t in trials:
-        cacheable = t["strategy"] in ("linear_probe", "partial")
+        cacheable = t["strategy"] in ("linear_probe", "partial", "lp_ft")  # lp_ft: its head probe
         assert t["feature_cache"] in (("built", "reused") if cacheable else ("none",)), t
     caches = [p for p in (run_dir / "features").iterdir() if p.is_dir()]
     assert len(caches) == sum(t["feature_cache"] == "built" for t in trials) >= 2
+    (lp_ft,) = [t for t in trials if t["strategy"] == "lp_ft"]
+    assert lp_ft["head_probe_s"] > 0 and lp_ft["head_probe_loss"] > 0
     best = json.loads((run_dir / BEST_FILE).read_text())
     assert best["strategy"] == "full" and best["value"] == min(t["best_val_loss"] for t in trials)
     # The killed trial went on from its checkpoint: epoch 1 was reported once, the rest followed.

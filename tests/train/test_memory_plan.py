@@ -15,9 +15,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from tlsearch.models.sources import build_model
 from tlsearch.spec.model import ModelSpec
-from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
 from tlsearch.strategies.base import prepare
-from tlsearch.testing import make_tiny_bert, trial_config
+from tlsearch.testing import make_tiny_bert, preferred_trial_config
 from tlsearch.train.loop import seed_everything
 from tlsearch.train.memory_plan import plan
 from tlsearch.train.sharding import NONE
@@ -40,10 +39,7 @@ def model_specs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ModelSpec
 
 
 def _config(strategy: str) -> Any:
-    knobs = STRATEGIES.get(strategy).knobs
-    values = {k: knobs.knob(k).preferred for k in knobs.model_fields}
-    values.update({k: CommonKnobs.knob(k).preferred for k in CommonKnobs.model_fields})
-    return trial_config(strategy, **{**values, "batch_size": BATCH})
+    return preferred_trial_config(strategy, batch_size=BATCH)
 
 
 def _measured_peak(spec: ModelSpec, config: Any, tmp_path: Path) -> int:

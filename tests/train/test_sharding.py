@@ -19,9 +19,9 @@ from torch import nn
 
 from tlsearch.models.sources import build_model
 from tlsearch.spec.model import FsdpSpec, ModelSpec
-from tlsearch.spec.strategy import STRATEGIES, CommonKnobs
+from tlsearch.spec.strategy import STRATEGIES
 from tlsearch.strategies.base import Prepared, prepare
-from tlsearch.testing import trial_config
+from tlsearch.testing import preferred_trial_config
 from tlsearch.train.checkpoint import EpochCheckpoint, load_weights, restore
 from tlsearch.train.loop import seed_everything
 
@@ -52,13 +52,8 @@ def _model_specs(tiny_bert: Path) -> dict[str, dict[str, Any]]:
 
 def _config(strategy: str) -> Any:
     """The strategy's preferred knobs (dropout off: ranks and the single process draw no masks)."""
-    knobs = STRATEGIES.get(strategy).knobs
-    values = {k: knobs.knob(k).preferred for k in knobs.model_fields}
-    values.update({k: CommonKnobs.knob(k).preferred for k in CommonKnobs.model_fields})
-    if "dropout" in values:
-        values["dropout"] = 0.0
-    values.update(batch_size=BATCH, head_lr=1e-2)
-    return trial_config(strategy, **values)
+    no_dropout = {"dropout": 0.0} if "dropout" in STRATEGIES.get(strategy).knobs.model_fields else {}
+    return preferred_trial_config(strategy, batch_size=BATCH, head_lr=1e-2, **no_dropout)
 
 
 def _prepared(model_spec: dict[str, Any], strategy: str) -> tuple[Prepared, Any, list[nn.Module]]:

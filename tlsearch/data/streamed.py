@@ -13,7 +13,6 @@ normalises, targets as class indices.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -80,9 +79,11 @@ def choose_loader(
 
 
 def streamed_split(
-    files: DataFiles, split: str, model: ModelSpec, num_classes: int, augmentation: str = "none"
+    files: DataFiles, split: str, model: ModelSpec, preprocessing: Any, augmentation: str = "none"
 ) -> Any:
-    """`split` as a Ray dataset of encoded rows: token columns or `pixels`, and `label`."""
+    """`split` as a Ray dataset of encoded rows: token columns or `pixels`, and `label`.
+    `preprocessing`: the model's tokenizer or image data config (`LoadedModel.preprocessing`), shipped
+    to Ray Data's tasks with them."""
     import ray.data
 
     dataset = ray.data.read_parquet(files.path(split), columns=[files.input_column, files.label_column])
@@ -93,25 +94,14 @@ def streamed_split(
         fn_kwargs={
             "files": files,
             "split": split,
-            "model": model,
-            "num_classes": num_classes,
+            "max_length": model.max_length,
+            "preprocessing": preprocessing,
             "augmentation": augmentation if split == "train" else "none",
         },
     )
 
 
-@functools.lru_cache(maxsize=4)
-def _preprocessing(model_json: str, num_classes: int) -> Any:
-    """The model's tokenizer or image data config, built once per Ray worker process (on the meta
-    device: no weights read)."""
-    from tlsearch.models.sources import build_model
-
-    return build_model(ModelSpec.model_validate_json(model_json), num_classes, weights=False).preprocessing
-
-
-@functools.lru_cache(maxsize=8)
-def _image_transform(model_json: str, num_classes: int, augmentation: str) -> Any:
-    preprocessing = _preprocessing(model_json, num_classes)
+def _image_transform(preprocessing: dict[str, Any], augmentation: str) -> Any:
     if augmentation != "none":
         from tlsearch.data.augmentation import training_transform
 
@@ -126,8 +116,8 @@ def _encode(
     *,
     files: DataFiles,
     split: str,
-    model: ModelSpec,
-    num_classes: int,
+    max_length: int,
+    preprocessing: Any,
     augmentation: str,
 ) -> dict[str, np.ndarray]:
     """One Ray Data batch of raw rows, encoded (a task on any node of the cluster)."""
@@ -144,19 +134,17 @@ def _encode(
     if any(v is None for v in inputs):
         raise UserInputError(f"{path}: rows without `{files.input_column}`: fill them")
     out: dict[str, np.ndarray] = {LABEL: np.asarray([index[str(v)] for v in labels], dtype=np.int64)}
-    model_json = model.model_dump_json()
     if files.input_kind == "text":
-        tokenizer = _preprocessing(model_json, num_classes)
-        encoded = tokenizer(
+        encoded = preprocessing(
             [str(t) for t in inputs],
             truncation=True,
-            max_length=model.max_length,
+            max_length=max_length,
             padding="max_length",  # fixed-width columns; each training batch is cut to its longest row
             return_tensors="np",
         )
         out.update({key: np.asarray(value, dtype=np.int32) for key, value in encoded.items()})
     else:
-        transform = _image_transform(model_json, num_classes, augmentation)
+        transform = _image_transform(preprocessing, augmentation)
         base_dir = Path(path).resolve().parent
         out["pixels"] = np.stack(
             [transform(open_image(item, base_dir).convert("RGB")).numpy() for item in inputs]

@@ -10,6 +10,7 @@ from typing import Any
 from ray.train import DataConfig
 
 from tlsearch.data.streamed import RAY_DATA, streamed_split
+from tlsearch.models.sources import build_model
 from tlsearch.space.trial_config import Continuation, TrialConfig, split_baseline
 from tlsearch.spec.objective import primary
 from tlsearch.train.host_memory import release_freed_host_memory
@@ -123,8 +124,9 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
     streams: dict[str, Any] = {}
     if run.data.loader == RAY_DATA:  # Ray Train divides them among the workers
         augmentation = inputs.config.common.augmentation
+        preprocessing = build_model(spec.model, run.num_classes, weights=False).preprocessing
         streams = {
-            split: streamed_split(run.data, split, spec.model, run.num_classes, augmentation)
+            split: streamed_split(run.data, split, spec.model, preprocessing, augmentation)
             for split in ("train", "validation")
         }
     trainer = TorchTrainer(

@@ -241,14 +241,16 @@ def trains_sharded(inputs: TrialInputs, session: Session, blocks: list[nn.Module
     return bool(decision[0])
 
 
-def streamed_loaders(inputs: TrialInputs, session: Session) -> tuple[StreamedBatches, StreamedBatches]:
+def streamed_loaders(
+    inputs: TrialInputs, session: Session, preprocessing: Any
+) -> tuple[StreamedBatches, StreamedBatches]:
     """This rank's training and validation streams (data.loader: ray_data). A multi-worker trial's
     driver built the datasets and Ray Train divided them; one process builds them itself."""
     run, config, spec = inputs.run, inputs.config, inputs.run.spec
     kind = run.data.input_kind
 
     def build(split: str) -> Any:
-        return streamed_split(run.data, split, spec.model, run.num_classes, config.common.augmentation)
+        return streamed_split(run.data, split, spec.model, preprocessing, config.common.augmentation)
 
     train_rows = parquet_rows(run.data.train)
     train = StreamedBatches(
@@ -349,7 +351,7 @@ def setup_training(inputs: TrialInputs, session: Session) -> Training:
     train_loader: DataLoader[Any] | StreamedBatches
     val_loader: DataLoader[Any] | StreamedBatches
     if streamed:
-        train_loader, val_loader = streamed_loaders(inputs, session)
+        train_loader, val_loader = streamed_loaders(inputs, session, loaded.preprocessing)
         sampler, train_targets = train_loader, split_targets(run.data, "train")
     else:
         if cache.datasets is None:
