@@ -19,6 +19,7 @@ KEYS = {
     "fsdp_state_bytes_per_worker_vs_ddp",
     "fsdp_memory_per_worker_vs_ddp",
     "fsdp_vs_ddp_throughput",
+    "streamed_vs_memory_held",
     "gpu_name",
     "vit_b16_full_img_s",
     "vit_b16_full_mfu",

@@ -93,6 +93,7 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
                 "lp_ft": {
                     "head_lr": {"low": 1e-5, "high": 1e-1, "log": True},
                     "backbone_lr": {"low": 1e-5, "high": 1e-2, "log": True},
+                    "probe_epochs": 2,
                 },
                 "common": {"batch_size": 8},
             },
