@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from tests.audit.planted import balanced, distinct_texts, planted_text_data
-from tlsearch.testing import image_spec, text_spec, write_parquet
+from tlsearch.testing import image_rows, image_spec, text_rows, text_spec, write_image_folder, write_parquet
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,7 +45,11 @@ def test_validate_bad_spec_exits_2_with_every_problem(tmp_path: Path) -> None:
 
 
 def test_validate_a_spec_with_image_folder_splits(tmp_path: Path) -> None:
-    """A split path without a .parquet or .csv suffix is an image folder; validate reads no files."""
+    """A split path without a .parquet or .csv suffix is an image folder; validate reads the folders'
+    class names and the tables' schemas and labels (no image)."""
+    for split, seed in (("train", 1), ("val", 2), ("test", 3)):
+        write_image_folder(image_rows(6, seed=seed), tmp_path / split)
+    write_parquet(image_rows(6, seed=4), tmp_path / "val.parquet")
     spec = image_spec({"train": tmp_path / "train", "validation": tmp_path / "val.parquet"}, tmp_path)
     spec["data"]["test"] = str(tmp_path / "test") + "/"
     (tmp_path / "mixed.yaml").write_text(yaml.safe_dump(spec))
@@ -303,7 +307,10 @@ def test_predict_refuses_a_file_without_the_input_column_and_a_run_without_a_fin
 
 
 def test_validate_prints_the_memory_plan_of_a_multi_worker_spec(tiny_bert: Path, tmp_path: Path) -> None:
-    files = {"train": tmp_path / "train.parquet", "validation": tmp_path / "validation.parquet"}
+    files = {
+        "train": write_parquet(text_rows(12, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(6, seed=2), tmp_path / "validation.parquet"),
+    }
     spec = text_spec(
         tiny_bert,
         files,

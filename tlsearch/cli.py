@@ -196,10 +196,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     from tlsearch.spec import load_spec
 
     if args.command == "validate":
+        from tlsearch.search.resolve import check_data
+
         bad = 0
         for path in args.specs:
             try:
                 spec = load_spec(path, args.overrides)
+                check_data(spec)
             except UserInputError as exc:
                 print(exc, file=sys.stderr)
                 bad += 1

@@ -12,9 +12,34 @@ T = TypeVar("T")
 
 
 def suggest(name: str, candidates: list[str] | tuple[str, ...]) -> str:
-    """' Did you mean `x`?' when a candidate is close to `name`, else ''."""
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
-    return f" Did you mean `{close[0]}`?" if close else ""
+    """' Did you mean `x`?' when a candidate is close to `name` (a typo: a few letters added, dropped,
+    changed or swapped; an abbreviation, `attn`; or mostly the same letters in order), else ''."""
+    typos = [c for c in candidates if _edits(name.lower(), c.lower()) <= max(1, len(name) // 4)]
+    short = [c for c in candidates if len(name) >= 3 and _abbreviates(name.lower(), c.lower())]
+    close = typos or short or difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.75)
+    best = min(close, key=lambda c: _edits(name.lower(), c.lower())) if close else None
+    return f" Did you mean `{best}`?" if best else ""
+
+
+def _abbreviates(short: str, name: str) -> bool:
+    """`short`'s letters appear in `name` in order, starting with its first (`attn`, `attention`)."""
+    letters = iter(name)
+    return short[:1] == name[:1] and all(letter in letters for letter in short)
+
+
+def _edits(a: str, b: str) -> int:
+    """Letters to insert, delete, substitute or swap (adjacent) to turn `a` into `b`."""
+    previous2: list[int] = []
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, 1):
+        current = [i]
+        for j, y in enumerate(b, 1):
+            cost = min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y))
+            if i > 1 and j > 1 and x == b[j - 2] and a[i - 2] == y:
+                cost = min(cost, previous2[j - 2] + 1)
+            current.append(cost)
+        previous2, previous = previous, current
+    return previous[-1]
 
 
 class Registry(Generic[T]):

@@ -61,7 +61,8 @@ def test_every_planted_problem_is_counted_exactly(planted: tuple[Spec, dict, dic
     assert ("imbalance_ratio", "train") not in findings
     assert "scope" in report and "before the data.max_train_samples" in report["scope"]
     text = summary_text(report)
-    assert "train: 2 rows have no label (rows 67, 68)" in text
+    # Each finding names the split's file: the message is read where the spec is not at hand.
+    assert f"train ({report['files']['train']}): 2 rows have no label (rows 67, 68)" in text
 
 
 def test_a_search_refuses_missing_labels_unless_dropped(planted: tuple[Spec, dict, dict]) -> None:

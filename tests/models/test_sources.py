@@ -100,8 +100,11 @@ def test_a_checkpoints_own_head_is_replaced_by_a_new_one(tmp_path: Path, tiny_be
 def test_unknown_names_are_user_errors(tmp_path: Path) -> None:
     with pytest.raises(UserInputError, match="Did you mean `test_vit`"):
         build_model(timm_spec("test_vitt"), num_classes=2)
-    with pytest.raises(UserInputError, match="cannot load Hugging Face model"):
+    with pytest.raises(UserInputError, match="is not a local directory"):
         build_model(hf_spec(str(tmp_path / "nothing-here")), num_classes=2)
+    (tmp_path / "empty-dir").mkdir()  # a directory, but no model in it
+    with pytest.raises(UserInputError, match="cannot load Hugging Face model"):
+        build_model(hf_spec(str(tmp_path / "empty-dir")), num_classes=2)
 
 
 def test_meta_probe_reads_no_weights(tiny_bert: Path) -> None:

@@ -210,7 +210,9 @@ def _warnings(
     examples = report["examples"]
 
     def add(finding: str, where: str, message: str) -> None:
-        out.append({"finding": finding, "where": where, "message": f"{where}: {message}"})
+        # A split's findings name its file: the message is read where the spec is not at hand.
+        named = f"{where} ({report['files'][where]})" if where in report.get("files", {}) else where
+        out.append({"finding": finding, "where": where, "message": f"{named}: {message}"})
 
     for name in splits:
         if n := report["missing_labels"][name]:

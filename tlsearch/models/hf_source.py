@@ -17,6 +17,7 @@ Tails (tlsearch.models.tails) of a transformers model:
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -158,7 +159,29 @@ def _location(spec: ModelSpec) -> str:
     if spec.builtin is not None:
         return str(_builtin_path(spec.builtin))
     path = Path(spec.name).expanduser()
-    return str(path.resolve()) if path.exists() else spec.name
+    if path.exists():
+        return str(path.resolve())
+    if spec.name.startswith(("/", "./", "../", "~")) or spec.name.count("/") > 1:
+        raise UserInputError(
+            f"model.name `{spec.name}` is not a local directory (no such path) and cannot be a Hugging Face "
+            "hub id: give the directory `save_pretrained` wrote, a hub id (`org/name`), or `builtin:...`"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        _check_cached(spec.name)
+    return spec.name
+
+
+def _check_cached(name: str) -> None:
+    """Offline, a hub id is only usable from the local cache: say so at once, naming the model,
+    instead of transformers' advice to check the connection."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise UserInputError(
+            f"model.name `{name}` is not a local directory or a known builtin, and it is not in the local "
+            "Hugging Face cache (HF_HUB_OFFLINE is set, so the hub is not asked): give the directory "
+            "`save_pretrained` wrote, or download it where the hub is reachable"
+        )
 
 
 def _builtin_path(name: str) -> Path:

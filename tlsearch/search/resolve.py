@@ -60,7 +60,17 @@ class Resolved:
     audit: dict[str, Any] | None = None  # the data audit's report (audit.json); None: audit.enabled false
 
 
-def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[DataFiles, dict[str, str]]:
+def check_data(spec: Spec) -> None:
+    """What `tlsearch validate` checks of a spec's own data files before a search would: that they
+    exist in the form named, have the columns and at least two classes to train on (schemas and label
+    columns only; builtin data sets are known good)."""
+    if spec.data.builtin is None:
+        resolve_data(spec, Path(spec.storage), hash_files=False)
+
+
+def resolve_data(
+    spec: Spec, run_dir: Path, *, reuse: bool = False, hash_files: bool = True
+) -> tuple[DataFiles, dict[str, str]]:
     d = spec.data
     splits, column, kind = data_paths(spec, run_dir, reuse=reuse)
     if d.builtin is None:
@@ -79,6 +89,15 @@ def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[Dat
                 f"its columns: {', '.join(names)}"
             )
         tables.append(read_table(path, [d.label_column], folder_columns=names_of_folder))
+        if split == "train":
+            trained = label_set(tables[-1:], d.label_column)
+            if tables[-1].num_rows == 0:
+                raise UserInputError(f"data.train ({path}) has no rows")
+            if len(trained) < 2:
+                raise UserInputError(
+                    f"data.train ({path}) has {len(trained)} class(es) in `{d.label_column}` "
+                    f"({', '.join(trained) or 'no labels'}): a classifier needs at least 2 to learn from"
+                )
     labels = label_set(tables, d.label_column)
     if len(labels) < 2:
         raise UserInputError(f"the data has {len(labels)} class(es) in `{d.label_column}`: need at least 2")
@@ -93,7 +112,7 @@ def resolve_data(spec: Spec, run_dir: Path, *, reuse: bool = False) -> tuple[Dat
         max_train_samples=d.max_train_samples,
         max_validation_samples=d.max_validation_samples,
     )
-    hashes = {split: file_sha256(path) for split, path in splits.items() if path}
+    hashes = {split: file_sha256(path) for split, path in splits.items() if path and hash_files}
     return files, hashes
 
 

@@ -33,7 +33,7 @@ from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
 from tlsearch.spec.objective import primary
-from tlsearch.tracking.wandb_runs import WandbTracker
+from tlsearch.tracking.wandb_runs import WandbTracker, api_key_configured, resolve_mode
 from tlsearch.train.checkpoint import CheckpointLayout
 from tlsearch.train.inputs import RunContext
 
@@ -65,6 +65,29 @@ class Outcome:
 
 
 BASELINES_DIR = "baselines"  # the baselines' Tune experiment, inside the search's
+
+
+def check_reachable(address: str | None) -> None:
+    """A cluster address (`host:port` of its GCS, as `ray start` prints it) must accept connections:
+    refused within seconds, before anything is written, rather than Ray retrying for minutes."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address or address in ("auto", "local") or "://" in address:
+        return  # Ray's own lookups (auto), a new cluster, or a client / dashboard URL
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserInputError(
+            f"--address `{address}` is not HOST:PORT (the GCS address `ray start --head` prints, e.g. "
+            "127.0.0.1:6379)"
+        )
+    import socket
+
+    try:
+        socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
+    except OSError as exc:
+        raise UserInputError(
+            f"no Ray cluster at {address} ({exc.strerror or exc}): start one with `ray start --head`, "
+            "pass the address it prints, or leave --address (and RAY_ADDRESS) out for a local cluster"
+        ) from None
 
 
 def connect(address: str | None) -> None:
@@ -491,8 +514,24 @@ def forget_lost_trials(run_dir: Path, tune_trial_ids: set[str]) -> None:
         append_jsonl(run_dir / EVENTS_LOG, {"event": "abandoned", "trial_id": trial_id})
 
 
+REACH_TIMEOUT_S = 5.0  # a cluster's address that accepts no connection in this long is refused
+
+
+def check_tracking(spec: Spec) -> None:
+    """W&B online needs a key: refused before anything starts, rather than runs that never reach W&B."""
+    mode = resolve_mode(spec.tracking.wandb.mode)
+    if mode == "online" and not api_key_configured():
+        raise UserInputError(
+            "W&B is online (tracking.wandb.mode, or WANDB_MODE), but no API key is configured: run "
+            "`wandb login` or set WANDB_API_KEY, or set tracking.wandb.mode: offline (sync later with "
+            "`wandb sync`)"
+        )
+
+
 def run_search(spec: Spec, *, address: str | None = None) -> Outcome:
     check_job_storage(spec)
+    check_tracking(spec)
+    check_reachable(address)
     run_dir = spec.run_dir()
     if run_dir.exists():
         raise UserInputError(
@@ -506,7 +545,13 @@ def run_search(spec: Spec, *, address: str | None = None) -> Outcome:
                 f"{experiment} already exists (checkpoint_storage): another search of this name wrote "
                 f"there; start this one with another name (`--name {spec.name}-2`)"
             )
-    run_dir.mkdir(parents=True)
+    try:
+        run_dir.mkdir(parents=True)
+    except OSError as exc:
+        raise UserInputError(
+            f"cannot create the run directory {run_dir}: {exc.strerror}; set `storage` to a directory "
+            "you can write to"
+        ) from None
     budget.start_session(run_dir)  # the time budget counts from here: the audit and Ray's start-up too
     try:
         resolved = resolve(spec, run_dir)
@@ -523,6 +568,8 @@ def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
 
     run_dir = Path(run_dir).expanduser().resolve()
     spec = read_resolved_spec(run_dir)
+    check_tracking(spec)
+    check_reachable(address)
     budget.start_session(run_dir)
     resolved = resolve(spec, run_dir, resuming=True)
     restorable = tune.Tuner.can_restore("/".join(experiment_location(spec, run_dir)))

@@ -18,14 +18,25 @@ def load_spec(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> 
     path = Path(path)
     source = str(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise SpecError([f"cannot read the spec: {exc.strerror}"], source) from None
     try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise SpecError(
+            [f"line {line}: byte 0x{raw[exc.start]:02x} is not UTF-8 text: save the spec as UTF-8"], source
+        ) from None
+    try:
         data = yaml.safe_load(text)
-        lines = _line_numbers(yaml.compose(text))
+        tree = yaml.compose(text)
     except yaml.YAMLError as exc:
         raise SpecError([f"not valid YAML: {exc}"], source) from None
+    twice = _repeated_keys(tree)
+    if twice:
+        raise SpecError(twice, source)
+    lines = _line_numbers(tree)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -175,6 +186,26 @@ def _explain(exc: ValidationError) -> list[tuple[str, str]]:
             other = msg.removeprefix("must be ").partition(", but got ")[0]
             seen[path] = f"{first} or {other}" + (f", but got {got}" if got else "")
     return list(seen.items())
+
+
+def _repeated_keys(node: yaml.Node | None, prefix: str = "") -> list[str]:
+    """A key given twice in one mapping, with both lines (YAML would keep the last one silently)."""
+    problems: list[str] = []
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key, value in node.value:
+            path = f"{prefix}.{key.value}" if prefix else str(key.value)
+            line = key.start_mark.line + 1
+            if key.value in seen:
+                problems.append(
+                    f"{path}: given twice (lines {seen[key.value]} and {line}): keep the one you mean"
+                )
+            seen.setdefault(key.value, line)
+            problems += _repeated_keys(value, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            problems += _repeated_keys(item, f"{prefix}[{i}]")
+    return problems
 
 
 def _line_numbers(node: yaml.Node | None, prefix: str = "") -> dict[str, int]:
