@@ -283,7 +283,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"{outcome.num_samples} trials"
         )
     if not outcome.succeeded:
-        print(f"tlsearch: no trial finished; see the errors in {outcome.run_dir}", file=sys.stderr)
+        failed = [t for t in outcome.search_trials if t["status"] == "error"]
+        print(f"tlsearch: no trial finished; {len(failed)} failed:", file=sys.stderr)
+        for t in failed[:10]:
+            last = (str(t.get("error") or "no error recorded").strip().splitlines() or [""])[-1]
+            print(f"  trial {t['trial_id']}: {last[:300]}", file=sys.stderr)
+        print(f"every error in {outcome.run_dir / 'trials.parquet'} (column `error`)", file=sys.stderr)
         return EXIT_FAILED
     if (outcome.run_dir / "final" / "metrics.json").exists():
         print(

@@ -378,6 +378,54 @@ def test_killed_trial_retries_from_its_checkpoint_and_killed_driver_resumes(  # 
         assert epochs.count(1) == 1, epochs
 
 
+def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: ignore[no-untyped-def]
+    ray_cluster, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """Its one trial killed with no retry left (`max_failures: 0`): exit 1, "no trial finished" with
+    the trial's error, and a report (and `tlsearch report`) that says so."""
+    data = {
+        "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+    }
+    spec = text_spec(
+        tiny_bert,
+        data,
+        tmp_path / "runs",
+        search={"num_samples": 1, "max_epochs": 4, "scheduler": {"type": "fifo"}, "max_failures": 0},
+        strategies={"full": {}, "common": {"batch_size": 4}},
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "runs" / spec["name"]
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for(lambda: bool(read_jsonl(run_dir / "epochs.jsonl")), 240, "a first epoch")
+        os.kill(read_jsonl(run_dir / "epochs.jsonl")[0]["rank0_pid"], signal.SIGKILL)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    assert "no trial finished" in err, err[-3000:]
+    (trial,) = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    assert trial["status"] == "error" and trial["error"], trial
+    assert f"trial {trial['trial_id']}: " in err  # the failed trials are listed with their errors
+    report = (run_dir / "report.md").read_text()
+    assert "no trial finished" in report.lower()
+    again = subprocess.run(
+        [sys.executable, "-m", "tlsearch", "report", str(run_dir)], cwd=ROOT, capture_output=True, text=True
+    )
+    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_cluster, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = {
         "train": write_parquet(text_rows(300, seed=1), tmp_path / "train.parquet"),
