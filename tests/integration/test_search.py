@@ -426,6 +426,51 @@ def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: igno
     assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
 
 
+def test_two_searches_at_once_on_one_machine(tiny_bert: Path, tmp_path: Path) -> None:
+    """Two `tlsearch run` started together, one storage, no cluster given: each starts its own local
+    cluster and both finish. The same name twice at once: one runs, the other is refused (exit 2)."""
+    data = {
+        "train": write_parquet(text_rows(40, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(12, seed=2), tmp_path / "validation.parquet"),
+    }
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+
+    def start(name: str) -> subprocess.Popen[str]:
+        spec = text_spec(
+            tiny_bert,
+            data,
+            tmp_path / "runs",
+            name=name,
+            search={"num_samples": 1, "max_epochs": 1, "scheduler": {"type": "fifo"}},
+            strategies={"linear_probe": {}},
+        )
+        path = tmp_path / f"{name}-{time.monotonic_ns()}.yaml"
+        path.write_text(yaml.safe_dump(spec))
+        return subprocess.Popen(
+            [sys.executable, "-m", "tlsearch", "run", str(path)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    for names in (("first", "second"), ("same", "same")):
+        drivers = [start(name) for name in names]
+        ended = [(d.wait(timeout=600), *d.communicate()) for d in drivers]
+        codes = sorted(code for code, _, _ in ended)
+        if names[0] != names[1]:
+            assert codes == [0, 0], [err[-2000:] for _, _, err in ended]
+        else:
+            assert codes == [0, 2], [err[-2000:] for _, _, err in ended]
+            (refused,) = [err for code, _, err in ended if code == 2]
+            assert "already exists" in refused or "being driven by" in refused, refused[-2000:]
+            assert "Traceback" not in refused
+        for name in set(names):
+            (trial,) = pq.read_table(tmp_path / "runs" / name / TRIALS_TABLE).to_pylist()
+            assert trial["status"] == "completed"
+
+
 def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_cluster, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     data = {
         "train": write_parquet(text_rows(300, seed=1), tmp_path / "train.parquet"),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -79,8 +82,6 @@ def check_reachable(address: str | None) -> None:
             f"--address `{address}` is not HOST:PORT (the GCS address `ray start --head` prints, e.g. "
             "127.0.0.1:6379)"
         )
-    import socket
-
     try:
         socket.create_connection((host, int(port)), timeout=REACH_TIMEOUT_S).close()
     except OSError as exc:
@@ -514,6 +515,7 @@ def forget_lost_trials(run_dir: Path, tune_trial_ids: set[str]) -> None:
         append_jsonl(run_dir / EVENTS_LOG, {"event": "abandoned", "trial_id": trial_id})
 
 
+DRIVER_LOCK = "driver.lock"  # in the run directory: who drives the search now (tlsearch.search.runner)
 REACH_TIMEOUT_S = 5.0  # a cluster's address that accepts no connection in this long is refused
 
 
@@ -546,21 +548,27 @@ def run_search(spec: Spec, *, address: str | None = None) -> Outcome:
                 f"there; start this one with another name (`--name {spec.name}-2`)"
             )
     try:
-        run_dir.mkdir(parents=True)
+        run_dir.mkdir(parents=True)  # atomic: of two searches of one name started at once, one wins
+    except FileExistsError:
+        raise UserInputError(
+            f"{run_dir} already exists (another search of this name has just started): start this one "
+            f"with another name (`--name {spec.name}-2`)"
+        ) from None
     except OSError as exc:
         raise UserInputError(
             f"cannot create the run directory {run_dir}: {exc.strerror}; set `storage` to a directory "
             "you can write to"
         ) from None
-    budget.start_session(run_dir)  # the time budget counts from here: the audit and Ray's start-up too
-    try:
-        resolved = resolve(spec, run_dir)
-    except BaseException:
-        # Nothing ran yet: remove only what this call created a moment ago.
-        shutil.rmtree(run_dir, ignore_errors=True)
-        raise
-    write_resolved_spec(resolved, run_dir)
-    return _fit(resolved, run_dir, restore=False, address=address)
+    with driver_lock(run_dir):
+        budget.start_session(run_dir)  # the time budget counts from here: the audit and Ray's start-up too
+        try:
+            resolved = resolve(spec, run_dir)
+        except BaseException:
+            # Nothing ran yet: remove only what this call created a moment ago.
+            shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        write_resolved_spec(resolved, run_dir)
+        return _fit(resolved, run_dir, restore=False, address=address)
 
 
 def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
@@ -570,9 +578,38 @@ def resume_search(run_dir: Path, *, address: str | None = None) -> Outcome:
     spec = read_resolved_spec(run_dir)
     check_tracking(spec)
     check_reachable(address)
-    budget.start_session(run_dir)
-    resolved = resolve(spec, run_dir, resuming=True)
-    restorable = tune.Tuner.can_restore("/".join(experiment_location(spec, run_dir)))
-    if not restorable and (run_dir / TRIALS_TABLE).exists():
-        raise UserInputError(f"{run_dir} has results but no Tune experiment state to resume from")
-    return _fit(resolved, run_dir, restore=restorable, address=address)
+    with driver_lock(run_dir):
+        budget.start_session(run_dir)
+        resolved = resolve(spec, run_dir, resuming=True)
+        restorable = tune.Tuner.can_restore("/".join(experiment_location(spec, run_dir)))
+        if not restorable and (run_dir / TRIALS_TABLE).exists():
+            raise UserInputError(f"{run_dir} has results but no Tune experiment state to resume from")
+        return _fit(resolved, run_dir, restore=restorable, address=address)
+
+
+@contextlib.contextmanager
+def driver_lock(run_dir: Path) -> Iterator[None]:
+    """Held by the process driving this search (`run`, `resume`): a second driver of the same run is
+    refused rather than writing beside it. An flock, which the kernel drops when its process dies: a
+    killed driver's search resumes. (On a network file system shared by several machines, flock may
+    hold on one machine only.)"""
+    import fcntl
+
+    with open(run_dir / DRIVER_LOCK, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserInputError(
+                f"{run_dir} is being driven by {holder}: wait for it to end (or stop it), then "
+                f"`tlsearch resume {run_dir}` if it did not finish"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"tlsearch pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
