@@ -471,7 +471,12 @@ def test_two_searches_at_once_on_one_machine(tiny_bert: Path, tmp_path: Path) ->
             assert trial["status"] == "completed"
 
 
-def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_cluster, tiny_bert: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_resume_finishes(  # type: ignore[no-untyped-def]
+    ray_cluster, tiny_bert: Path, tmp_path: Path, stop: signal.Signals
+) -> None:
+    """Ctrl-C, or SIGTERM as `timeout` and CI runners send it: the driver stops without a traceback
+    (exit 130) and `tlsearch resume` finishes the search."""
     data = {
         "train": write_parquet(text_rows(300, seed=1), tmp_path / "train.parquet"),
         "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
@@ -497,7 +502,7 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(ray_cluster, tiny_bert: Path, 
     )
     try:
         _wait_for(lambda: _ends(run_dir) >= 1, 240, "a finished trial")
-        driver.send_signal(signal.SIGINT)
+        driver.send_signal(stop)
         _, stderr = driver.communicate(timeout=120)
     finally:
         if driver.poll() is None:

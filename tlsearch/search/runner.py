@@ -323,8 +323,32 @@ def _recorder(spec: Spec, run_dir: Path, *, time_budget: bool = False) -> Result
     )
 
 
+@contextlib.contextmanager
+def sigterm_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM (`timeout`, a CI runner's cancel, a scheduler's preemption) stops the search as Ctrl-C
+    does: Tune's own SIGINT handling ends the trials and saves its state, and `tlsearch resume`
+    continues it. Installed after Ray's start, whose core worker sets a SIGTERM handler of its own
+    that aborts the process; the previous handler is back afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers belong to the main thread
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | None) -> Outcome:
     connect(address)
+    with sigterm_as_ctrl_c():
+        return _fit_connected(resolved, run_dir, restore=restore)
+
+
+def _fit_connected(resolved: Resolved, run_dir: Path, *, restore: bool) -> Outcome:
     print(f"[tlsearch] run directory: {run_dir}", flush=True)
     spec = resolved.spec
     if restore and budget.budget_spent(run_dir):
