@@ -135,7 +135,7 @@ def test_the_data_audit_section(run_dir: Path, tmp_path: Path) -> None:
     assert "- status: **warnings**" in section and "- rows: train 74, validation 35, test 33" in section
     assert "- missing labels: train 2" in section
     assert "- exact duplicates across splits: train/validation 2, train/test 1, validation/test 1" in section
-    assert "- warning: train: 2 rows have no label (rows 67, 68)" in section
+    assert "train.parquet): 2 rows have no label (rows 67, 68)" in section
     assert "- dropped from training (`audit.drop`: missing_labels): 2 rows" in section
     assert "<h2>Data audit</h2>" in report.files["html"].read_text()
     audit = json.loads(report.files["json"].read_text())["audit"]

@@ -45,7 +45,8 @@ def test_the_search_refuses_missing_labels_it_does_not_drop(tiny_bert: Path, tmp
     run_dir = spec.run_dir()
     run_dir.mkdir(parents=True)
     with pytest.raises(
-        UserInputError, match=r"train: 2 rows have no label .* `missing_labels` under `audit.drop`"
+        UserInputError,
+        match=r"train \(.*train\.parquet\): 2 rows have no label .* `missing_labels` under `audit.drop`",
     ):
         resolve(spec, run_dir)
     assert json.loads((run_dir / AUDIT_FILE).read_text())["status"] == "warnings"
