@@ -156,7 +156,10 @@ def recording_spec(base: dict[str, Any], grid: dict[str, dict[str, Any]], name: 
         "scheduler": {"type": "fifo"},
         "baselines": [],  # the table records the grid's configurations only
     }
-    document["training"] = {**base.get("training", {}), "checkpoints_to_keep": 1}
+    document["training"] = {
+        **base.get("training", {}),
+        "checkpoints_to_keep": 2,
+    }  # the fewest: best and latest
     document["audit"] = {"enabled": False}
     document["finalize"] = {"after_search": False}
     document["tracking"] = {**base.get("tracking", {}), "wandb": {"mode": "disabled"}}

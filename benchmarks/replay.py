@@ -383,16 +383,18 @@ def run_replay(
     callbacks: Iterable[Any] = (),
     reuse_actors: bool = True,
     continue_promoted: bool = True,
+    optuna_storage: Any = None,
 ) -> ReplayResult:
     """One replayed search on the connected Ray cluster: `spec`'s searcher, sampler, seed configs
-    and scheduler (built as a real search builds them), the table instead of training."""
+    and scheduler (built as a real search builds them), the table instead of training.
+    `optuna_storage`: the study's storage (none: in memory; a real search has a journal file)."""
     from ray import tune
 
     from tlsearch.search.runner import search_algorithms, trial_dirname
     from tlsearch.space import build_space
 
     space = build_space(spec)
-    searcher, scheduler = search_algorithms(spec, space, f"{spec.name}-replay", storage=None)
+    searcher, scheduler = search_algorithms(spec, space, f"{spec.name}-replay", storage=optuna_storage)
     limiter = TimedLimiter(searcher, max_concurrent=max_concurrent)
     log = ReplayLog(spec.search.metric)
     trainable = tune.with_resources(

@@ -40,6 +40,15 @@ SOURCES: dict[str, tuple[str, str]] = {
     "fsdp_vs_ddp_throughput": ("fsdp.json", "fsdp_vs_ddp_throughput"),
     # What a process holds of a training split streamed by Ray Data, over holding it tokenised whole.
     "streamed_vs_memory_held": ("streamed_data.json", "streamed_vs_memory_held"),
+    # A 50-trial search's trial process: resident memory at its last trial less at its 5th (MB).
+    "soak_rss_growth_mb": ("soak.json", "soak_rss_growth_mb"),
+    # Placement groups still held once that search ended.
+    "soak_leftover_placement_groups": ("soak.json", "soak_leftover_placement_groups"),
+    # The search driver's RSS growth from trial 10 to 500 of a replayed search (issue 26: < 200 MB);
+    # the larger of Tune + Optuna alone and with tlsearch's ResultsRecorder and journal storage.
+    "driver_rss_growth_500_trials_mb": ("driver_memory.json", "driver_rss_growth_500_trials_mb"),
+    # Trial processes killed at random mid-search: every trial ends as in a run without faults.
+    "chaos_matches_run_without_faults": ("chaos.json", "matches"),
     "gpu_name": ("gpu_results.json", "gpu_name"),
     "vit_b16_full_img_s": ("gpu_results.json", "vit_b16_full_img_s"),
     "vit_b16_full_mfu": ("gpu_results.json", "vit_b16_full_mfu"),

@@ -77,6 +77,17 @@ class Setup:
         }
         return self.write(image_spec(files, self.storage, **sections))
 
+    def model_dir(self, name: str, weights: dict[str, bytes]) -> Path:
+        """The tiny BERT's directory (config, tokenizer) with `weights` as its weight files instead."""
+        directory = self.root / name
+        directory.mkdir()
+        for file in self.bert.iterdir():
+            if file.is_file() and file.suffix != ".safetensors":
+                (directory / file.name).write_bytes(file.read_bytes())
+        for file_name, content in weights.items():
+            (directory / file_name).write_bytes(content)
+        return directory
+
     def not_a_run(self) -> str:
         directory = self.root / "not-a-run"
         directory.mkdir(exist_ok=True)
@@ -151,6 +162,42 @@ def _storage_below_a_file(s: Setup) -> list[str]:
     return ["run", s.write({**s.spec(), "storage": str(s.root / "a-file" / "runs")})]
 
 
+def _pickled_bert(s: Setup) -> Path:
+    """The tiny BERT with its weights as a pickled `pytorch_model.bin` (what transformers wrote before
+    safetensors; transformers 5 writes safetensors only, so torch.save stands in)."""
+    import io
+
+    import torch
+    from safetensors.torch import load_file
+
+    buffer = io.BytesIO()
+    torch.save(load_file(s.bert / "model.safetensors"), buffer)
+    return s.model_dir("bert-bin", {"pytorch_model.bin": buffer.getvalue()})
+
+
+def _timm_pickled_checkpoint(s: Setup) -> list[str]:
+    import torch
+
+    torch.save({"conv1.weight": torch.zeros(1)}, s.root / "resnet.pth")
+    model = {"name": str(s.root / "resnet.pth"), "architecture": "test_resnet", "pretrained": True}
+    return ["validate", s.image_spec_file(model=model)]
+
+
+def _set_below_a_value(s: Setup) -> list[str]:
+    spec = s.spec(strategies={"lora": {"rank": 8}})
+    return ["validate", s.write(spec), "--set", "strategies.lora.rank.low=0"]
+
+
+def _column_of(name: str, **columns: list[Any]) -> Callable[[Setup], list[str]]:
+    """`validate` with a training file of these columns, typed as pyarrow infers them."""
+
+    def argv(s: Setup) -> list[str]:
+        pq.write_table(pa.table(columns), s.root / name)
+        return ["validate", s.with_data(train=s.root / name)]
+
+    return argv
+
+
 def _set(*overrides: str) -> Callable[[Setup], list[str]]:
     def argv(s: Setup) -> list[str]:
         return ["validate", s.spec_file(), *(a for o in overrides for a in ("--set", o))]
@@ -217,6 +264,31 @@ CASES = [
     Case("set-no-equals", _set("search.num_samples"), ("KEY.PATH=VALUE",)),
     Case("set-bad-value", _set("search.num_samples=abc"), ("search.num_samples (from --set)",)),
     Case(
+        "set-nested-bad-number",
+        _set("strategies.full.head_lr.low=abc"),
+        ("strategies.full.head_lr.low (from --set)", "valid number", "'abc'"),
+    ),
+    Case(
+        "set-nested-unknown-choice",
+        _set("search.scheduler.type=nope"),
+        ("search.scheduler.type (from --set)", "'asha' or 'fifo'"),
+    ),
+    Case(
+        "set-half-a-range",
+        _set("strategies.lora.rank.low=0"),
+        ("strategies.lora.rank (from --set strategies.lora.rank.low)", "both `low` and `high`"),
+    ),
+    Case(
+        "set-below-a-value",
+        _set_below_a_value,
+        ("--set strategies.lora.rank.low", "`strategies.lora.rank` is 8", "set it whole"),
+    ),
+    Case(
+        "set-below-a-scalar-default",
+        _set("search.scheduler.grace_period.epochs=1"),
+        ("search.scheduler.grace_period (from --set search.scheduler.grace_period.epochs)", "integer"),
+    ),
+    Case(
         "stream-a-csv",
         lambda s: ["validate", s.spec_file(data={"loader": "ray_data", "max_train_samples": 5})],
         ("data.max_train_samples", "data.loader: memory"),
@@ -226,6 +298,26 @@ CASES = [
         "train-missing", lambda s: ["validate", s.with_data(train=s.root / "nope.parquet")], ("nope.parquet",)
     ),
     Case("train-garbage", _garbage_parquet, ("cannot read", "garbage.parquet")),
+    Case(
+        "train-0-bytes",
+        lambda s: ["validate", s.with_data(train=Path(s.write(b"", "zero.parquet")))],
+        ("zero.parquet is empty (0 bytes)",),
+    ),
+    Case(
+        "csv-0-bytes",
+        lambda s: ["validate", s.with_data(validation=Path(s.write(b"", "zero.csv")))],
+        ("zero.csv is empty (0 bytes)",),
+    ),
+    Case(
+        "text-column-of-numbers",
+        _column_of("ints.parquet", text=list(range(8)), label=["a", "b"] * 4),
+        ("data.train", "ints.parquet", "column `text` holds int64 values, not texts", "astype(str)"),
+    ),
+    Case(
+        "float-labels",
+        _column_of("floats.parquet", text=["goal team"] * 8, label=[0.0, 1.0] * 4),
+        ("data.train", "column `label` holds double values, not labels", "astype('Int64')"),
+    ),
     Case(
         "no-text-column",
         lambda s: ["validate", s.with_data(train=s.table("cols.parquet", [{"body": "x", "label": "a"}] * 4))],
@@ -260,6 +352,62 @@ CASES = [
         "hf-model-path-missing",
         lambda s: ["run", s.spec_file(model={"name": str(s.root / "no-model-dir")})],
         ("no-model-dir", "not a local directory"),
+    ),
+    Case(
+        "hf-weights-pickled",
+        lambda s: ["validate", s.spec_file(model={"name": str(_pickled_bert(s))})],
+        ("model.name", "pytorch_model.bin", "pickled torch file", "safe_serialization=True"),
+    ),
+    Case(
+        "hf-weights-pickled-run",
+        lambda s: ["run", s.spec_file(model={"name": str(_pickled_bert(s))})],
+        ("model.name", "pytorch_model.bin", "safe_serialization=True"),
+    ),
+    Case(
+        "hf-weights-garbage",
+        lambda s: [
+            "run",
+            s.spec_file(
+                model={"name": str(s.model_dir("bert-bad", {"model.safetensors": b"\x00junk" * 40}))}
+            ),
+        ],
+        ("bert-bad/model.safetensors", "not a readable safetensors file"),
+    ),
+    Case(
+        "hf-no-weights",
+        lambda s: ["validate", s.spec_file(model={"name": str(s.model_dir("bert-none", {}))})],
+        ("model.name", "no weights", "model.pretrained: false"),
+    ),
+    Case(
+        "timm-checkpoint-pickled",
+        _timm_pickled_checkpoint,
+        ("model.name", "resnet.pth", "pickled torch file", "safetensors.torch.save_file"),
+    ),
+    Case(
+        "max-length-over-positions",
+        lambda s: ["validate", s.spec_file(model={"max_length": 512})],
+        ("model.max_length is 512", "at most 64 tokens", "64 or less"),
+    ),
+    Case(
+        "max-length-over-positions-run",
+        lambda s: ["run", s.spec_file(model={"max_length": 512})],
+        ("model.max_length is 512", "at most 64 tokens"),
+    ),
+    Case(
+        "lora-matches-nothing",
+        lambda s: [
+            "run",
+            s.image_spec_file(model={"name": "test_efficientnet"}, strategies={"lora": {}}),
+        ],
+        ("strategies.lora.targets", "`attention` matches no module", "partial or full fine-tuning"),
+    ),
+    Case(
+        "lora-attention-on-an-mlp",
+        lambda s: [
+            "run",
+            s.image_spec_file(model={"name": "mixer_s32_224"}, strategies={"lora": {"targets": "attention"}}),
+        ],
+        ("strategies.lora.targets", "blocks.0.mlp_tokens.fc1", "(attention_mlp, all_linear)"),
     ),
     Case(
         "timm-unknown-name",

@@ -5,6 +5,7 @@ message, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -178,6 +179,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tlsearch: interrupted; continue with `tlsearch resume RUN_DIR`", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        # The storage guard stops a search before its disk is full; this is a disk another process
+        # filled, or one too small for even the search's own files.
+        print(
+            f"tlsearch: error: no space left on the device of {exc.filename or 'the storage'}: free space "
+            "there, then continue with `tlsearch resume RUN_DIR` (nothing written so far is lost)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
 
 
 def _print_memory_plan(spec: Spec) -> None:
@@ -196,6 +208,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from tlsearch.spec import load_spec
 
     if args.command == "validate":
+        from tlsearch.models.files import check_model_files
         from tlsearch.search.resolve import check_data
 
         bad = 0
@@ -203,6 +216,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             try:
                 spec = load_spec(path, args.overrides)
                 check_data(spec)
+                check_model_files(spec.model)
             except UserInputError as exc:
                 print(exc, file=sys.stderr)
                 bad += 1
@@ -267,10 +281,17 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         outcome = resume_search(Path(args.run_dir), address=args.address)
 
-    from tlsearch.results.report import leaderboard
+    from tlsearch.results.report import error_line, leaderboard
 
     print()
     print(leaderboard(outcome.run_dir))
+    if outcome.storage_full:
+        print(
+            f"tlsearch: stopped: {outcome.storage_full}. Free space there (or move the run directory "
+            f"to a larger disk), then continue with `tlsearch resume {outcome.run_dir}`",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
     if outcome.interrupted:
         print(
             f"tlsearch: the search stopped early; continue it with `tlsearch resume {outcome.run_dir}`",
@@ -286,8 +307,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         failed = [t for t in outcome.search_trials if t["status"] == "error"]
         print(f"tlsearch: no trial finished; {len(failed)} failed:", file=sys.stderr)
         for t in failed[:10]:
-            last = (str(t.get("error") or "no error recorded").strip().splitlines() or [""])[-1]
-            print(f"  trial {t['trial_id']}: {last[:300]}", file=sys.stderr)
+            print(f"  trial {t['trial_id']}: {error_line(t.get('error'))}", file=sys.stderr)
         print(f"every error in {outcome.run_dir / 'trials.parquet'} (column `error`)", file=sys.stderr)
         return EXIT_FAILED
     if (outcome.run_dir / "final" / "metrics.json").exists():

@@ -141,6 +141,50 @@ def make_tiny_vit(
     return directory
 
 
+# A model that ships its own code: a BERT under classes of its own, in files of the model directory
+# that transformers imports only when trusted.
+REMOTE_CONFIGURATION = """
+from transformers import BertConfig
+
+
+class ShippedConfig(BertConfig):
+    model_type = "tlsearch-shipped"
+"""
+REMOTE_MODELING = """
+from transformers import BertForSequenceClassification, BertModel
+
+from .configuration_shipped import ShippedConfig
+
+
+class ShippedModel(BertModel):
+    config_class = ShippedConfig
+
+
+class ShippedForSequenceClassification(BertForSequenceClassification):
+    config_class = ShippedConfig
+"""
+
+
+def make_model_that_ships_code(tiny_bert: Path, directory: Path) -> Path:
+    """A copy of `tiny_bert` (make_tiny_bert's directory) whose classes are its own code, as a hub
+    repository with `auto_map` has them: loading it needs trust_remote_code."""
+    import json
+    import shutil
+
+    shutil.copytree(tiny_bert, directory)
+    (directory / "configuration_shipped.py").write_text(REMOTE_CONFIGURATION)
+    (directory / "modeling_shipped.py").write_text(REMOTE_MODELING)
+    config = json.loads((directory / "config.json").read_text())
+    config["model_type"] = "tlsearch-shipped"
+    config["auto_map"] = {
+        "AutoConfig": "configuration_shipped.ShippedConfig",
+        "AutoModel": "modeling_shipped.ShippedModel",
+        "AutoModelForSequenceClassification": "modeling_shipped.ShippedForSequenceClassification",
+    }
+    (directory / "config.json").write_text(json.dumps(config))
+    return directory
+
+
 def text_rows(n: int, seed: int, words_per_row: int = 7) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     rows = []

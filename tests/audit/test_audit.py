@@ -63,6 +63,10 @@ def test_every_planted_problem_is_counted_exactly(planted: tuple[Spec, dict, dic
     text = summary_text(report)
     # Each finding names the split's file: the message is read where the spec is not at hand.
     assert f"train ({report['files']['train']}): 2 rows have no label (rows 67, 68)" in text
+    # A label only validation has: a warning naming the split, its file and the label, not a refusal.
+    assert (
+        f"validation ({report['files']['validation']}): 1 row has labels training never has (weather)" in text
+    )
 
 
 def test_a_search_refuses_missing_labels_unless_dropped(planted: tuple[Spec, dict, dict]) -> None:

@@ -1,4 +1,4 @@
-"""The headline figures file names every key of issues 5 and 24, with its source, null where unmeasured."""
+"""The headline figures file names every key of issues 5, 24 and 26, with its source, null if unmeasured."""
 
 from __future__ import annotations
 
@@ -20,6 +20,10 @@ KEYS = {
     "fsdp_memory_per_worker_vs_ddp",
     "fsdp_vs_ddp_throughput",
     "streamed_vs_memory_held",
+    "soak_rss_growth_mb",
+    "soak_leftover_placement_groups",
+    "driver_rss_growth_500_trials_mb",
+    "chaos_matches_run_without_faults",
     "gpu_name",
     "vit_b16_full_img_s",
     "vit_b16_full_mfu",

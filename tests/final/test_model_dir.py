@@ -21,7 +21,7 @@ from tlsearch.final.model_dir import (
 )
 from tlsearch.models import LoadedModel, build_model
 from tlsearch.spec.model import ModelSpec
-from tlsearch.testing import image_rows, text_rows
+from tlsearch.testing import image_rows, make_model_that_ships_code, text_rows
 
 
 def text_model(tiny_bert: Path) -> tuple[LoadedModel, ModelSpec]:
@@ -179,3 +179,19 @@ def test_a_pooled_text_model_round_trips(tiny_bert: Path, tmp_path: Path, poolin
     with torch.no_grad():
         torch.testing.assert_close(final.module(**batch).logits, loaded.model.eval()(**batch).logits)
     assert AutoModel.from_pretrained(directory).config.hidden_size == 32
+
+
+def test_the_final_model_of_a_model_that_ships_code_loads_with_it(tmp_path: Path, tiny_bert: Path) -> None:
+    """`model.trust_remote_code` carries over: the code is saved beside the weights, tlsearch.json
+    records it, and loading the final model back (export, predict) runs it."""
+    shipped = make_model_that_ships_code(tiny_bert, tmp_path / "shipped")
+    spec = ModelSpec(source="hf", name=str(shipped), task="text-classification", trust_remote_code=True)
+    torch.manual_seed(0)
+    loaded = build_model(spec, 3)
+    directory = save(loaded, spec, tmp_path / "final", pooling="auto", trust_remote_code=True)
+    assert json.loads((directory / META_FILE).read_text())["trust_remote_code"] is True
+    assert (directory / "modeling_shipped.py").exists()
+    final = load_final_model(directory)
+    assert type(final.module).__name__ == "ShippedForSequenceClassification"
+    batch = dict(final.preprocessing(["goal match"], return_tensors="pt"))
+    torch.testing.assert_close(logits(final.module, "hf", batch), logits(loaded.model, "hf", batch))

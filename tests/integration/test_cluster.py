@@ -15,13 +15,12 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from safetensors.torch import load_file
 
 from tests.integration.conftest import RAY, LocalCluster, WorkerNode, stop_nodes
-from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists
+from tlsearch.results.files import TRIALS_TABLE, checkpoint_exists, read_table_whole
 from tlsearch.testing import text_spec
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -54,6 +53,8 @@ def two_nodes() -> Iterator[TwoNodes]:
     # The job's `python` is the first one on the PATH of `ray start`: this venv's (docs/design.md §18).
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "WANDB_API_KEY")}
     env |= {"PATH": f"{VENV_BIN}:{env.get('PATH', '')}", "RAY_AUTH_MODE": "token", "WANDB_MODE": "offline"}
+    # The head's health checks find a lost node in about 5 s rather than Ray's default 15 s or more.
+    env |= {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
     # The head runs trial drivers (the `trial_driver` resource) and trains one worker at a time.
     head = LocalCluster(num_cpus=1, env=env, resources={"trial_driver": 4}, all_ports=True)
     worker = None
@@ -88,7 +89,7 @@ def _spec(tiny_bert: Path, data: dict[str, Path], storage: Path, name: str, **se
 
 
 def _trials(run_dir: Path) -> list[dict]:
-    return pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    return read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
 
 
 def test_token_auth_guards_the_job_server(two_nodes: TwoNodes) -> None:
@@ -326,3 +327,72 @@ def test_cancelling_tlsearch_submit_stops_the_job(
     assert submit.returncode == 130, stderr[-2000:]
     assert f"stopping job {submission_id}" in stderr
     assert str(two_nodes.job(submission_id).status) == "STOPPED"
+
+
+def test_a_lost_worker_node_reschedules_its_trial_from_its_checkpoint(  # last here: it ends the worker node
+    two_nodes: TwoNodes, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """The worker node killed (its `ray start` and every process under it) while one of the two
+    trials trains there: the trial is rescheduled on the head and goes on from its checkpoint, and the
+    search finishes."""
+    import signal
+    import time
+
+    import psutil
+
+    from tlsearch.results.files import EPOCHS_LOG, EVENTS_LOG, read_jsonl
+    from tlsearch.testing import text_rows, write_parquet
+
+    # Epochs of about a second: time to kill the node between its trial's checkpoints.
+    data = {
+        "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
+        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+    }
+    spec = _spec(
+        tiny_bert,
+        data,
+        tmp_path / "runs",
+        "node-lost",
+        search={"num_samples": 2, "max_epochs": 4, "max_failures": 1},
+        training={"reuse_processes": False},
+    )
+    spec["strategies"] = {"full": {}, "common": {"batch_size": 4}}
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    run_dir = tmp_path / "runs" / "node-lost"
+    worker_node = (two_nodes.node_ids() - {two_nodes.head_node_id()}).pop()
+    env = {k: v for k, v in two_nodes.env.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "run", str(spec_path), "--address", two_nodes.head.address],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def trial_on_the_worker_node() -> str | None:
+        there = {r["trial_id"] for r in read_jsonl(run_dir / EPOCHS_LOG) if r.get("node_id") == worker_node}
+        saved = {e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e["event"] == "checkpoint"}
+        return next(iter(there & saved), None)
+
+    try:
+        deadline = time.time() + 300
+        while (victim := trial_on_the_worker_node()) is None:
+            assert time.time() < deadline and driver.poll() is None, "no checkpoint on the worker node"
+            time.sleep(0.1)
+        node = psutil.Process(two_nodes.worker.process.pid)
+        for process in [node, *node.children(recursive=True)]:
+            process.send_signal(signal.SIGKILL)
+        _, stderr = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    assert driver.returncode == 0, stderr[-3000:]
+    trials = {t["trial_id"]: t for t in _trials(run_dir)}
+    assert len(trials) == 2 and all(t["status"] == "completed" and t["epochs"] == 4 for t in trials.values())
+    assert trials[victim]["node_id"] == two_nodes.head_node_id()  # where it finished
+    assert victim in {e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e["event"] == "retry"}
+    # It went on from its checkpoint: its first epoch was reported once, on the lost node.
+    reported = [r for r in read_jsonl(run_dir / EPOCHS_LOG) if r["trial_id"] == victim]
+    assert [r["epoch"] for r in reported].count(1) == 1 and reported[0]["node_id"] == worker_node

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,6 @@ import time
 from pathlib import Path
 
 import optuna
-import pyarrow.parquet as pq
 import pytest
 import yaml
 
@@ -26,12 +26,14 @@ from tlsearch.results.files import (
     RESOLVED_SPEC,
     TRIALS_TABLE,
     read_jsonl,
+    read_table_whole,
 )
 from tlsearch.results.report import latest_offline_runs
 from tlsearch.results.study import open_storage
 from tlsearch.search.runner import run_search
 from tlsearch.spec import validate_spec
 from tlsearch.testing import image_spec, text_rows, text_spec, write_parquet
+from tlsearch.train.checkpoint import META_FILE, CheckpointLayout
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,7 +44,7 @@ FORWARDED_LINE = re.compile(r"^(\x1b\[[0-9;]*m)?\(\S+ pid=\d+")
 
 
 def epochs_of(run_dir: Path) -> list[dict]:
-    return pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
+    return read_table_whole(run_dir / EPOCHS_TABLE).to_pylist()
 
 
 @pytest.mark.parametrize("parallelism", ["ddp", "fsdp"])
@@ -102,8 +104,11 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
         )
     )
     # Kill the first trial's rank-0 worker after its first checkpoint: Ray Train restarts the worker
-    # group, which resumes from that checkpoint (sharded: each rank from its shards).
+    # group, which resumes from that checkpoint (sharded: each rank from its shards). Once the retry
+    # reports an epoch, kill it again: past `search.max_failures` (1), the trial ends `error` and the
+    # search goes on.
     run_dir = spec.run_dir()
+    assert spec.search.max_failures == 1
     killed: list[str] = []
 
     def kill_a_worker() -> None:
@@ -115,15 +120,26 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
         killed.append(row["trial_id"])
         os.kill(row["rank0_pid"], signal.SIGKILL)
 
+        def retry_pid() -> int | None:
+            rows = read_jsonl(run_dir / "epochs.jsonl")
+            pids = [r["rank0_pid"] for r in rows if r["trial_id"] == killed[0]]
+            return next((pid for pid in pids if pid != row["rank0_pid"]), None)
+
+        _wait_for(lambda: retry_pid() is not None, 300, "the killed trial's retry")
+        killed.append(row["trial_id"])
+        os.kill(retry_pid(), signal.SIGKILL)  # type: ignore[arg-type]
+
     killer = threading.Thread(target=kill_a_worker, daemon=True)
     killer.start()
     outcome = run_search(spec)
     killer.join(timeout=1)
     assert outcome.run_dir == run_dir
 
-    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
     assert len(trials) == 5 and len({t["trial_id"] for t in trials}) == 5
-    assert all(t["status"] in TERMINAL for t in trials), [
+    victim, again = killed  # killed twice
+    assert again == victim
+    assert all(t["status"] in TERMINAL for t in trials if t["trial_id"] != victim), [
         (t["trial_id"], t["status"], t["error"]) for t in trials
     ]
     assert any(t["status"] == "stopped_early" for t in trials)
@@ -143,6 +159,8 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
         assert t["checkpoint"] and (run_dir / t["checkpoint"]).is_dir()
         assert t["checkpoint"].startswith(f"train/{spec.name}-{t['trial_id']}/checkpoint_epoch_")
         assert t["epochs"] == (3 if t["status"] == "completed" else t["epochs"])
+        if t["status"] in TERMINAL:
+            check_kept_checkpoints(run_dir, spec.name, t, multi_worker=True)
     for row in epochs_of(run_dir):
         assert abs(row["val_accuracy"] * 25 - round(row["val_accuracy"] * 25)) < 1e-6, row
     # Linear-probe and partial trials trained on cached features, each cache built by one rank of one
@@ -155,12 +173,14 @@ def test_multi_worker_search_with_asha(  # type: ignore[no-untyped-def]
     (lp_ft,) = [t for t in trials if t["strategy"] == "lp_ft"]
     assert lp_ft["head_probe_s"] > 0 and lp_ft["head_probe_loss"] > 0
     best = json.loads((run_dir / BEST_FILE).read_text())
-    assert best["strategy"] == "full" and best["value"] == min(t["best_val_loss"] for t in trials)
-    # The killed trial went on from its checkpoint: epoch 1 was reported once, the rest followed.
-    (victim,) = killed
+    ended = [t for t in trials if t["status"] in TERMINAL]
+    assert best["value"] == min(t["best_val_loss"] for t in ended)
+    # The killed trial went on from its checkpoint (epoch 1 was reported once, epoch 2 by its
+    # retry), and killed again it failed for good, with the reason.
     reported = [r["epoch"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim]
-    assert reported.count(1) == 1 and max(reported) == 3, reported
-    assert {t["trial_id"]: t["status"] for t in trials}[victim] == "completed"
+    assert reported.count(1) == 1 and 2 in reported, reported
+    failed = {t["trial_id"]: t for t in trials}[victim]
+    assert failed["status"] == "error" and failed["error"], failed
 
 
 def test_streamed_searches_sharded_and_in_the_trial_actor(  # type: ignore[no-untyped-def]
@@ -197,7 +217,7 @@ def test_streamed_searches_sharded_and_in_the_trial_actor(  # type: ignore[no-un
     for spec_dict in searches:
         spec = validate_spec(spec_dict)
         run_dir = run_search(spec).run_dir
-        trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+        trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
         assert len(trials) == 1 and all(t["status"] == "completed" for t in trials), trials
         workers = spec.resources.workers_per_trial
         validation_rows = 25 if workers == 2 else 18
@@ -230,7 +250,7 @@ def test_every_strategy_on_timm_in_the_trial_actor(ray_connected, image_data: di
         )
     )
     run_dir = run_search(spec).run_dir
-    trials = {t["strategy"]: t for t in pq.read_table(run_dir / TRIALS_TABLE).to_pylist()}
+    trials = {t["strategy"]: t for t in read_table_whole(run_dir / TRIALS_TABLE).to_pylist()}
     assert set(trials) == {"linear_probe", "partial", "full", "lora", "gradual", "lp_ft", "ia3"}
     assert all(t["status"] == "completed" and t["epochs"] == 2 for t in trials.values())
     # LP-FT probed its head on the linear probe's cached features before its first epoch
@@ -284,98 +304,293 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def _start_run(
+    spec: dict, tmp_path: Path, env: dict[str, str], *, quiet: bool = False
+) -> subprocess.Popen[str]:
+    """`tlsearch run` of `spec` (written beside the data) in a driver process of its own."""
+    path = tmp_path / f"{spec['name']}-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = subprocess.DEVNULL if quiet else subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "run", str(path)],
+        cwd=ROOT,
+        env=env,
+        stdout=out,
+        stderr=out,
+        text=True,
+    )
+
+
 def _ends(run_dir: Path) -> int:
     return sum(e["event"] == "end" for e in read_jsonl(run_dir / EVENTS_LOG))
 
 
-def test_killed_trial_retries_from_its_checkpoint_and_killed_driver_resumes(  # type: ignore[no-untyped-def]
+def check_kept_checkpoints(run_dir: Path, name: str, trial: dict, multi_worker: bool) -> None:
+    """A trial keeps at most `training.checkpoints_to_keep` (2) checkpoints: its best and its latest."""
+    parent = Path(CheckpointLayout(str(run_dir), name, multi_worker).trial_checkpoints(trial["trial_id"]))
+    kept = {
+        json.loads((path / META_FILE).read_text())["epoch"]: path
+        for path in parent.iterdir()
+        if path.is_dir()
+        and path.name.startswith("checkpoint_")  # not Train's checkpoint_manager_snapshot.json
+    }
+    assert 1 <= len(kept) <= 2, (trial["trial_id"], sorted(kept))
+    assert max(kept) == trial["epochs"], (trial["trial_id"], sorted(kept), trial["epochs"])
+    assert (run_dir / trial["checkpoint"]).resolve() in {p.resolve() for p in kept.values()}
+
+
+def _resume(run_dir: Path, env: dict[str, str]) -> subprocess.Popen[str]:
+    """`tlsearch resume RUN_DIR` in a driver process of its own (its stderr piped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tlsearch", "resume", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _ended_trials(run_dir: Path) -> dict[str, dict]:
+    """The trials the recorder has written as ended so far, by id."""
+    if not (run_dir / TRIALS_TABLE).exists():
+        return {}
+    rows = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
+    return {t["trial_id"]: t for t in rows if t["status"] in ("completed", "stopped_early", "error")}
+
+
+def _offline_dirs(run_dir: Path) -> dict[str, int]:
+    """How many offline W&B directories each run id has (a continued run adds one per session)."""
+    counts: dict[str, int] = {}
+    for path in (run_dir / "wandb").glob("offline-run-*"):
+        run_id = path.name.split("-", 3)[-1]  # offline-run-<time>-<run id>
+        counts[run_id] = counts.get(run_id, 0) + 1
+    return counts
+
+
+def _trial_pids(run_dir: Path, trial_id: str) -> list[int]:
+    return [r["rank0_pid"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == trial_id]
+
+
+def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # type: ignore[no-untyped-def]
     ray_cluster, tiny_bert: Path, tmp_path: Path
 ) -> None:
-    # Epochs long enough (about a second) to kill processes between two checkpoints.
+    """The driver SIGKILLed before any trial ends, mid-way, during the last trials and during the
+    finalize; `tlsearch resume` after each. Between them one trial's process is killed once (it
+    retries from its checkpoint) and again (past `max_failures`: it ends `error`, the search goes
+    on). At the end every trial is in the tables once, no finished trial ran again, each W&B run was
+    continued rather than duplicated, the Optuna study has no trial left RUNNING, and the report and
+    final/ are complete."""
+    # Epochs of about a second: time to kill processes between two checkpoints.
     data = {
         "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
         "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+        "test": write_parquet(text_rows(30, seed=3), tmp_path / "test.parquet"),
     }
     spec = text_spec(
         tiny_bert,
         data,
         tmp_path / "runs",
         search={
-            "num_samples": 6,
+            "num_samples": 5,
             "max_epochs": 4,
             "max_concurrent": 2,
             "scheduler": {"type": "fifo"},
             "max_failures": 1,
         },
-        strategies={"full": {}, "linear_probe": {}, "common": {"batch_size": 4}},
+        # Full fine-tuning only: a linear probe's epochs on cached features end before a kill lands.
+        strategies={"full": {}, "common": {"batch_size": 4}},
+        tracking={"wandb": {"mode": "offline", "project": "tlsearch-tests"}},
+        finalize={"after_search": True},
     )
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
+    spec["data"]["test"] = str(data["test"])
     run_dir = tmp_path / "runs" / spec["name"]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "WANDB_MODE": "offline"}
+    ended_before: dict[str, dict] = {}  # trial id -> its row when a driver was killed
+    runs_before: dict[str, int] = {}
+
+    def kill(driver: subprocess.Popen[str], when: str) -> None:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(timeout=30)
+        for trial_id, row in _ended_trials(run_dir).items():
+            ended_before.setdefault(trial_id, row)  # as it was when it ended first
+        ended_runs = {f"{spec['name']}-{trial_id}" for trial_id in ended_before}
+        runs_before.update({n: c for n, c in _offline_dirs(run_dir).items() if n in ended_runs})
+        print(f"driver killed {when}: {len(ended_before)} trials ended")
+
+    drivers: list[subprocess.Popen[str]] = []
     try:
-        # 1. Kill a running trial's process after its first checkpoint: Tune retries it, and the
-        #    retry resumes from that checkpoint.
+        # 1. Before any trial ends: once a first checkpoint is written.
+        drivers.append(_start_run(spec, tmp_path, env, quiet=True))
         _wait_for(
             lambda: any(e["event"] == "checkpoint" for e in read_jsonl(run_dir / EVENTS_LOG)),
             240,
             "a first checkpoint",
         )
-        victim = next(e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e["event"] == "checkpoint")
-        pid = next(r["rank0_pid"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim)
-        os.kill(pid, signal.SIGKILL)
-        # 2. Kill the driver itself once two trials have finished.
-        _wait_for(lambda: _ends(run_dir) >= 2, 300, "two finished trials")
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
+        assert _ends(run_dir) == 0, "the driver was killed too late"
+        kill(drivers[-1], "before any trial ended")
+
+        # 2. Resumed: a running trial's process killed after a checkpoint retries from it; killed
+        #    again in its retry, it is past max_failures (1): `error`, and the search goes on.
+        drivers.append(_resume(run_dir, env))
+        #    The victim is a trial that has just trained its first epoch: its retry (from epoch 2)
+        #    still has epochs to go when the second kill lands.
+        seen = len(read_jsonl(run_dir / "epochs.jsonl"))
+
+        def first_epoch_after_resume() -> dict | None:
+            rows = read_jsonl(run_dir / "epochs.jsonl")[seen:]
+            return next((r for r in rows if r["epoch"] == 1), None)
+
+        _wait_for(lambda: first_epoch_after_resume() is not None, 240, "a first epoch after the resume")
+        row = first_epoch_after_resume()
+        assert row is not None
+        victim, first_pid = row["trial_id"], row["rank0_pid"]
+        os.kill(first_pid, signal.SIGKILL)
+        _wait_for(
+            lambda: any(pid != first_pid for pid in _trial_pids(run_dir, victim)), 240, "the victim's retry"
+        )
+        os.kill(_trial_pids(run_dir, victim)[-1], signal.SIGKILL)
+        # 3. Mid-way: the victim and another trial ended.
+        _wait_for(
+            lambda: victim in _ended_trials(run_dir) and len(_ended_trials(run_dir)) >= 2,
+            300,
+            "two ended trials",
+        )
+        kill(drivers[-1], "mid-way")
+        assert victim in ended_before and ended_before[victim]["status"] == "error", ended_before.get(victim)
+
+        # 4. During the last trials.
+        drivers.append(_resume(run_dir, env))
+        _wait_for(lambda: len(_ended_trials(run_dir)) >= 4, 300, "four ended trials")
+        kill(drivers[-1], "during the last trials")
+        assert len(ended_before) < 5, "the driver was killed too late"
+
+        # 5. During the finalize: once its staging directory is there.
+        drivers.append(_resume(run_dir, env))
+        _wait_for(lambda: any(run_dir.glob(".final.tmp-*")), 300, "the finalize to start")
+        kill(drivers[-1], "during the finalize")
+        assert not (run_dir / "final").exists(), "the driver was killed too late"
+
+        drivers.append(_resume(run_dir, env))
+        _, stderr = drivers[-1].communicate(timeout=600)
+        assert drivers[-1].returncode == 0, stderr[-3000:]
     finally:
-        if driver.poll() is None:
-            driver.kill()
-    assert _ends(run_dir) < 6, "the driver was killed too late to test resuming"
+        for driver in drivers:
+            if driver.poll() is None:
+                driver.kill()
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tlsearch", "resume", str(run_dir)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-
-    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
-    assert len(trials) == 6 and len({t["trial_id"] for t in trials}) == 6, [
+    trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
+    trials = [t for t in trials if t["in_search"]]
+    assert len(trials) == 5 and len({t["trial_id"] for t in trials}) == 5, [
         (t["trial_id"], t["status"]) for t in trials
     ]
-    assert all(t["status"] == "completed" and t["epochs"] == 4 for t in trials), trials
-    rows = epochs_of(run_dir)
-    assert len(rows) == 6 * 4 and len({(r["trial_id"], r["epoch"]) for r in rows}) == 24
-    # Each trial's newest offline W&B directory holds its whole history (replayed after the resume),
-    # and the Optuna journal ends with every trial terminal (the dead driver's RUNNING ones failed).
+    by_id = {t["trial_id"]: t for t in trials}
+    assert by_id[victim]["status"] == "error" and by_id[victim]["error"], by_id[victim]
+    assert all(t["status"] == "completed" and t["epochs"] == 4 for t in trials if t["trial_id"] != victim)
+    # No trial that had ended before a kill ran again (Tune's saved state may still call it running):
+    # nothing of it was recorded after its end, and its row is as it was.
+    ended_at: set[str] = set()
+    for event in read_jsonl(run_dir / EVENTS_LOG):
+        assert event.get("trial_id") not in ended_at or event["event"] == "abandoned", event
+        if event["event"] == "end":
+            ended_at.add(event["trial_id"])
+    for trial_id, before in ended_before.items():
+        after = by_id[trial_id]
+        for key in ("status", "wall_s", "epochs", "best_val_accuracy", "best_val_loss", "checkpoint"):
+            assert after[key] == before[key], (trial_id, key, before[key], after[key])
+    for t in trials:
+        if t["trial_id"] != victim:
+            check_kept_checkpoints(run_dir, spec["name"], t, multi_worker=False)
+    rows = [r for r in epochs_of(run_dir) if r["trial_id"] != victim]
+    assert len(rows) == 4 * 4 and len({(r["trial_id"], r["epoch"]) for r in rows}) == 16
+    # W&B: each trial's newest offline directory holds its whole history; a trial that had ended
+    # got no directory after it (continued, never duplicated), and there is one final run.
     runs = latest_offline_runs(run_dir)
     for t in trials:
-        assert [h["_step"] for h in history(runs[f"{spec['name']}-{t['trial_id']}"])] == [1, 2, 3, 4]
-        assert run_summary(runs[f"{spec['name']}-{t['trial_id']}"])["summary"]["stop_reason"] == "completed"
-    info = yaml.safe_load((run_dir / "spec.resolved.yaml").read_text())["resolved"]["optuna"]
+        run = runs[f"{spec['name']}-{t['trial_id']}"]
+        assert run_summary(run)["summary"]["stop_reason"] == t["status"]
+        if t["trial_id"] != victim:
+            assert [h["_step"] for h in history(run)] == [1, 2, 3, 4]
+    after_dirs = _offline_dirs(run_dir)
+    for name, count in runs_before.items():
+        assert after_dirs[name] == count, (name, count, after_dirs[name])
+    assert f"{spec['name']}-final" in runs
+    info = yaml.safe_load((run_dir / RESOLVED_SPEC).read_text())["resolved"]["optuna"]
     study = optuna.load_study(study_name=info["study_name"], storage=open_storage(info["storage"]))
-    assert len(study.trials) >= 6 and all(t.state.is_finished() for t in study.trials)
-    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 6
+    assert all(t.state.is_finished() for t in study.trials), [t.state for t in study.trials]
+    assert sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials) == 4
+    # The victim retried from its checkpoint once: epoch 1 was reported by its first process only.
+    epochs_reported = [r["epoch"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim]
+    assert epochs_reported.count(1) <= 1, epochs_reported
+    # The report and final/ are complete, and the killed finalize left nothing behind.
+    assert "## Final model" in (run_dir / "report.md").read_text()
+    final = run_dir / "final"
+    for name in ("metrics.json", "model", "latency.json", "model.onnx", "export.json", "MODEL_CARD.md"):
+        assert (final / name).exists(), name
+    assert not list(run_dir.glob(".final.tmp-*")) and not list(final.glob(".export-*"))
 
-    events = read_jsonl(run_dir / EVENTS_LOG)
-    retried = {e["trial_id"] for e in events if e["event"] == "retry"}
-    assert victim in retried
-    # The retried trial resumed from a checkpoint: its epochs were not all reported from scratch.
-    reported = [json.loads(line) for line in (run_dir / "epochs.jsonl").read_text().splitlines()]
-    for trial_id in retried:
-        epochs = [r["epoch"] for r in reported if r["trial_id"] == trial_id]
-        assert epochs.count(1) == 1, epochs
+
+def test_a_storage_that_fills_up_stops_the_search_and_resume_finishes(  # type: ignore[no-untyped-def]
+    ray_cluster, tiny_bert: Path, tmp_path: Path
+) -> None:
+    """The storage is a 64 MiB tmpfs, filled by another file after the first checkpoint: the search
+    stops (exit 1) with a message naming the full storage and the `tlsearch resume` command, no
+    traceback; once the file is gone, `resume` finishes every trial."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    storage = tmp_path / "small-disk"
+    storage.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(storage)], check=True)
+    try:
+        data = {
+            "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
+            "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
+        }
+        spec = text_spec(
+            tiny_bert,
+            data,
+            storage,
+            search={"num_samples": 2, "max_epochs": 3, "max_concurrent": 1, "scheduler": {"type": "fifo"}},
+            strategies={"full": {}, "common": {"batch_size": 4}},
+        )
+        run_dir = storage / spec["name"]
+        env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
+        driver = _start_run(spec, tmp_path, env)
+        ballast = storage / "someone-elses-file"
+        try:
+            _wait_for(
+                lambda: any(e["event"] == "checkpoint" for e in read_jsonl(run_dir / EVENTS_LOG)),
+                240,
+                "a first checkpoint",
+            )
+            with open(ballast, "wb") as f:  # leaves 8 MiB: less than the search keeps free
+                os.posix_fallocate(f.fileno(), 0, shutil.disk_usage(storage).free - 8 * 2**20)
+            _, stderr = driver.communicate(timeout=300)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        driver_output = "\n".join(line for line in stderr.splitlines() if not FORWARDED_LINE.match(line))
+        assert driver.returncode == 1, stderr[-3000:]
+        assert f"the storage of {run_dir} is full" in driver_output, driver_output[-2000:]
+        assert f"tlsearch resume {run_dir}" in driver_output and "Traceback" not in driver_output
+        assert _ends(run_dir) < 2, "the search ended before the storage filled up"
+
+        ballast.unlink()
+        resumed = _resume(run_dir, env)
+        _, stderr = resumed.communicate(timeout=600)
+        assert resumed.returncode == 0, stderr[-3000:]
+        trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
+        assert len(trials) == 2 and all(t["status"] == "completed" and t["epochs"] == 3 for t in trials), (
+            trials
+        )
+        # Nothing was trained twice from its start: each trial reported its first epoch once.
+        for t in trials:
+            epochs = [
+                r["epoch"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == t["trial_id"]
+            ]
+            assert epochs.count(1) == 1, epochs
+    finally:
+        subprocess.run(["umount", "-l", str(storage)], check=False)  # lazily: Ray may hold a file open
 
 
 def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: ignore[no-untyped-def]
@@ -394,18 +609,9 @@ def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: igno
         search={"num_samples": 1, "max_epochs": 4, "scheduler": {"type": "fifo"}, "max_failures": 0},
         strategies={"full": {}, "common": {"batch_size": 4}},
     )
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
     run_dir = tmp_path / "runs" / spec["name"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = _start_run(spec, tmp_path, env)
     try:
         _wait_for(lambda: bool(read_jsonl(run_dir / "epochs.jsonl")), 240, "a first epoch")
         os.kill(read_jsonl(run_dir / "epochs.jsonl")[0]["rank0_pid"], signal.SIGKILL)
@@ -415,7 +621,7 @@ def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: igno
             driver.kill()
     assert driver.returncode == 1, out[-2000:] + err[-2000:]
     assert "no trial finished" in err, err[-3000:]
-    (trial,) = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    (trial,) = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
     assert trial["status"] == "error" and trial["error"], trial
     assert f"trial {trial['trial_id']}: " in err  # the failed trials are listed with their errors
     report = (run_dir / "report.md").read_text()
@@ -444,16 +650,7 @@ def test_two_searches_at_once_on_one_machine(tiny_bert: Path, tmp_path: Path) ->
             search={"num_samples": 1, "max_epochs": 1, "scheduler": {"type": "fifo"}},
             strategies={"linear_probe": {}},
         )
-        path = tmp_path / f"{name}-{time.monotonic_ns()}.yaml"
-        path.write_text(yaml.safe_dump(spec))
-        return subprocess.Popen(
-            [sys.executable, "-m", "tlsearch", "run", str(path)],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        return _start_run(spec, tmp_path, env)
 
     for names in (("first", "second"), ("same", "same")):
         drivers = [start(name) for name in names]
@@ -467,7 +664,7 @@ def test_two_searches_at_once_on_one_machine(tiny_bert: Path, tmp_path: Path) ->
             assert "already exists" in refused or "being driven by" in refused, refused[-2000:]
             assert "Traceback" not in refused
         for name in set(names):
-            (trial,) = pq.read_table(tmp_path / "runs" / name / TRIALS_TABLE).to_pylist()
+            (trial,) = read_table_whole(tmp_path / "runs" / name / TRIALS_TABLE).to_pylist()
             assert trial["status"] == "completed"
 
 
@@ -488,18 +685,9 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(  # type: ignore[no-untyped-de
         search={"num_samples": 3, "max_epochs": 2, "max_concurrent": 1, "scheduler": {"type": "fifo"}},
         strategies={"full": {}, "common": {"batch_size": 4}},
     )
-    spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
     run_dir = tmp_path / "runs" / spec["name"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "tlsearch", "run", str(spec_path)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    driver = _start_run(spec, tmp_path, env)
     try:
         _wait_for(lambda: _ends(run_dir) >= 1, 240, "a finished trial")
         driver.send_signal(stop)
@@ -514,16 +702,10 @@ def test_ctrl_c_stops_cleanly_and_resume_finishes(  # type: ignore[no-untyped-de
     driver_output = "\n".join(line for line in stderr.splitlines() if not FORWARDED_LINE.match(line))
     assert f"tlsearch resume {run_dir}" in driver_output and "Traceback" not in driver_output[-2000:]
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "tlsearch", "resume", str(run_dir)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    resumed = _resume(run_dir, env)
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-3000:]
+    trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
     assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
 
 
@@ -548,7 +730,7 @@ def test_a_small_discrete_space_runs_each_configuration_once_then_ends(  # type:
         )
     )
     run_dir = run_search(spec).run_dir
-    trials = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
     # Two configurations in the space: two trials, not six, and never the same one twice.
     assert sorted(t["linear_probe/head_lr"] for t in trials) == [0.01, 0.1]
     assert all(t["status"] == "completed" for t in trials)
@@ -590,7 +772,7 @@ def test_time_budget_stops_the_search_and_leaves_every_trial_ended(  # type: ign
     outcome = run_search(spec)
     assert time.monotonic() - started < 120
     assert outcome.budget_spent and not outcome.interrupted and outcome.succeeded
-    trials = pq.read_table(outcome.run_dir / TRIALS_TABLE).to_pylist()
+    trials = read_table_whole(outcome.run_dir / TRIALS_TABLE).to_pylist()
     assert 1 <= len(trials) < 4 and all(t["status"] != "running" for t in trials)
     cut = [t for t in trials if t["ended_by"] == "time_budget"]
     assert cut and all(t["status"] == "stopped_early" and 0 < t["epochs"] < 400 for t in cut)
@@ -603,4 +785,4 @@ def test_time_budget_stops_the_search_and_leaves_every_trial_ended(  # type: ign
     # Resuming a search whose budget is spent starts no trial and changes no row.
     resumed = resume_search(outcome.run_dir)
     assert resumed.budget_spent and not resumed.interrupted
-    assert pq.read_table(outcome.run_dir / TRIALS_TABLE).to_pylist() == trials
+    assert read_table_whole(outcome.run_dir / TRIALS_TABLE).to_pylist() == trials

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.wandb_read import history, run_info, run_summary
-from tlsearch.results.files import EPOCHS_TABLE, TRIALS_TABLE
+from tlsearch.results.files import EPOCHS_TABLE, TRIALS_TABLE, read_table_whole
 from tlsearch.results.report import latest_offline_runs
 from tlsearch.results.study import open_storage
 from tlsearch.testing import text_rows, text_spec, write_parquet
@@ -148,9 +148,9 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
         after = dashboard(f"/api/studies/{during[0]['study_id']}?after=0")
     assert len(after["trials"]) == 5
 
-    rows = pq.read_table(run_dir / TRIALS_TABLE).to_pylist()
+    rows = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
     trials = {t["trial_id"]: t for t in rows if t["in_search"]}
-    epochs = pq.read_table(run_dir / EPOCHS_TABLE).to_pylist()
+    epochs = read_table_whole(run_dir / EPOCHS_TABLE).to_pylist()
     assert len(trials) == 5 and any(t["status"] == "stopped_early" for t in trials.values())
     assert all(t["baseline"] is None for t in trials.values())
     check_baselines(run_dir, rows, stdout)
@@ -246,6 +246,10 @@ def test_offline_wandb_optuna_journal_report_and_no_key_leak(tiny_bert: Path, tm
         if s.stat().st_mtime >= started - 5
     ]
     assert sessions, "the search's Ray session directory was not found"
+    # The run directory's walk covers what finalize and export wrote, and W&B's offline files.
+    searched = set(run_dir.rglob("*"))
+    assert {run_dir / "final" / "model" / "model.safetensors", run_dir / "final" / "model.onnx"} <= searched
+    assert any(path.suffix == ".wandb" for path in searched)
     for root in (run_dir, *sessions):
         assert files_containing(root, FAKE_KEY.encode()) == [], root
 

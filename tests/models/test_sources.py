@@ -10,6 +10,7 @@ import torch
 from tlsearch.errors import UserInputError
 from tlsearch.models import build_model, resolve_lora_targets
 from tlsearch.spec.model import ModelSpec
+from tlsearch.testing import make_model_that_ships_code
 
 
 def timm_spec(name: str, **kw: object) -> ModelSpec:
@@ -150,6 +151,72 @@ def test_lora_on_a_cnn_fails_with_the_candidates() -> None:
         resolve_lora_targets(loaded, "attention")
 
 
+def test_lora_on_an_mlp_names_the_candidates_and_the_presets_that_fit() -> None:
+    loaded = build_model(timm_spec("mixer_s32_224", pretrained=False), num_classes=3, weights=False)
+    with pytest.raises(UserInputError) as caught:
+        resolve_lora_targets(loaded, "attention")
+    message = str(caught.value)
+    assert message.startswith("strategies.lora.targets: the LoRA target preset `attention`")
+    assert "blocks.0.mlp_tokens.fc1" in message and "(attention_mlp, all_linear)" in message
+    assert resolve_lora_targets(loaded, "attention_mlp")  # what the message offers does select modules
+
+
+def _copy_without_weights(source: Path, directory: Path) -> Path:
+    directory.mkdir()
+    for file in source.iterdir():
+        if file.is_file() and file.suffix != ".safetensors":
+            (directory / file.name).write_bytes(file.read_bytes())
+    return directory
+
+
+def test_model_files_weights_are_safetensors_that_open(tmp_path: Path, tiny_bert: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    from tlsearch.models.files import check_model_files
+
+    check_model_files(hf_spec(str(tiny_bert)))
+    # Sharded weights: every shard is checked, and two good ones pass.
+    sharded = _copy_without_weights(tiny_bert, tmp_path / "sharded")
+    tensors = list(load_file(tiny_bert / "model.safetensors").items())
+    save_file(dict(tensors[:5]), str(sharded / "model-00001-of-00002.safetensors"))
+    save_file(dict(tensors[5:]), str(sharded / "model-00002-of-00002.safetensors"))
+    check_model_files(hf_spec(str(sharded)))
+    # A truncated shard is refused, naming it.
+    shard = sharded / "model-00002-of-00002.safetensors"
+    shard.write_bytes(shard.read_bytes()[:-16])
+    with pytest.raises(UserInputError, match=r"model-00002-of-00002\.safetensors is not a readable"):
+        check_model_files(hf_spec(str(sharded)))
+    # A configuration alone is a model to train from random weights, not from missing ones.
+    bare = _copy_without_weights(tiny_bert, tmp_path / "bare")
+    check_model_files(hf_spec(str(bare), pretrained=False))
+    with pytest.raises(UserInputError, match="no weights"):
+        check_model_files(hf_spec(str(bare)))
+
+
+def test_pickled_weights_are_never_loaded(tmp_path: Path, tiny_bert: Path) -> None:
+    """Even past the up-front check (a trial's own load), transformers is asked for safetensors only."""
+    from safetensors.torch import load_file
+
+    pickled = _copy_without_weights(tiny_bert, tmp_path / "bin")
+    torch.save(load_file(tiny_bert / "model.safetensors"), pickled / "pytorch_model.bin")
+    with pytest.raises(UserInputError, match="cannot load Hugging Face model"):
+        build_model(hf_spec(str(pickled)), num_classes=2)
+    build_model(hf_spec(str(pickled), pretrained=False), num_classes=2)  # no weights read: fine
+
+
+def test_max_length_within_the_position_embeddings(tiny_bert: Path) -> None:
+    """The loaded model's limit (what `run` checks, a hub id having no local config.json to read), and
+    only a max_length the spec sets is refused."""
+    from tlsearch.models.files import check_max_length
+
+    probe = build_model(hf_spec(str(tiny_bert)), num_classes=2, weights=False)
+    assert probe.max_tokens == 64  # make_tiny_bert's max_position_embeddings
+    check_max_length(hf_spec(str(tiny_bert), max_length=64), probe.max_tokens)
+    check_max_length(hf_spec(str(tiny_bert)), probe.max_tokens)  # the default 128: not set, not refused
+    with pytest.raises(UserInputError, match=r"model.max_length is 65, .* at most 64 tokens"):
+        check_max_length(hf_spec(str(tiny_bert), max_length=65), probe.max_tokens)
+
+
 def test_the_source_registry_is_strict() -> None:
     from tlsearch.models.base import register
     from tlsearch.models.sources import SOURCES
@@ -160,3 +227,22 @@ def test_the_source_registry_is_strict() -> None:
         register(TimmSource())
     with pytest.raises(UserInputError, match="Did you mean `timm`"):
         SOURCES.get("tim")
+
+
+def test_a_model_that_ships_code_runs_it_only_when_the_spec_says_so(
+    tmp_path: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    shipped = make_model_that_ships_code(tiny_bert, tmp_path / "shipped")
+    assert hf_spec(str(shipped)).trust_remote_code is False
+    with pytest.raises(UserInputError, match=r"ships its own code.*set `model.trust_remote_code: true`"):
+        build_model(hf_spec(str(shipped)), num_classes=3)
+    assert "warning" not in capsys.readouterr().err
+
+    loaded = build_model(hf_spec(str(shipped), trust_remote_code=True), num_classes=3)
+    assert type(loaded.model).__name__ == "ShippedForSequenceClassification"  # its code ran
+    build_model(hf_spec(str(shipped), trust_remote_code=True), num_classes=3, weights=False)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "trust_remote_code" in line]
+    assert warnings == [
+        f"[tlsearch] warning: model.trust_remote_code is true: this process runs code shipped with "
+        f"{shipped}, with your permissions"
+    ]  # once per process, naming the model

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,6 +18,7 @@ from tlsearch.results.files import (
     checkpoint_exists,
     checkpoint_uri,
     read_jsonl,
+    read_trials,
     write_tables,
 )
 
@@ -145,3 +147,27 @@ def test_a_checkpoint_outside_the_run_directory_is_recorded_by_its_full_location
     elsewhere.rmdir()
     (row,) = write_tables(run_dir, "val_accuracy", "max", 2)
     assert row["checkpoint"] == "trial_a/checkpoint_0002"  # the best one left, inside: relative
+
+
+def test_trials_read_while_the_search_rewrites_them_are_whole(tmp_path: Path) -> None:
+    """A reader polling trials.parquet while trials finish (a test, `tlsearch report` on a live run)
+    sees one whole file each time, never one file's footer with another's pages."""
+    build(tmp_path, [epoch("t0", 1, 0.5)], [start("t0"), {"event": "end", "trial_id": "t0", "status": "ok"}])
+    finished = threading.Event()
+
+    def finish_trials() -> None:
+        for n in range(1, 120):
+            build(
+                tmp_path,
+                [epoch(f"t{n}", 1, 0.5)],
+                [start(f"t{n}"), {"event": "end", "trial_id": f"t{n}", "status": "ok"}],
+            )
+        finished.set()
+
+    writer = threading.Thread(target=finish_trials, daemon=True)
+    writer.start()
+    seen = []
+    while not finished.is_set():
+        seen.append(len(read_trials(tmp_path)))
+    writer.join()
+    assert len(seen) > 20 and seen == sorted(seen) and len(read_trials(tmp_path)) == 120

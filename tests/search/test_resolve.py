@@ -87,7 +87,10 @@ def test_default_strategies_a_convolutional_model_cannot_run_are_left_out(
     assert "lora" not in resolved.space.strategy_names()
     assert "lora" not in resolved.spec.strategies.enabled()
     assert {"linear_probe", "full"} <= set(resolved.space.strategy_names())
-    assert "default strategy `lora` left out: LoRA target preset" in capsys.readouterr().out
+    assert (
+        "default strategy `lora` left out: strategies.lora.targets: the LoRA target preset"
+        in capsys.readouterr().out
+    )
 
     named = image_spec(
         files, tmp_path / "runs", model=model, audit={"enabled": False}, strategies={"lora": {}}

@@ -4,6 +4,7 @@ a job's outcome becomes an exit code. (Submitting to a real cluster: tests/integ
 from __future__ import annotations
 
 import shlex
+import zipfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -12,7 +13,13 @@ import yaml
 
 from tlsearch.errors import UserInputError
 from tlsearch.search.runner import check_job_storage
-from tlsearch.search.submit import UPLOAD_EXCLUDES, exit_code, prepare_submission
+from tlsearch.search.submit import (
+    SECRET_PATTERNS,
+    UPLOAD_EXCLUDES,
+    exit_code,
+    prepare_submission,
+    secret_files,
+)
 from tlsearch.spec import validate_spec
 
 SPEC = {
@@ -41,6 +48,85 @@ def test_the_entrypoint_runs_the_spec_relative_to_the_uploaded_directory(tmp_pat
     assert {".git", ".venv", "runs", "wandb"} <= set(UPLOAD_EXCLUDES)
     assert submission.submission_id.startswith("tlsearch-ci-search-")
     assert "env_vars" not in submission.runtime_env  # secrets never travel through the runtime env
+
+
+SECRETS = [
+    ".env",
+    ".env.production",
+    ".netrc",
+    ".git-credentials",
+    ".pypirc",
+    ".npmrc",
+    "server.pem",
+    "tls.key",
+    "client.p12",
+    "id_rsa",
+    "id_ed25519.pub",
+    "wandb/settings",
+    ".config/wandb/settings",
+    "huggingface/token",
+    ".ssh/config",
+    ".aws/credentials",
+]
+KEPT = [
+    "train.py",
+    "search_spaces/other.yaml",
+    ".env.example",
+    "data/notes.txt",
+    "keys.py",
+    "environment.yml",
+]
+
+
+def secret_tree(project: Path) -> None:
+    """A working directory with secrets at its top and in a subdirectory, beside files that must go."""
+    for name in [*SECRETS, *(f"sub/deeper/{s}" for s in SECRETS), *KEPT, *(f"sub/{k}" for k in KEPT)]:
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("fake-secret-0123456789" if name not in KEPT else "kept")
+
+
+def test_secrets_are_left_out_of_the_package_ray_builds(tmp_path: Path) -> None:
+    """Ray's own packaging code, with the runtime env prepare_submission hands it: the zip it would
+    upload holds the project's files and none of its secrets, at the top or deeper."""
+    from ray._private.runtime_env.packaging import create_package
+
+    write(tmp_path)
+    project = tmp_path / "project"
+    secret_tree(project)
+    runtime_env = prepare_submission(str(project / "search_spaces" / "s.yaml"), [], str(project)).runtime_env
+    package = tmp_path / "package.zip"
+    create_package(
+        runtime_env["working_dir"], package, include_gitignore=True, excludes=runtime_env["excludes"]
+    )
+    names = {n.rstrip("/") for n in zipfile.ZipFile(package).namelist()}
+    assert {*KEPT, *(f"sub/{k}" for k in KEPT)} <= names
+    leaked = [n for n in names if any(n == s or n.endswith(f"/{s}") for s in SECRETS)]
+    leaked += [n for n in names if n.split("/")[-1] in (".ssh", ".aws")]
+    assert leaked == []
+
+
+def test_each_secret_found_draws_one_warning_naming_it(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    write(tmp_path)
+    project = tmp_path / "project"
+    secret_tree(project)
+    (project / "runs" / "old").mkdir(parents=True)
+    (project / "runs" / "old" / ".env").write_text("not scanned: runs/ is never uploaded")
+    (project / "home").symlink_to(project / "sub", target_is_directory=True)  # not followed
+    prepare_submission(str(project / "search_spaces" / "s.yaml"), [], str(project))
+    warnings = capsys.readouterr().err.splitlines()
+    named = [line.split()[2] for line in warnings]
+    # One line each: files by name, credential folders once; wandb/ (never uploaded) is not entered.
+    folders = (".ssh/", ".aws/", ".config/wandb/")
+    expected = [s for s in SECRETS if not s.startswith((*folders, "wandb/"))] + list(folders)
+    expected += [f"sub/deeper/{s}" for s in expected]
+    assert sorted(named) == sorted(expected)
+    assert all("looks like a secret: not uploaded" in line for line in warnings)
+    assert secret_files(project / "search_spaces") == []
+
+
+def test_the_secret_patterns_are_excluded_whatever_else_is() -> None:
+    assert set(SECRET_PATTERNS) <= set(UPLOAD_EXCLUDES)
+    assert {".env", ".netrc", "*.pem", ".git-credentials", "**/wandb/settings"} <= set(SECRET_PATTERNS)
 
 
 @pytest.mark.parametrize(

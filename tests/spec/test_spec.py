@@ -235,11 +235,31 @@ def test_field_errors_name_the_path_and_the_fix(changes: dict, path: str, messag
             "`audit.label_issues` is false",
         ),
         ({"audit": {"drop": ["duplicates"]}}, "audit.drop", "exact_duplicates_across"),
+        (
+            {"model__trust_remote_code": True},
+            "model.trust_remote_code",
+            "builtin:all-minilm-l6-v2 runs none: remove it",
+        ),
+        (
+            {
+                "model": {"source": "timm", "name": "test_vit", "task": "image-classification"},
+                "model__trust_remote_code": True,
+                "data": {"builtin": "mnist-5k"},
+            },
+            "model.trust_remote_code",
+            "a timm model runs none: remove it",
+        ),
     ],
 )
 def test_cross_field_errors(changes: dict, path: str, message: str) -> None:
     found = problems(changed(changes))
     assert any(p.startswith(path) and message in p for p in found), found
+
+
+def test_remote_code_is_off_unless_the_spec_says_so() -> None:
+    assert validate_spec(MINIMAL).model.trust_remote_code is False
+    hub_model = {"source": "hf", "name": "org/shipped-code", "task": "text-classification"}
+    assert validate_spec(changed({"model": {**hub_model, "trust_remote_code": True}})).model.trust_remote_code
 
 
 def test_image_models_load_through_timm_or_hugging_face() -> None:
@@ -312,7 +332,9 @@ def test_overrides_parse_yaml_scalars(tmp_path: Path) -> None:
     assert spec.search.scheduler.type == "fifo"
     with pytest.raises(SpecError, match=r"expected KEY\.PATH=VALUE"):
         load_spec(path, ["search.num_samples"])
-    with pytest.raises(SpecError, match="`name` is not a mapping"):
+    with pytest.raises(
+        SpecError, match=r"`name` is 'demo', a value with no keys below it: set it whole \(--set name=VALUE\)"
+    ):
         load_spec(path, ["name.x=1"])
 
 

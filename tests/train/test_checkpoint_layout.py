@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 from tlsearch.spec import validate_spec
-from tlsearch.train.checkpoint import META_FILE
+from tlsearch.train.checkpoint import META_FILE, TRAIN_SNAPSHOT
 from tlsearch.train.inputs import RunContext
 
 
@@ -64,3 +64,46 @@ def test_the_names_ray_and_tune_are_given(tmp_path: Path) -> None:
     single = run_context(str(tmp_path)).checkpoints
     assert single.trial_dirname("abc") == "trial_abc"
     assert single.trial_checkpoints("abc") == f"{tmp_path}/trial_abc"
+
+
+def test_an_ended_trials_unreported_checkpoints_are_removed(tmp_path: Path) -> None:
+    """A trial stopped at epoch 1 whose workers had already written epochs 2 and 3: those go, what Ray
+    Train registered (its snapshot names it) stays whatever its epoch, and a second sweep finds nothing."""
+    parent = tmp_path / "train" / "s-abc"
+    checkpoints(parent, {f"checkpoint_epoch_000{e}": e for e in (1, 2, 3, 4)})
+    snapshot = {
+        "checkpoint_results": [
+            {"checkpoint_dir_name": n} for n in ("checkpoint_epoch_0001", "checkpoint_epoch_0004")
+        ]
+    }
+    (parent / TRAIN_SNAPSHOT).write_text(json.dumps(snapshot))
+    layout = run_context(str(tmp_path), workers=2).checkpoints
+    assert sorted(layout.remove_unreported("abc", 1)) == ["checkpoint_epoch_0002", "checkpoint_epoch_0003"]
+    assert sorted(p.name for p in parent.iterdir()) == [
+        "checkpoint_epoch_0001",
+        "checkpoint_epoch_0004",
+        TRAIN_SNAPSHOT,
+    ]
+    assert layout.remove_unreported("abc", 1) == []
+    assert layout.remove_unreported("other", 0) == []  # no such trial: nothing to do
+
+
+def test_the_snapshots_name_is_ray_trains() -> None:
+    """Ray Train's name for its snapshot is internal to it: checked against the installed Ray."""
+    from ray.train.v2._internal.constants import CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+    assert TRAIN_SNAPSHOT == CHECKPOINT_MANAGER_SNAPSHOT_FILENAME
+
+
+def test_without_a_snapshot_every_checkpoint_past_the_last_report_goes(tmp_path: Path) -> None:
+    parent = tmp_path / "train" / "s-abc"
+    checkpoints(parent, {"checkpoint_epoch_0001": 1, "checkpoint_epoch_0002": 2})
+    layout = run_context(str(tmp_path), workers=2).checkpoints
+    assert layout.remove_unreported("abc", 0) == ["checkpoint_epoch_0002", "checkpoint_epoch_0001"]
+    assert not any(parent.iterdir())
+
+
+def test_tunes_layout_is_left_to_tune(tmp_path: Path) -> None:
+    checkpoints(tmp_path / "trial_abc", {"checkpoint_000000": 1, "checkpoint_000001": 2})
+    assert run_context(str(tmp_path)).checkpoints.remove_unreported("abc", 0) == []
+    assert len(list((tmp_path / "trial_abc").iterdir())) == 2

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,6 +75,7 @@ def read_table(
                 f"column {', '.join(missing)}"
             )
         return table.select(list(columns)) if columns else table
+    _check_not_empty(path)
     try:
         if path.suffix.lower() == ".csv":
             table = pacsv.read_csv(path)
@@ -91,13 +92,83 @@ def column_names(path: str | Path, *, folder_columns: tuple[str, str] = FOLDER_C
         raise UserInputError(f"data file not found: {path}")
     if path.is_dir():
         return list(folder_columns)
+    return _schema(path).names
+
+
+def _schema(path: Path) -> pa.Schema:
+    """A Parquet file's schema, or a CSV file's as pyarrow infers it from its first block."""
+    _check_not_empty(path)
     try:
         if path.suffix.lower() == ".csv":
             with pacsv.open_csv(path) as reader:
-                return reader.schema.names
-        return pq.read_schema(path).names
+                return reader.schema
+        return pq.read_schema(path)
     except pa.ArrowInvalid as exc:
         raise UserInputError(f"cannot read {path}: {exc}") from None
+
+
+def _check_not_empty(path: Path) -> None:
+    if path.is_file() and path.stat().st_size == 0:
+        raise UserInputError(
+            f"{path} is empty (0 bytes): write the split's rows into it (Parquet, or CSV with a header)"
+        )
+
+
+def check_column_types(
+    key: str, path: str | Path, input_column: str, input_kind: str, label_column: str
+) -> None:
+    """The input and label columns hold what a classifier reads: texts as strings; images as encoded
+    bytes, paths or Hugging Face's {bytes, path} struct; labels as strings, integers or booleans (a
+    float label is a regression target, or integers that a missing value turned into floats). Read
+    from the schema only; an image folder's columns are right by construction. `key`: the spec's key
+    that names the file (`data.train`)."""
+    path = Path(path)
+    if path.is_dir():
+        return
+    schema = _schema(path)
+    types = dict(zip(schema.names, schema.types, strict=True))
+    wanted = {
+        input_column: ("text" if input_kind == "text" else "image", _takes_input(input_kind)),
+        label_column: ("label", _is_label),
+    }
+    for column, (what, fits) in wanted.items():
+        kind = types[column]
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_null(kind) or fits(kind)):
+            raise UserInputError(
+                f"{key} ({path}): column `{column}` holds {types[column]} values, not {what}s: "
+                + _TYPE_FIXES[what].format(column=column)
+            )
+
+
+_TYPE_FIXES = {
+    "text": "store the texts as strings (pandas: df[{column!r}] = df[{column!r}].astype(str))",
+    "image": "store encoded image bytes (PNG, JPEG), image paths, or {{bytes, path}} structs",
+    "label": "store class names as strings or integers (pandas: "
+    "df[{column!r}] = df[{column!r}].astype('Int64') for whole numbers, or .astype(str))",
+}
+
+
+def _takes_input(kind: str) -> Callable[[pa.DataType], bool]:
+    return _is_text if kind == "text" else _is_image
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+
+def _is_image(kind: pa.DataType) -> bool:
+    return (
+        pa.types.is_binary(kind)
+        or pa.types.is_large_binary(kind)
+        or _is_text(kind)  # a path
+        or (pa.types.is_struct(kind) and kind.get_field_index("bytes") >= 0)
+    )
+
+
+def _is_label(kind: pa.DataType) -> bool:
+    return _is_text(kind) or pa.types.is_integer(kind) or pa.types.is_boolean(kind)
 
 
 def open_image(item: Any, base_dir: Path) -> Any:

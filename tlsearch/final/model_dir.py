@@ -8,7 +8,8 @@
                         layout (architecture, model_args, pretrained_cfg with the preprocessing)
     tokenizer files     text models: the tokenizer, as `save_pretrained` writes it
     tlsearch.json       source, task, labels, layout, pooling and max_length (text), image_size and the
-                        timm data config the training pipeline used (images)
+                        timm data config the training pipeline used (images), trust_remote_code (a
+                        model that ships its own code, saved beside it)
 
 Each way of laying a model out is a `Layout` in LAYOUTS, chosen at save time by `layout_for(source,
 pooling)` and recorded in tlsearch.json, which `load_final_model` dispatches on: a text model with its own
@@ -18,6 +19,7 @@ pooling step (`cls` / `mean` in place of the transformers head) is one more regi
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -92,9 +94,12 @@ def save_final_model(
     pooling: str | None = None,
     max_length: int | None = None,
     image_size: int | None = None,
+    trust_remote_code: bool = False,
 ) -> Path:
     """Write `model` (a peft model is merged first) and its preprocessing into `directory` (created;
-    it must not exist or be empty). preprocessing: the LoadedModel's (tokenizer or timm data config)."""
+    it must not exist or be empty). preprocessing: the LoadedModel's (tokenizer or timm data config).
+    trust_remote_code: the model ships its own code (`model.trust_remote_code`), which transformers
+    saves beside it and which loading it back runs."""
     directory = Path(directory)
     if directory.exists() and any(directory.iterdir()):
         raise FileExistsError(f"{directory} exists and is not empty")
@@ -110,6 +115,8 @@ def save_final_model(
         meta |= {"pooling": pooling or "auto", "max_length": max_length}
     else:
         meta |= {"image_size": image_size, "data_config": _jsonable(preprocessing)}
+    if trust_remote_code:
+        meta["trust_remote_code"] = True
     layout = LAYOUTS.get(meta["layout"])
     directory.mkdir(parents=True, exist_ok=True)
     if is_prompt_learning(model):
@@ -120,7 +127,32 @@ def save_final_model(
         module = merged(model)
     layout.save(directory, module, preprocessing, meta)
     (directory / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    honour_umask(directory)
     return directory
+
+
+def honour_umask(directory: Path) -> None:
+    """Give every file under `directory` the mode a new file gets under this process's umask.
+    safetensors writes through a temporary file (created 0o600) renamed into place, so weights saved by
+    `save_file` or `save_pretrained` would otherwise be unreadable to the group whatever the umask."""
+    mode = 0o666 & ~current_umask()
+    for path in directory.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
+def current_umask() -> int:
+    """The umask, read without changing it where Linux says it (os.umask sets it to ask, a moment
+    in which another thread's new file would get the wrong mode)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o077)
+    os.umask(mask)
+    return mask
 
 
 def load_final_model(directory: Path) -> FinalModel:
@@ -201,10 +233,14 @@ class HuggingFaceLayout:
             AutoTokenizer,
         )
 
+        remote_code = shipped_code(directory, meta)
         if meta["task"] == TEXT_TASK:
-            model = AutoModelForSequenceClassification.from_pretrained(directory)
-            return model, AutoTokenizer.from_pretrained(directory)
-        return AutoModelForImageClassification.from_pretrained(directory), data_config_of(meta)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                directory, trust_remote_code=remote_code
+            )
+            return model, AutoTokenizer.from_pretrained(directory, trust_remote_code=remote_code)
+        model = AutoModelForImageClassification.from_pretrained(directory, trust_remote_code=remote_code)
+        return model, data_config_of(meta)
 
 
 class TimmLayout:
@@ -259,12 +295,25 @@ class PooledLayout:
 
         from tlsearch.models.pooling import PooledClassifier
 
-        model = PooledClassifier(AutoModel.from_pretrained(directory), meta["pooling"], len(meta["labels"]))
+        remote_code = shipped_code(directory, meta)
+        base = AutoModel.from_pretrained(directory, trust_remote_code=remote_code)
+        model = PooledClassifier(base, meta["pooling"], len(meta["labels"]))
         with torch.no_grad():
             head = load_file(str(directory / HEAD_FILE))
             model.classifier.weight.copy_(head["weight"])
             model.classifier.bias.copy_(head["bias"])
-        return model, AutoTokenizer.from_pretrained(directory)
+        return model, AutoTokenizer.from_pretrained(directory, trust_remote_code=remote_code)
+
+
+def shipped_code(directory: Path, meta: dict[str, Any]) -> bool:
+    """Whether loading this final model runs the code its model shipped with (the search's
+    `model.trust_remote_code`, recorded in tlsearch.json); says so when it does."""
+    if not meta.get("trust_remote_code"):
+        return False
+    from tlsearch.models.hf_source import warn_remote_code
+
+    warn_remote_code(str(directory))
+    return True
 
 
 HEAD_FILE = "classifier.safetensors"

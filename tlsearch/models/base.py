@@ -38,6 +38,9 @@ class LoadedModel:
     source: ModelSource  # the source that built it: the one place that knows the model's kind
     # What a text model's head reads (`model.pooling` resolved: cls, mean or pooler); None for images.
     pooling: str | None = None
+    # The most tokens a text model takes (its position embeddings, its tokenizer's limit); None: images,
+    # or no limit known.
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)

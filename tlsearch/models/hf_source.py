@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ class HuggingFaceSource:
 
     def load(self, spec: ModelSpec, num_classes: int, weights: bool) -> LoadedModel:
         import transformers
+        from safetensors import SafetensorError
         from transformers import (
             AutoConfig,
             AutoModel,
@@ -60,6 +62,9 @@ class HuggingFaceSource:
         transformers.utils.logging.disable_progress_bar()
         images = spec.task == "image-classification"
         location = _location(spec)
+        remote_code = spec.trust_remote_code  # off unless the spec says so (docs/reliability.md)
+        if remote_code:
+            warn_remote_code(spec.name)
         try:
             pooling = None if images else resolve_pooling(spec.pooling, location)
             # The model's own classification head, or (`cls`, `mean`) its base model under a pooling head.
@@ -70,18 +75,33 @@ class HuggingFaceSource:
                 if pooling == "pooler"
                 else AutoModel
             )
-            config = AutoConfig.from_pretrained(location, num_labels=num_classes)
+            config = AutoConfig.from_pretrained(
+                location, num_labels=num_classes, trust_remote_code=remote_code
+            )
             with maybe_meta(weights):
                 if weights and spec.pretrained:
-                    model = auto.from_pretrained(location, config=config, ignore_mismatched_sizes=True)
+                    # Never a pickled `pytorch_model.bin` (tlsearch.models.files says why).
+                    model = auto.from_pretrained(
+                        location,
+                        config=config,
+                        ignore_mismatched_sizes=True,
+                        use_safetensors=True,
+                        trust_remote_code=remote_code,
+                    )
                 else:
-                    model = auto.from_config(config)
+                    model = auto.from_config(config, trust_remote_code=remote_code)
                 if pooling in POOLED:
                     model = PooledClassifier(model, pooling, num_classes)
             preprocessing: Any = (
-                _image_preprocessing(location, config, spec) if images else _tokenizer(location)
+                _image_preprocessing(location, config, spec) if images else _tokenizer(location, remote_code)
             )
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, SafetensorError) as exc:
+            if not remote_code and "trust_remote_code" in str(exc):
+                raise UserInputError(
+                    f"Hugging Face model `{spec.name}` ships its own code, which runs only when the spec "
+                    "says so: read it, then set `model.trust_remote_code: true` (or pick a model "
+                    "transformers implements itself)"
+                ) from None
             raise UserInputError(f"cannot load Hugging Face model `{spec.name}` ({location}): {exc}") from exc
         if not images and preprocessing.pad_token is None:
             preprocessing.pad_token = preprocessing.eos_token or preprocessing.unk_token
@@ -90,7 +110,13 @@ class HuggingFaceSource:
         if weights:
             _fresh_head(model, head)
         return LoadedModel(
-            model, head, self.layer_map(model, head), preprocessing, source=self, pooling=pooling
+            model,
+            head,
+            self.layer_map(model, head),
+            preprocessing,
+            source=self,
+            pooling=pooling,
+            max_tokens=None if images else token_limit(config.to_dict(), preprocessing.model_max_length),
         )
 
     def layer_map(self, model: Any, head_modules: tuple[str, ...]) -> LayerMap:
@@ -171,6 +197,21 @@ def _location(spec: ModelSpec) -> str:
     return spec.name
 
 
+# Where configs keep how many positions their position embeddings have (BERT's, GPT-2's).
+_POSITION_KEYS = ("max_position_embeddings", "n_positions")
+# A tokenizer without a limit of its own says so with a huge model_max_length (int(1e30)).
+_NO_LIMIT = 10**9
+
+
+def token_limit(config: dict[str, Any], tokenizer_limit: int | None = None) -> int | None:
+    """The most tokens a text model takes: its position embeddings (config.json), or its tokenizer's
+    limit where lower (positions reserved: RoBERTa's 514 embeddings take 512 tokens); None: no limit."""
+    limits = [int(config[k]) for k in _POSITION_KEYS if isinstance(config.get(k), int)]
+    if tokenizer_limit is not None and 0 < tokenizer_limit < _NO_LIMIT:
+        limits.append(tokenizer_limit)
+    return min(limits) if limits else None
+
+
 def _check_cached(name: str) -> None:
     """Offline, a hub id is only usable from the local cache: say so at once, naming the model,
     instead of transformers' advice to check the connection."""
@@ -198,10 +239,25 @@ def _builtin_path(name: str) -> Path:
     raise UserInputError(f"unknown builtin hf model `{name}`")
 
 
-def _tokenizer(location: str) -> Any:
+_REMOTE_CODE_WARNED: set[str] = set()
+
+
+def warn_remote_code(name: str) -> None:
+    """Once per process and model: each process that loads the model runs its code."""
+    if name not in _REMOTE_CODE_WARNED:
+        _REMOTE_CODE_WARNED.add(name)
+        print(
+            f"[tlsearch] warning: model.trust_remote_code is true: this process runs code shipped with "
+            f"{name}, with your permissions",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _tokenizer(location: str, remote_code: bool) -> Any:
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(location)
+    return AutoTokenizer.from_pretrained(location, trust_remote_code=remote_code)
 
 
 def _head_modules(model: nn.Module) -> tuple[str, ...]:
@@ -253,7 +309,8 @@ def _tokenizer_sha256(tokenizer: Any) -> str:
 def _image_preprocessing(location: str, config: Any, spec: ModelSpec) -> dict[str, Any]:
     from transformers import AutoImageProcessor
 
-    data_config = image_data_config(AutoImageProcessor.from_pretrained(location), config.num_channels)
+    processor = AutoImageProcessor.from_pretrained(location, trust_remote_code=spec.trust_remote_code)
+    data_config = image_data_config(processor, config.num_channels)
     if spec.image_size is not None:
         trained_at = getattr(config, "image_size", spec.image_size)
         if trained_at != spec.image_size:

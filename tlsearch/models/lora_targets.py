@@ -42,10 +42,12 @@ def is_attention(name: str) -> bool:
 
 
 def resolve_lora_targets(loaded: LoadedModel, preset: str, method: str = "LoRA") -> list[str]:
-    """The module names `preset` selects; `method` names the adapters in error messages."""
+    """The module names `preset` selects; `method` names the adapters (and their strategy, whose
+    `targets` key the messages name)."""
     if preset not in vocab.LORA_TARGET_PRESETS:
         raise UserInputError(
-            f"unknown {method} target preset `{preset}`; known: {', '.join(vocab.LORA_TARGET_PRESETS)}"
+            f"strategies.{method.lower()}.targets: unknown {method} target preset `{preset}`; known: "
+            f"{', '.join(vocab.LORA_TARGET_PRESETS)}"
         )
     candidates = linear_modules(loaded)
     in_blocks = [n for n in candidates if loaded.layers.in_blocks(n)]
@@ -56,13 +58,24 @@ def resolve_lora_targets(loaded: LoadedModel, preset: str, method: str = "LoRA")
     else:
         targets = [n for n in in_blocks if is_attention(n)]
     if not targets:
-        shown = ", ".join(candidates[:12]) + (" ..." if len(candidates) > 12 else "")
+        shown = ", ".join(candidates[:8]) + (" ..." if len(candidates) > 8 else "")
+        fix = (
+            f"choose a preset that selects some of them ({', '.join(_presets_matching(loaded, candidates))})"
+            if candidates
+            else "none (a convolutional model): use partial or full fine-tuning instead"
+        )
         raise UserInputError(
-            f"{method} target preset `{preset}` matches no module of this model. "
-            "Linear modules outside the head: "
-            f"{shown or 'none (a convolutional model: use partial or full fine-tuning instead)'}"
+            f"strategies.{method.lower()}.targets: the {method} target preset `{preset}` matches no module "
+            f"of this model. Linear modules outside the head: {shown + '; ' if candidates else ''}{fix}"
         )
     return targets
+
+
+def _presets_matching(loaded: LoadedModel, candidates: list[str]) -> list[str]:
+    """The presets that select at least one of `candidates` (all_linear always does)."""
+    in_blocks = [n for n in candidates if loaded.layers.in_blocks(n)]
+    found = {"attention": any(is_attention(n) for n in in_blocks), "attention_mlp": bool(in_blocks)}
+    return [p for p in vocab.LORA_TARGET_PRESETS if found.get(p, True)]
 
 
 def check_presets(probe: LoadedModel, presets: tuple[object, ...] | None, method: str) -> None:

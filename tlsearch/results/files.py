@@ -110,6 +110,11 @@ def abandoned_trials(run_dir: Path) -> set[str]:
     return {e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e.get("event") == "abandoned"}
 
 
+def ended_trials(run_dir: Path) -> frozenset[str]:
+    """Trials the recorder saw end (completed, stopped or failed for good)."""
+    return frozenset(e["trial_id"] for e in read_jsonl(run_dir / EVENTS_LOG) if e.get("event") == "end")
+
+
 def epoch_rows(run_dir: Path) -> list[dict[str, Any]]:
     """Deduplicated epoch rows (last report of each (trial, epoch) wins), with checkpoints attached."""
     rows: dict[tuple[str, int], dict[str, Any]] = {}
@@ -307,8 +312,18 @@ def transfer_gain(best: float, baselines: dict[str, dict[str, Any]], mode: str) 
     return best - max(references) if mode == "max" else min(references) - best
 
 
+def read_table_whole(path: Path) -> pa.Table:
+    """A table a running search may be replacing (trials.parquet, epochs.parquet), read whole.
+
+    `pq.read_table(path)` opens the path more than once (footer, then pages), so a replace between
+    the opens pairs one file's footer with another's pages ("Deserializing page header failed").
+    One open handle keeps reading the file it opened, whatever replaces the path meanwhile."""
+    with Path(path).open("rb") as handle:
+        return pq.read_table(handle)
+
+
 def read_trials(run_dir: Path) -> list[dict[str, Any]]:
     path = Path(run_dir) / TRIALS_TABLE
     if not path.exists():
         return []
-    return pq.read_table(path).to_pylist()
+    return read_table_whole(path).to_pylist()

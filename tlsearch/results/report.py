@@ -622,13 +622,14 @@ def _overview(report: Report) -> list[str]:
     elif not statuses["completed"] and not statuses["stopped_early"]:
         failed = [t for t in report.trials if t["status"] == "error"]
         lines.insert(0, f"- no trial finished: {len(failed)} failed")
-        lines[1:1] = [f"- trial `{t['trial_id']}` failed: {_first_line(t.get('error'))}" for t in failed[:10]]
+        lines[1:1] = [f"- trial `{t['trial_id']}` failed: {error_line(t.get('error'))}" for t in failed[:10]]
     return lines
 
 
-def _first_line(error: Any) -> str:
+def error_line(error: Any) -> str:
+    """A trial's recorded error in one line: a traceback's last line, which says what went wrong."""
     lines = str(error or "no error recorded").strip().splitlines()
-    return (lines[-1] if lines else "no error recorded")[:300]  # a traceback's last line says what
+    return (lines[-1] if lines else "no error recorded")[:300]
 
 
 FINAL_DIR = "final"  # tlsearch finalize's output (tlsearch/search/finalize.py)

@@ -114,19 +114,40 @@ def finalize_run(run_dir: Path, *, retrain: bool | None = None, export: bool | N
             pooling=final.loaded.pooling,
             max_length=spec.model.max_length if spec.model.task == "text-classification" else None,
             image_size=spec.model.image_size,
+            trust_remote_code=spec.model.trust_remote_code,
         )
         (staging / LATENCY_FILE).write_text(json.dumps(_latency(staging / MODEL_DIR, test), indent=2) + "\n")
         metrics["seconds"] = round(time.time() - started, 1)
         (staging / METRICS_FILE).write_text(json.dumps(metrics, indent=2, default=float) + "\n")
+        # Before the rename: a driver killed after it finds final/ and never logs again; killed
+        # before it, the finalize runs again and continues the same W&B run.
+        _log_to_wandb(run_dir, spec, metrics, staging)
         os.rename(staging, final_dir)  # all of final/ or none of it
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     print(summary_line(metrics, final_dir), flush=True)
-    _log_to_wandb(run_dir, spec, metrics, final_dir)
-    if spec.finalize.export if export is None else export:
-        export_run(run_dir)
-    write_model_card(run_dir)
+    complete_final(run_dir, export=spec.finalize.export if export is None else export)
     return metrics
+
+
+def complete_final(run_dir: Path, *, export: bool) -> None:
+    """The steps after final/ is in place, each done when its file is missing: the ONNX export (when
+    wanted) and the model card. A driver killed between them leaves final/ without them, and the
+    resumed search (finalize after the search) does what is left."""
+    from tlsearch.final.export import ONNX_FILE
+
+    final_dir = run_dir / FINAL_DIR
+    for leftover in final_dir.glob(".export-*"):  # a killed export's work directory
+        shutil.rmtree(leftover, ignore_errors=True)
+    if export and not (final_dir / ONNX_FILE).exists():
+        export_run(run_dir)
+    write_model_card(run_dir)  # from final/'s files: again after a resumed export, which it names
+
+
+def remove_killed_finalize(run_dir: Path) -> None:
+    """A finalize killed before its rename left its staging directory: nothing in it counts."""
+    for staging in run_dir.glob(f".{FINAL_DIR}.tmp-*"):
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _log_to_wandb(run_dir: Path, spec: Spec, metrics: dict[str, Any], final_dir: Path) -> None:

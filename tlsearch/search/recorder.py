@@ -19,6 +19,7 @@ from tlsearch.results.files import (
     append_jsonl,
     checkpoint_location,
     checkpoint_uri,
+    ended_trials,
     read_jsonl,
     trial_rows,
     write_tables,
@@ -75,6 +76,7 @@ class ResultsRecorder(Callback):
         self.time_budget = time_budget  # the search's recorder, under search.time_budget_s
         self._tracker: WandbTracker | None = None
         self._next_rewrite = 0.0  # time.monotonic() before which a finished trial skips the rewrite
+        self._ended: frozenset[str] = frozenset()  # trials that had ended when this session began
 
     def __getstate__(self) -> dict[str, Any]:
         return self.__dict__ | {"_tracker": None, "_next_rewrite": 0.0}
@@ -115,8 +117,11 @@ class ResultsRecorder(Callback):
         total_num_samples: int | None = None,
         **info: Any,
     ) -> None:
-        # A resumed search: write again the W&B runs of trials that ended just before the old driver
-        # died, before their run was finished.
+        # A resumed search: Tune starts again the trials that ended after its last save of the
+        # experiment state; they return at once (run_trial), and nothing of them is recorded twice.
+        self._ended = ended_trials(self._dir)
+        # Write again the W&B runs of trials that ended just before the old driver died, before
+        # their run was finished.
         pending = set(runs_to_catch_up(self._dir))
         if not pending:
             return
@@ -131,6 +136,8 @@ class ResultsRecorder(Callback):
                 self._finish_run(row)
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._ended:
+            return
         config = flatten(trial.config)
         self._event({"event": "start", "trial_id": trial.trial_id, "config": config, "path": trial.path})
         if self.tracker.enabled:  # reading the whole log per trial only pays for a W&B run
@@ -138,6 +145,8 @@ class ResultsRecorder(Callback):
             self.tracker.start_trial(trial.trial_id, config, history)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if trial.trial_id in self._ended:
+            return
         if "epoch" not in result:
             return
         row = {"trial_id": trial.trial_id, "time": time.time()}
@@ -148,6 +157,8 @@ class ResultsRecorder(Callback):
         self.tracker.log_epoch(trial.trial_id, row)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        if trial.trial_id in self._ended:
+            return
         # In-actor runner: Tune persisted the checkpoint; its meta.json says which epoch it holds.
         try:  # through the checkpoint's own filesystem: it may be S3 or GCS
             with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{META_FILE}") as f:
@@ -158,13 +169,19 @@ class ResultsRecorder(Callback):
         self._event({"event": "checkpoint", "trial_id": trial.trial_id, "epoch": epoch, "path": path})
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._ended:
+            return
         self._event({"event": "retry", "trial_id": trial.trial_id, "error": _error_text(trial)})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._ended:
+            return
         self._event({"event": "end", "trial_id": trial.trial_id, "status": "ok"})
         self._finish(trial.trial_id)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self._ended:
+            return
         self._event(
             {"event": "end", "trial_id": trial.trial_id, "status": "error", "error": _error_text(trial)}
         )

@@ -20,9 +20,17 @@ from tlsearch import __version__
 from tlsearch.audit import AUDIT_DIR, AUDIT_FILE, dropped_train_rows, run_audit, search_refusal, summary_text
 from tlsearch.data.paths import data_paths
 from tlsearch.data.streamed import choose_loader
-from tlsearch.data.tables import DataFiles, column_names, file_sha256, label_set, read_table
+from tlsearch.data.tables import (
+    DataFiles,
+    check_column_types,
+    column_names,
+    file_sha256,
+    label_set,
+    read_table,
+)
 from tlsearch.errors import UserInputError
 from tlsearch.models import LoadedModel, build_model
+from tlsearch.models.files import check_max_length, check_weight_files
 from tlsearch.results.files import LAYOUT_VERSION, RESOLVED_SPEC
 from tlsearch.results.study import storage_description
 from tlsearch.space import SearchSpace, build_space
@@ -88,6 +96,7 @@ def resolve_data(
                 f"data.{split} ({path}) has no column {', '.join(f'`{m}`' for m in missing)}; "
                 f"its columns: {', '.join(names)}"
             )
+        check_column_types(f"data.{split}", path, column, kind, d.label_column)
         tables.append(read_table(path, [d.label_column], folder_columns=names_of_folder))
         if split == "train":
             trained = label_set(tables[-1:], d.label_column)
@@ -143,7 +152,10 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
         study_name = recorded(run_dir)["optuna"]["study_name"]
     else:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+    check_weight_files(spec.model)  # the meta probe reads no weights: their files are checked here
     probe = build_model(spec.model, len(data.labels), weights=False)
+    if not resuming:  # a resumed search keeps the max_length it started with
+        check_max_length(spec.model, probe.max_tokens)
     spec, space = _checked_space(spec, probe)
     loader, why = choose_loader(
         data, spec.model, probe.preprocessing, spec.data.loader, streaming_refusals(spec)

@@ -22,22 +22,25 @@ from tlsearch.results.files import (
     TRIALS_TABLE,
     append_jsonl,
     checkpoint_exists,
+    ended_trials,
     spent_device_s,
     write_tables,
 )
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
-from tlsearch.search import baselines, budget
+from tlsearch.search import baselines, budget, storage_guard
+from tlsearch.search.checkpoint_sweep import UnreportedCheckpointSweep
 from tlsearch.search.policy.promotion import AshaRungs
 from tlsearch.search.recorder import ResultsRecorder
 from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write_resolved_spec
+from tlsearch.search.storage_guard import StorageGuard
 from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
 from tlsearch.spec.objective import primary
 from tlsearch.tracking.wandb_runs import WandbTracker, api_key_configured, resolve_mode
-from tlsearch.train.checkpoint import CheckpointLayout
+from tlsearch.train.checkpoint import CheckpointLayout, checkpoint_retention
 from tlsearch.train.inputs import RunContext
 
 
@@ -48,6 +51,7 @@ class Outcome:
     num_samples: int
     finalize_error: str | None = None  # why finalize after the search failed (the search itself did not)
     budget_spent: bool = False  # search.time_budget_s ran out: fewer than num_samples trials is its end
+    storage_full: str | None = None  # why the search stopped for its storage (tlsearch.search.storage_guard)
 
     @property
     def search_trials(self) -> list[dict[str, Any]]:
@@ -92,8 +96,10 @@ def check_reachable(address: str | None) -> None:
 
 
 def connect(address: str | None) -> None:
-    """Attach to `address` / RAY_ADDRESS, or start a local cluster on loopback with the dashboard
-    (Ray Train's cleanup of stopped trials goes through the dashboard's State API: docs/design.md §14)."""
+    """Attach to `address` / RAY_ADDRESS, or start a local cluster with the dashboard on loopback
+    (Ray Train's cleanup of stopped trials goes through the dashboard's State API: docs/design.md §14).
+    Ray's other ports listen on all interfaces, guarded by its token authentication
+    (docs/reliability.md#security, measured by tests/integration/test_ports.py)."""
     import ray
 
     if ray.is_initialized():
@@ -106,7 +112,8 @@ def connect(address: str | None) -> None:
     secret = os.environ.pop("WANDB_API_KEY", None)
     try:
         # address="local": a new cluster even when another one runs on this machine (plain
-        # ray.init() would silently join that one).
+        # ray.init() would silently join that one). Ray replaces the loopback node address by the
+        # machine's own wherever it has one (docs/design.md §18).
         ray.init(
             address="local", include_dashboard=True, dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1"
         )
@@ -251,11 +258,18 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
     from ray import tune
 
     spec = resolved.spec
-    objective = primary(spec.search.objectives)  # what checkpoints are kept by
     use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
     storage_path, experiment_name = experiment_location(spec, run_dir)
     experiment_dir = f"{storage_path}/{experiment_name}"
-    run = RunContext(str(run_dir), spec, resolved.data, use_gpu, experiment_dir, dict(resolved.hashes))
+    run = RunContext(
+        str(run_dir),
+        spec,
+        resolved.data,
+        use_gpu,
+        experiment_dir,
+        dict(resolved.hashes),
+        ended_trials=ended_trials(run_dir) if restore else frozenset(),
+    )
     trainable = tune.with_resources(tune.with_parameters(run_trial, run=run), actor)
     nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
     if nodes > 1 and "://" not in storage_path:
@@ -295,19 +309,24 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
         run_config=tune.RunConfig(
             name=experiment_name,
             storage_path=storage_path,
-            callbacks=[_recorder(spec, run_dir, time_budget=s.time_budget_s is not None)],
+            callbacks=[
+                _recorder(spec, run_dir, time_budget=s.time_budget_s is not None),
+                StorageGuard(str(run_dir), max_concurrent),
+                *_sweeps(run),
+            ],
             stop=budget.TimeBudget(str(run_dir), s.time_budget_s) if s.time_budget_s is not None else None,
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.training.checkpoints_to_keep,
-                checkpoint_score_attribute=objective.metric,
-                checkpoint_score_order=objective.mode,
-            ),
+            checkpoint_config=tune.CheckpointConfig(**checkpoint_retention(spec)),
             # Multi-worker trials retry inside Ray Train (from the Train checkpoint); retrying the
             # trial driver too would multiply attempts.
             failure_config=tune.FailureConfig(max_failures=0 if multi_worker else s.max_failures),
             verbose=1,
         ),
     )
+
+
+def _sweeps(run: RunContext) -> list[UnreportedCheckpointSweep]:
+    """Multi-worker trials write checkpoints Tune may never see (tlsearch.search.checkpoint_sweep)."""
+    return [UnreportedCheckpointSweep(run.checkpoints)] if run.checkpoints.multi_worker else []
 
 
 def _recorder(spec: Spec, run_dir: Path, *, time_budget: bool = False) -> ResultsRecorder:
@@ -344,6 +363,7 @@ def sigterm_as_ctrl_c() -> Iterator[None]:
 
 def _fit(resolved: Resolved, run_dir: Path, *, restore: bool, address: str | None) -> Outcome:
     connect(address)
+    storage_guard.reset()
     with sigterm_as_ctrl_c():
         return _fit_connected(resolved, run_dir, restore=restore)
 
@@ -369,7 +389,13 @@ def _fit_connected(resolved: Resolved, run_dir: Path, *, restore: bool) -> Outco
     best = primary(spec.search.objectives)  # what the best trial is by
     spent = budget.budget_spent(run_dir)
     trials = write_tables(run_dir, best.metric, best.mode, spec.search.max_epochs)
-    outcome = Outcome(run_dir, trials, spec.search.num_samples, budget_spent=spent)
+    outcome = Outcome(
+        run_dir,
+        trials,
+        spec.search.num_samples,
+        budget_spent=spent,
+        storage_full=storage_guard.storage_full_reason(),
+    )
     if not outcome.interrupted:
         storage = make_storage(spec.tracking.optuna.storage, run_dir)
         close_orphans(resolved.study_name, storage, pruned_when_reported=spent)
@@ -390,14 +416,16 @@ def _finalize_after_search(resolved: Resolved, run_dir: Path) -> str | None:
     and the run has no final/ yet (a resumed search finalizes once). A failure leaves the search's
     results as they are: it is reported, and `tlsearch finalize RUN_DIR` tries again."""
     from tlsearch.final.export import FINAL_DIR
-    from tlsearch.search.finalize import finalize_run
+    from tlsearch.search.finalize import complete_final, finalize_run, remove_killed_finalize
 
     if resolved.data.test is None:
         print("[tlsearch] finalize: the data has no test split (data.test): no final model", flush=True)
         return None
-    if (run_dir / FINAL_DIR).exists():
-        return None
+    remove_killed_finalize(run_dir)
     try:
+        if (run_dir / FINAL_DIR).exists():
+            complete_final(run_dir, export=resolved.spec.finalize.export)  # a killed driver's finalize
+            return None
         finalize_run(run_dir)
     except Exception as exc:  # the search's own results stay; the message says how to try again
         import traceback
@@ -434,7 +462,6 @@ def _fit_baselines(resolved: Resolved, run_dir: Path, to_train: list[baselines.B
     from ray import tune
 
     spec = resolved.spec
-    objective = primary(spec.search.objectives)
     use_gpu, actor, max_concurrent = plan_resources(spec, ray.cluster_resources())
     storage_path, experiment_name = experiment_location(spec, run_dir)
     experiment_dir = f"{storage_path}/{experiment_name}"
@@ -464,12 +491,8 @@ def _fit_baselines(resolved: Resolved, run_dir: Path, to_train: list[baselines.B
             name=BASELINES_DIR,
             storage_path=experiment_dir,
             stop=baselines.BudgetStopper({b.name: (b.max_epochs, b.max_device_s) for b in to_train}),
-            callbacks=[_recorder(spec, run_dir)],
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=spec.training.checkpoints_to_keep,
-                checkpoint_score_attribute=objective.metric,
-                checkpoint_score_order=objective.mode,
-            ),
+            callbacks=[_recorder(spec, run_dir), StorageGuard(str(run_dir), max_concurrent), *_sweeps(run)],
+            checkpoint_config=tune.CheckpointConfig(**checkpoint_retention(spec)),
             failure_config=tune.FailureConfig(max_failures=0 if multi_worker else spec.search.max_failures),
             verbose=1,
         ),

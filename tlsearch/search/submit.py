@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shlex
 import signal
 import sys
@@ -25,8 +26,26 @@ from typing import Any
 from tlsearch.errors import UserInputError
 from tlsearch.spec import Spec, load_spec
 
-# Never uploaded, whatever the working directory's .gitignore / .rayignore say (Ray honours both).
-UPLOAD_EXCLUDES = [".git", ".venv", "venv", "runs", "wandb", "**/__pycache__", "*.egg-info"]
+# Never uploaded, whatever the working directory's .gitignore / .rayignore say (Ray honours both, and
+# any one matcher excluding a path wins, so a `!` there cannot bring these back). Gitignore patterns, as
+# Ray's runtime_env `excludes` reads them: no `/` inside, at any depth; a directory matched is skipped whole.
+BULKY_EXCLUDES = [".git", ".venv", "venv", "runs", "wandb", "**/__pycache__", "*.egg-info"]
+SECRET_PATTERNS = [
+    # dotenv files; their committed templates hold no secrets and stay
+    *(".env", ".env.*", "!.env.example", "!.env.sample", "!.env.template"),
+    # tools' login files: netrc (curl, requests, W&B's key after `wandb login`), git, PyPI, npm
+    *(".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc"),
+    # private keys and key stores
+    *("*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_dsa*", "id_ecdsa*", "id_ed25519*"),
+    # credential folders and token files (a working directory that is, or holds, a home directory)
+    *(".ssh", ".aws", ".gnupg", ".kube", ".docker", ".config/gcloud", "**/huggingface/token"),
+    "**/.ray/auth_token",
+    # W&B's settings: also under `wandb` above, which is there for bulk and might be dropped one day
+    *("**/wandb/settings", "**/.config/wandb"),
+]
+UPLOAD_EXCLUDES = [*BULKY_EXCLUDES, *SECRET_PATTERNS]
+# The secret scan stops after this many entries: it is a warning, the exclusion holds regardless.
+SECRET_SCAN_LIMIT = 50_000
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -59,6 +78,13 @@ def prepare_submission(
                 f"working directory, which Ray deletes. Give an absolute path on a filesystem the head "
                 f"node keeps, e.g. --set {key}=/mnt/shared/tlsearch-runs"
             )
+    for name in secret_files(working):
+        print(
+            f"[tlsearch] warning: {name} in the working directory looks like a secret: not uploaded "
+            "(tlsearch.search.submit.SECRET_PATTERNS); keep secrets out of the working directory",
+            file=sys.stderr,
+            flush=True,
+        )
     command = [python, "-m", "tlsearch", "run", spec_file.relative_to(working).as_posix()]
     for override in overrides:
         command += ["--set", override]
@@ -70,6 +96,36 @@ def prepare_submission(
         runtime_env={"working_dir": str(working), "excludes": UPLOAD_EXCLUDES},
         submission_id=f"tlsearch-{spec.name}-{uuid.uuid4().hex[:8]}",
     )
+
+
+def secret_files(working: Path, limit: int = SECRET_SCAN_LIMIT) -> list[str]:
+    """The secret-looking files under `working` (a credential folder counts once, with a trailing
+    `/`), relative to it, in walk order. Matched by Ray's own gitignore matcher, so exactly what the
+    upload leaves out for SECRET_PATTERNS; the bulky folders are not entered, nor symlinked ones, and
+    the walk stops after `limit` entries (a warning only: the exclusion holds for every file)."""
+    from ray._private.thirdparty.pathspec import PathSpec
+
+    secret = PathSpec.from_lines("gitwildmatch", SECRET_PATTERNS)
+    bulky = PathSpec.from_lines("gitwildmatch", BULKY_EXCLUDES)
+    found: list[str] = []
+    seen = 0
+    for root, dirs, files in os.walk(working):  # followlinks=False: a link to $HOME is not scanned
+        here = Path(root).relative_to(working)
+        entered = []
+        for name in sorted(dirs):
+            path = (here / name).as_posix()
+            if secret.match_file(path):
+                found.append(f"{path}/")
+            elif not bulky.match_file(path):
+                entered.append(name)
+        dirs[:] = entered
+        found += [
+            path for path in ((here / name).as_posix() for name in sorted(files)) if secret.match_file(path)
+        ]
+        seen += len(dirs) + len(files)
+        if seen > limit:
+            break
+    return found
 
 
 def exit_code(info: Any) -> int:

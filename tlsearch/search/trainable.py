@@ -12,7 +12,7 @@ from ray.train import DataConfig
 from tlsearch.data.streamed import RAY_DATA, streamed_split
 from tlsearch.models.sources import build_model
 from tlsearch.space.trial_config import Continuation, TrialConfig, split_baseline
-from tlsearch.spec.objective import primary
+from tlsearch.train.checkpoint import checkpoint_retention
 from tlsearch.train.host_memory import release_freed_host_memory
 from tlsearch.train.inputs import RunContext, TrialInputs
 from tlsearch.train.loop import train_trial
@@ -41,6 +41,8 @@ def run_trial(config: dict[str, Any], run: RunContext) -> None:
     if baseline == SCRATCH:
         run = from_scratch(run)
     trial_id = tune.get_context().get_trial_id()
+    if trial_id in run.ended_trials:
+        return  # it ended before the driver was killed; its results are in the run directory
     continues_from = None
     if continuation is not None:
         continues_from = run.checkpoints.find(continuation.trial_id, continuation.epoch)
@@ -141,11 +143,7 @@ def _fit_with_ray_train(inputs: TrialInputs) -> None:
             name=name,
             storage_path=storage_path,
             callbacks=[TuneReportCallback()],  # type: ignore[list-item]  # Train V2's callbacks; typed as V1's
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=spec.training.checkpoints_to_keep,
-                checkpoint_score_attribute=primary(spec.search.objectives).metric,
-                checkpoint_score_order=primary(spec.search.objectives).mode,
-            ),
+            checkpoint_config=ray.train.CheckpointConfig(**checkpoint_retention(spec)),
             failure_config=ray.train.FailureConfig(  # type: ignore[call-arg]  # Train V2's, typed as V1's
                 max_failures=spec.search.max_failures, controller_failure_limit=TRAIN_CONTROLLER_FAILURE_LIMIT
             ),

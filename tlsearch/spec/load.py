@@ -60,6 +60,10 @@ def validate_spec(
     def where(path: str) -> str:
         if any(path == o or path.startswith(o + ".") for o in overridden):
             return f"{path} (from --set)"
+        # A --set below the key at fault (`rank.low` in a rank that is no range now): name it.
+        below = sorted(o for o in overridden if o.startswith(path + "."))
+        if below:
+            return f"{path} (from --set {', '.join(below)})"
         line = lines.get(path)
         return f"{path} (line {line})" if line else path
 
@@ -99,7 +103,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | tuple[str, ...]
             if child is None:
                 child = node[part] = {}
             if not isinstance(child, dict):
-                problems.append(f"--set {key}: `{'.'.join(parts[: i + 1])}` is not a mapping")
+                parent = ".".join(parts[: i + 1])
+                # A knob's one value: its range goes in whole, as a flow mapping.
+                numeric = isinstance(child, int | float) and not isinstance(child, bool)
+                example = f"; a range as --set '{parent}={{low: ..., high: ...}}'" if numeric else ""
+                problems.append(
+                    f"--set {key}: `{parent}` is {child!r}, a value with no keys below it: set it whole "
+                    f"(--set {parent}=VALUE{example})"
+                )
                 break
             node = child
         else:

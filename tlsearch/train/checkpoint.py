@@ -36,12 +36,21 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 if TYPE_CHECKING:
+    from tlsearch.spec import Spec
     from tlsearch.strategies.base import Prepared
 
 STATE_FILE = "training_state.pt"
 META_FILE = "meta.json"
 MODEL_SHARDS = "model_shards"  # a sharded trial's saved weights, one safetensors file per worker
 OPTIMIZER_SHARDS = "optimizer_shards"  # its optimizer's tensors, the same way
+EPOCH_DIR_PREFIX = "checkpoint_epoch_"  # a multi-worker trial's checkpoint directories
+# Ray Train's record of the checkpoints it keeps; its name is internal to Ray (a test checks it).
+TRAIN_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def _epoch_of(dirname: str) -> int | None:
+    digits = dirname.removeprefix(EPOCH_DIR_PREFIX)
+    return int(digits) if digits != dirname and digits.isdigit() else None
 
 
 def host_copy(value: Any) -> Any:
@@ -267,7 +276,7 @@ class CheckpointLayout:
     @staticmethod
     def epoch_dirname(epoch: int) -> str:
         """A Ray Train checkpoint's directory name (Tune numbers its own)."""
-        return f"checkpoint_epoch_{epoch:04d}"
+        return f"{EPOCH_DIR_PREFIX}{epoch:04d}"
 
     def train_run(self, trial_id: str) -> tuple[str, str]:
         """(storage_path, name) of a multi-worker trial's Ray Train run. A `fit()` with an existing
@@ -281,10 +290,9 @@ class CheckpointLayout:
             return "/".join(self.train_run(trial_id))
         return f"{self.experiment_dir}/{self.trial_dirname(trial_id)}"
 
-    def find(self, trial_id: str, epoch: int) -> str | None:
-        """Trial `trial_id`'s checkpoint of `epoch` (a path or a URI), or None. Tune and Ray Train keep a
-        trial's latest checkpoint whatever its score (checkpoints_to_keep), and the epoch ASHA stopped a
-        trial at is its latest."""
+    def _listing(self, trial_id: str) -> tuple[Any, str, list[str]] | None:
+        """(filesystem, path, checkpoint directory names, the latest first) of a trial, or None when
+        its storage cannot be read."""
         import pyarrow.fs
 
         parent = self.trial_checkpoints(trial_id)
@@ -304,6 +312,44 @@ class CheckpointLayout:
             ),
             reverse=True,  # zero-padded: the latest first
         )
+        return filesystem, path, names
+
+    def remove_unreported(self, trial_id: str, last_reported_epoch: int) -> list[str]:
+        """Deletes an ended multi-worker trial's checkpoints that Tune never saw, and returns their names.
+        Ray Train workers write a checkpoint before its report reaches the controller, which takes one
+        report at a time, and Tune's answer waits for the driver: on short epochs a trial ASHA stops
+        at epoch N has already written N+1 and N+2, which no checkpoint manager tracks or deletes. A
+        checkpoint Ray Train registered (named in its snapshot) is kept whatever its epoch."""
+        listed = self._listing(trial_id) if self.multi_worker else None
+        if listed is None:
+            return []
+        filesystem, path, names = listed
+        try:
+            with filesystem.open_input_stream(f"{path}/{TRAIN_SNAPSHOT}") as f:
+                registered = f.read().decode()
+        except (OSError, ValueError):
+            registered = ""  # no checkpoint registered yet
+        removed = []
+        for name in names:
+            epoch = _epoch_of(name)
+            if epoch is None or epoch <= last_reported_epoch or f'"{name}"' in registered:
+                continue
+            try:
+                filesystem.delete_dir(f"{path}/{name}")
+            except OSError:
+                continue  # gone already (deleted by Ray Train, or by an earlier sweep)
+            removed.append(name)
+        return removed
+
+    def find(self, trial_id: str, epoch: int) -> str | None:
+        """Trial `trial_id`'s checkpoint of `epoch` (a path or a URI), or None. Tune and Ray Train keep a
+        trial's latest checkpoint whatever its score (checkpoints_to_keep), and the epoch ASHA stopped a
+        trial at is its latest."""
+        listed = self._listing(trial_id)
+        if listed is None:
+            return None
+        filesystem, path, names = listed
+        parent = self.trial_checkpoints(trial_id)
         for name in names:
             try:
                 with filesystem.open_input_stream(f"{path}/{name}/{META_FILE}") as f:
@@ -312,3 +358,18 @@ class CheckpointLayout:
             except (OSError, ValueError):
                 continue
         return None
+
+
+def checkpoint_retention(spec: Spec) -> dict[str, Any]:
+    """The arguments of Tune's and Ray Train's CheckpointConfig for `training.checkpoints_to_keep`.
+    Ray keeps `num_to_keep` checkpoints by score *and* the latest whatever its score, so one fewer by
+    score keeps at most `checkpoints_to_keep` on disk, the best and the latest among them (the latest
+    is what a trial ASHA stopped continues from when promoted)."""
+    from tlsearch.spec.objective import primary
+
+    objective = primary(spec.search.objectives)
+    return {
+        "num_to_keep": spec.training.checkpoints_to_keep - 1,
+        "checkpoint_score_attribute": objective.metric,
+        "checkpoint_score_order": objective.mode,
+    }

@@ -24,6 +24,9 @@ class RunContext:
     # sha256 of each data file by split (spec.resolved.yaml records the same): part of the feature
     # cache's key. Empty: hashed where needed.
     data_sha256: dict[str, str] = field(default_factory=dict)
+    # Trials that ended before a killed driver's last save of Tune's experiment state: the restored
+    # experiment starts them again, and they return at once instead of training again.
+    ended_trials: frozenset[str] = frozenset()
 
     @property
     def num_classes(self) -> int:
