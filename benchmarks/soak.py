@@ -6,7 +6,8 @@ no processes or placement groups between trials, and its trial process's memory 
 The search runs in this process on a local Ray cluster of its own (tlsearch's `run_search`, a tiny
 BERT built from code, FIFO, one trial at a time, `training.reuse_processes` on, as by default). A
 thread samples, every 0.5 s, the cluster's placement groups in state CREATED, its live actors, and the
-Ray worker processes under its raylet. Figures (issue 26's targets):
+Ray worker processes under its raylet. Figures (issue 26's targets, which
+tests/benchmarks/test_soak.py holds in CI):
 - `soak_rss_growth_mb`: the trial process's resident memory at the start of its last trial less at
   the start of its 5th (target <= 100 MB);
 - `soak_leftover_placement_groups`, `soak_leftover_trial_actors`: held once the search ended
@@ -74,15 +75,14 @@ def snapshot() -> dict[str, Any]:
     }
 
 
-def soak(trials: int) -> dict[str, Any]:
-    import pyarrow.parquet as pq
-
-    from tlsearch.results.files import EPOCHS_LOG, EVENTS_LOG, TRIALS_TABLE, read_jsonl
+def soak(trials: int, root: Path | None = None) -> dict[str, Any]:
+    """Run the search (its files under `root`, a new temporary folder by default) and measure it."""
+    from tlsearch.results.files import EPOCHS_LOG, EVENTS_LOG, read_jsonl, read_trials
     from tlsearch.search.runner import run_search
     from tlsearch.spec import validate_spec
     from tlsearch.testing import make_tiny_bert, text_rows, text_spec, write_parquet
 
-    root = Path(tempfile.mkdtemp(prefix="tlsearch-soak-"))
+    root = root or Path(tempfile.mkdtemp(prefix="tlsearch-soak-"))
     bert = make_tiny_bert(root / "bert")
     data = {
         "train": write_parquet(text_rows(120, seed=1), root / "train.parquet"),
@@ -116,7 +116,7 @@ def soak(trials: int) -> dict[str, Any]:
 
     ray.shutdown()
 
-    rows = pq.read_table(outcome.run_dir / TRIALS_TABLE).to_pylist()
+    rows = read_trials(outcome.run_dir)
     started_at = {
         e["trial_id"]: e["time"] for e in read_jsonl(outcome.run_dir / EVENTS_LOG) if e["event"] == "start"
     }

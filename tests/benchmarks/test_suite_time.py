@@ -24,3 +24,20 @@ def test_timed_returns_exit_code_and_pytest_tally() -> None:
 def test_timed_without_a_tally_gives_an_empty_one() -> None:
     _, returncode, tally = timed([sys.executable, "-c", "print('3 passed the test')"], ROOT)
     assert (returncode, tally) == (0, "")
+
+
+def test_timed_sums_each_tests_durations_from_pytests_list() -> None:
+    lines = [
+        "===== slowest 50 durations =====",
+        "120.50s call     tests/integration/test_search.py::test_x[ddp]",
+        "4.25s setup    tests/integration/test_search.py::test_x[ddp]",
+        "3.00s call     tests/test_cli.py::test_y",
+        "(12 durations < 0.005s hidden.)",
+    ]
+    script = f"print({chr(10).join(lines)!r})"
+    durations: dict[str, float] = {}
+    timed([sys.executable, "-c", script], ROOT, durations)
+    assert durations == {
+        "tests/integration/test_search.py::test_x[ddp]": 124.75,
+        "tests/test_cli.py::test_y": 3.0,
+    }
