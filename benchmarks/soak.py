@@ -6,8 +6,7 @@ no processes or placement groups between trials, and its trial process's memory 
 The search runs in this process on a local Ray cluster of its own (tlsearch's `run_search`, a tiny
 BERT built from code, FIFO, one trial at a time, `training.reuse_processes` on, as by default). A
 thread samples, every 0.5 s, the cluster's placement groups in state CREATED, its live actors, and the
-Ray worker processes under its raylet. Figures (issue 26's targets, which
-tests/benchmarks/test_soak.py holds in CI):
+Ray worker processes under its raylet. Figures (issue 26's targets):
 - `soak_rss_growth_mb`: the trial process's resident memory at the start of its last trial less at
   the start of its 5th (target <= 100 MB);
 - `soak_leftover_placement_groups`, `soak_leftover_trial_actors`: held once the search ended

@@ -30,7 +30,6 @@ DURATION = re.compile(r"^(\d+(?:\.\d+)?)s (?:setup|call|teardown)\s+(\S+)$")
 FAULT_TESTS = (
     "test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries",
     "test_ctrl_c_then_sigterm_stop_cleanly_and_resume_finishes",
-    "test_a_50_trial_search_leaks_no_process_placement_group_or_memory",
     "test_a_storage_that_fills_up_stops_the_search_and_resume_finishes",
     "test_a_search_whose_every_trial_failed_exits_1_and_reports_it",
     "test_two_searches_at_once_on_one_machine",

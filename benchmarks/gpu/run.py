@@ -128,6 +128,10 @@ class Context:
     busy_trials: int = 3  # device_busy's search (trial_overhead's busy search keeps 3)
 
 
+# A dry run's overhead and busy searches: 2 trials each, the fewest that show a cold and a warm start.
+DRY_RUN_TRIALS = 2
+
+
 class SyntheticImages(Dataset):
     """Random images already resized to the model's input size, as uint8 pixels (what trials' image
     datasets give: the device normalises them); labels cycle through the classes."""
@@ -273,7 +277,7 @@ def _overhead_search(ctx: Context, folder: str) -> tuple[Path, int, int]:
     root = ctx.scratch / folder
     if ctx.dry_run:
         model = make_tiny_bert(root / "bert", max_positions=128)  # the spec's max_length below
-        rows, overhead_trials, busy_rows, words = 256, 3, 128, 12
+        rows, overhead_trials, busy_rows, words = 256, DRY_RUN_TRIALS, 128, 12
     else:
         model = make_tiny_bert(
             root / "bert", layers=12, hidden=768, heads=12, intermediate=3072, max_positions=512
@@ -357,7 +361,7 @@ def check_trial_overhead(ctx: Context) -> dict[str, Any]:
             spec,
             OVERHEAD_BASE,
             overhead_trials=overhead_trials,
-            busy_trials=3,
+            busy_trials=DRY_RUN_TRIALS if ctx.dry_run else 3,
             busy=_busy_overrides(busy_rows),
             slots=1,
             storage=storage,
@@ -940,8 +944,9 @@ def main() -> None:
     parser.add_argument(
         "--busy-trials",
         type=int,
-        default=3,
-        help="trials in device_busy's search (default 3; about a minute each on an H100)",
+        default=None,
+        help=f"trials in device_busy's search (default 3, {DRY_RUN_TRIALS} in a dry run; about a minute "
+        "each on an H100)",
     )
     parser.add_argument(
         "--record",
@@ -972,6 +977,8 @@ def main() -> None:
     unknown = set(names) - {n for n, _ in CHECKS}
     if unknown:
         parser.error(f"unknown checks {sorted(unknown)}; known: {', '.join(n for n, _ in CHECKS)}")
+    if args.busy_trials is None:
+        args.busy_trials = DRY_RUN_TRIALS if args.dry_run else 3
     if args.busy_trials < 1:
         parser.error(f"--busy-trials must be at least 1, but got {args.busy_trials}")
     if args.dry_run:
