@@ -10,13 +10,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.final.test_export import image_run_dir
 from tests.results.test_files import build, epoch, start
 from tlsearch.final.export import export_final
-from tlsearch.final.model_dir import save_final_model
-from tlsearch.models import build_model
-from tlsearch.spec.model import ModelSpec
 from tlsearch.testing import image_rows
 
 UMASK = 0o027  # group may read, others nothing: a blanket 0o600 would break it, 0o644 would ignore it
@@ -47,28 +44,14 @@ def modes_beyond_the_umask(root: Path, umask: int) -> list[str]:
 def test_a_run_directory_final_model_and_export_follow_the_umask(
     tmp_path: Path, group_readable_umask: int
 ) -> None:
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    # final/model/ (saved as finalize saves it) and, below, its ONNX export (written in a temporary
+    # folder, then moved into final/).
+    run_dir = image_run_dir(tmp_path)
     # The results tables, rewritten through temporary files as trials finish.
     build(
         run_dir,
         [epoch("a", 1, 0.5), epoch("a", 2, 0.8)],
         [start("a"), {"event": "end", "trial_id": "a", "status": "ok"}],
-    )
-    # final/model/ and its ONNX export (written in a temporary folder, then moved into final/).
-    spec = ModelSpec(
-        source="timm", name="test_vit", task="image-classification", pretrained=False, image_size=32
-    )
-    torch.manual_seed(0)
-    loaded = build_model(spec, 3)
-    save_final_model(
-        run_dir / "final" / "model",
-        loaded.model,
-        loaded.preprocessing,
-        source="timm",
-        task=spec.task,
-        labels=["0", "1", "2"],
-        image_size=32,
     )
     rows = image_rows(8, seed=5)
     export_final(run_dir, [r["image"] for r in rows], [str(r["label"]) for r in rows], serving_batch=4)

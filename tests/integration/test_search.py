@@ -304,6 +304,16 @@ def _wait_for(predicate, timeout: float, what: str) -> None:  # type: ignore[no-
     raise TimeoutError(f"timed out waiting for {what}")
 
 
+def second_long_epochs(tmp_path: Path, *, with_test: bool = False) -> dict[str, Path]:
+    """Data on which the tiny BERT's full fine-tuning (batches of 4) takes about a second an epoch:
+    time to kill a process or fill a disk between two checkpoints."""
+    splits = {"train": (600, 1), "validation": (30, 2), **({"test": (30, 3)} if with_test else {})}
+    return {
+        name: write_parquet(text_rows(n, seed), tmp_path / f"{name}.parquet")
+        for name, (n, seed) in splits.items()
+    }
+
+
 def _start_run(
     spec: dict, tmp_path: Path, env: dict[str, str], *, quiet: bool = False
 ) -> subprocess.Popen[str]:
@@ -381,12 +391,7 @@ def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # ty
     on). At the end every trial is in the tables once, no finished trial ran again, each W&B run was
     continued rather than duplicated, the Optuna study has no trial left RUNNING, and the report and
     final/ are complete."""
-    # Epochs of about a second: time to kill processes between two checkpoints.
-    data = {
-        "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
-        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
-        "test": write_parquet(text_rows(30, seed=3), tmp_path / "test.parquet"),
-    }
+    data = second_long_epochs(tmp_path, with_test=True)
     spec = text_spec(
         tiny_bert,
         data,
@@ -542,10 +547,7 @@ def test_a_storage_that_fills_up_stops_the_search_and_resume_finishes(  # type: 
     storage.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(storage)], check=True)
     try:
-        data = {
-            "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
-            "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
-        }
+        data = second_long_epochs(tmp_path)
         spec = text_spec(
             tiny_bert,
             data,
@@ -598,10 +600,7 @@ def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: igno
 ) -> None:
     """Its one trial killed with no retry left (`max_failures: 0`): exit 1, "no trial finished" with
     the trial's error, and a report (and `tlsearch report`) that says so."""
-    data = {
-        "train": write_parquet(text_rows(600, seed=1), tmp_path / "train.parquet"),
-        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
-    }
+    data = second_long_epochs(tmp_path)
     spec = text_spec(
         tiny_bert,
         data,
