@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from tests.wandb_read import history, run_summary
+from tlsearch.cli import main
 from tlsearch.results.files import (
     BEST_FILE,
     EPOCHS_TABLE,
@@ -314,19 +315,16 @@ def second_long_epochs(tmp_path: Path, *, with_test: bool = False) -> dict[str, 
     }
 
 
-def _start_run(
-    spec: dict, tmp_path: Path, env: dict[str, str], *, quiet: bool = False
-) -> subprocess.Popen[str]:
+def _start_run(spec: dict, tmp_path: Path, env: dict[str, str]) -> subprocess.Popen[str]:
     """`tlsearch run` of `spec` (written beside the data) in a driver process of its own."""
     path = tmp_path / f"{spec['name']}-{time.monotonic_ns()}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    out = subprocess.DEVNULL if quiet else subprocess.PIPE
     return subprocess.Popen(
         [sys.executable, "-m", "tlsearch", "run", str(path)],
         cwd=ROOT,
         env=env,
-        stdout=out,
-        stderr=out,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     )
 
@@ -382,23 +380,29 @@ def _trial_pids(run_dir: Path, trial_id: str) -> list[int]:
     return [r["rank0_pid"] for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == trial_id]
 
 
-def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # type: ignore[no-untyped-def]
+def test_driver_stopped_every_way_and_a_trial_killed_past_its_retries(  # type: ignore[no-untyped-def]
     ray_cluster, tiny_bert: Path, tmp_path: Path
 ) -> None:
-    """The driver SIGKILLed before any trial ends, mid-way, during the last trials and during the
-    finalize; `tlsearch resume` after each. Between them one trial's process is killed once (it
+    """One search through every way its driver stops: Ctrl-C to the new driver, then SIGKILL before
+    any trial ends, mid-way, during the last trials and during the finalize, and SIGTERM (as
+    `timeout` and CI runners send it) between them; `tlsearch resume` after each. Ctrl-C and SIGTERM
+    stop it without a traceback (exit 130). Between them one trial's process is killed once (it
     retries from its checkpoint) and again (past `max_failures`: it ends `error`, the search goes
     on). At the end every trial is in the tables once, no finished trial ran again, each W&B run was
     continued rather than duplicated, the Optuna study has no trial left RUNNING, and the report and
-    final/ are complete."""
+    final/ are complete. (One search for all of them: each driver's start-up is most of a stop's
+    cost.)"""
     data = second_long_epochs(tmp_path, with_test=True)
+    # Six epochs: the victim's retry, first seen when it reports epoch 2, has four to go when its
+    # kill lands (with four, a fast machine finished the retry before the kill).
+    epochs = 6
     spec = text_spec(
         tiny_bert,
         data,
         tmp_path / "runs",
         search={
             "num_samples": 5,
-            "max_epochs": 4,
+            "max_epochs": epochs,
             "max_concurrent": 2,
             "scheduler": {"type": "fifo"},
             "max_failures": 1,
@@ -411,31 +415,48 @@ def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # ty
     spec["data"]["test"] = str(data["test"])
     run_dir = tmp_path / "runs" / spec["name"]
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.address, "WANDB_MODE": "offline"}
-    ended_before: dict[str, dict] = {}  # trial id -> its row when a driver was killed
+    ended_before: dict[str, dict] = {}  # trial id -> its row when a driver was stopped
     runs_before: dict[str, int] = {}
 
-    def kill(driver: subprocess.Popen[str], when: str) -> None:
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(timeout=30)
+    def stop(driver: subprocess.Popen[str], how: signal.Signals, when: str) -> None:
+        driver.send_signal(how)
+        if how == signal.SIGKILL:
+            driver.wait(timeout=30)
+        else:
+            _, stderr = driver.communicate(timeout=120)
+            assert driver.returncode == 130, (how, stderr[-2000:])
+            # The driver's own output ends without a traceback. Lines Ray forwards from trial
+            # processes ("(run_trial pid=9394) ...") are left out: a trial process Tune stops can
+            # print Python's "Exception ignored in ... _weakrefset" when the interrupt lands in a
+            # weakref callback.
+            output = "\n".join(line for line in stderr.splitlines() if not FORWARDED_LINE.match(line))
+            assert f"tlsearch resume {run_dir}" in output, (how, output[-2000:])
+            assert "Traceback" not in output[-2000:], (how, output[-2000:])
         for trial_id, row in _ended_trials(run_dir).items():
             ended_before.setdefault(trial_id, row)  # as it was when it ended first
         ended_runs = {f"{spec['name']}-{trial_id}" for trial_id in ended_before}
         runs_before.update({n: c for n, c in _offline_dirs(run_dir).items() if n in ended_runs})
-        print(f"driver killed {when}: {len(ended_before)} trials ended")
+        print(f"driver stopped ({how.name}) {when}: {len(ended_before)} trials ended")
+
+    def checkpointed(since: int) -> bool:
+        """A checkpoint written after the first `since` events (by the driver started then)."""
+        return any(e["event"] == "checkpoint" for e in read_jsonl(run_dir / EVENTS_LOG)[since:])
 
     drivers: list[subprocess.Popen[str]] = []
     try:
-        # 1. Before any trial ends: once a first checkpoint is written.
-        drivers.append(_start_run(spec, tmp_path, env, quiet=True))
-        _wait_for(
-            lambda: any(e["event"] == "checkpoint" for e in read_jsonl(run_dir / EVENTS_LOG)),
-            240,
-            "a first checkpoint",
-        )
-        assert _ends(run_dir) == 0, "the driver was killed too late"
-        kill(drivers[-1], "before any trial ended")
+        # 1. Ctrl-C to the new driver, once a first checkpoint is written.
+        drivers.append(_start_run(spec, tmp_path, env))
+        _wait_for(lambda: checkpointed(0), 240, "a first checkpoint")
+        stop(drivers[-1], signal.SIGINT, "by Ctrl-C")
 
-        # 2. Resumed: a running trial's process killed after a checkpoint retries from it; killed
+        # 2. SIGKILL before any trial ends: once the resumed driver has checkpointed.
+        drivers.append(_resume(run_dir, env))
+        since = len(read_jsonl(run_dir / EVENTS_LOG))
+        _wait_for(lambda: checkpointed(since), 240, "a checkpoint after the resume")
+        assert _ends(run_dir) == 0, "the driver was killed too late"
+        stop(drivers[-1], signal.SIGKILL, "before any trial ended")
+
+        # 3. Resumed: a running trial's process killed after a checkpoint retries from it; killed
         #    again in its retry, it is past max_failures (1): `error`, and the search goes on.
         drivers.append(_resume(run_dir, env))
         #    The victim is a trial that has just trained its first epoch: its retry (from epoch 2)
@@ -454,26 +475,34 @@ def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # ty
         _wait_for(
             lambda: any(pid != first_pid for pid in _trial_pids(run_dir, victim)), 240, "the victim's retry"
         )
-        os.kill(_trial_pids(run_dir, victim)[-1], signal.SIGKILL)
-        # 3. Mid-way: the victim and another trial ended.
+        retry = [r for r in read_jsonl(run_dir / "epochs.jsonl") if r["trial_id"] == victim][-1]
+        assert retry["epoch"] < epochs, "the victim's retry ended before its kill"
+        os.kill(retry["rank0_pid"], signal.SIGKILL)
+        #    SIGKILL mid-way: the victim and another trial ended.
         _wait_for(
             lambda: victim in _ended_trials(run_dir) and len(_ended_trials(run_dir)) >= 2,
             300,
             "two ended trials",
         )
-        kill(drivers[-1], "mid-way")
+        stop(drivers[-1], signal.SIGKILL, "mid-way")
         assert victim in ended_before and ended_before[victim]["status"] == "error", ended_before.get(victim)
 
-        # 4. During the last trials.
+        # 4. SIGTERM to a resumed driver, once it has checkpointed.
+        drivers.append(_resume(run_dir, env))
+        since = len(read_jsonl(run_dir / EVENTS_LOG))
+        _wait_for(lambda: checkpointed(since), 240, "a checkpoint after the resume")
+        stop(drivers[-1], signal.SIGTERM, "by SIGTERM")
+
+        # 5. SIGKILL during the last trials.
         drivers.append(_resume(run_dir, env))
         _wait_for(lambda: len(_ended_trials(run_dir)) >= 4, 300, "four ended trials")
-        kill(drivers[-1], "during the last trials")
+        stop(drivers[-1], signal.SIGKILL, "during the last trials")
         assert len(ended_before) < 5, "the driver was killed too late"
 
-        # 5. During the finalize: once its staging directory is there.
+        # 6. SIGKILL during the finalize: once its staging directory is there.
         drivers.append(_resume(run_dir, env))
         _wait_for(lambda: any(run_dir.glob(".final.tmp-*")), 300, "the finalize to start")
-        kill(drivers[-1], "during the finalize")
+        stop(drivers[-1], signal.SIGKILL, "during the finalize")
         assert not (run_dir / "final").exists(), "the driver was killed too late"
 
         drivers.append(_resume(run_dir, env))
@@ -491,7 +520,8 @@ def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # ty
     ]
     by_id = {t["trial_id"]: t for t in trials}
     assert by_id[victim]["status"] == "error" and by_id[victim]["error"], by_id[victim]
-    assert all(t["status"] == "completed" and t["epochs"] == 4 for t in trials if t["trial_id"] != victim)
+    others = [t for t in trials if t["trial_id"] != victim]
+    assert all(t["status"] == "completed" and t["epochs"] == epochs for t in others)
     # No trial that had ended before a kill ran again (Tune's saved state may still call it running):
     # nothing of it was recorded after its end, and its row is as it was.
     ended_at: set[str] = set()
@@ -507,7 +537,7 @@ def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # ty
         if t["trial_id"] != victim:
             check_kept_checkpoints(run_dir, spec["name"], t, multi_worker=False)
     rows = [r for r in epochs_of(run_dir) if r["trial_id"] != victim]
-    assert len(rows) == 4 * 4 and len({(r["trial_id"], r["epoch"]) for r in rows}) == 16
+    assert len(rows) == 4 * epochs and len({(r["trial_id"], r["epoch"]) for r in rows}) == 4 * epochs
     # W&B: each trial's newest offline directory holds its whole history; a trial that had ended
     # got no directory after it (continued, never duplicated), and there is one final run.
     runs = latest_offline_runs(run_dir)
@@ -515,7 +545,7 @@ def test_driver_killed_at_four_points_and_a_trial_killed_past_its_retries(  # ty
         run = runs[f"{spec['name']}-{t['trial_id']}"]
         assert run_summary(run)["summary"]["stop_reason"] == t["status"]
         if t["trial_id"] != victim:
-            assert [h["_step"] for h in history(run)] == [1, 2, 3, 4]
+            assert [h["_step"] for h in history(run)] == list(range(1, epochs + 1))
     after_dirs = _offline_dirs(run_dir)
     for name, count in runs_before.items():
         assert after_dirs[name] == count, (name, count, after_dirs[name])
@@ -596,7 +626,7 @@ def test_a_storage_that_fills_up_stops_the_search_and_resume_finishes(  # type: 
 
 
 def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: ignore[no-untyped-def]
-    ray_cluster, tiny_bert: Path, tmp_path: Path
+    ray_cluster, tiny_bert: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Its one trial killed with no retry left (`max_failures: 0`): exit 1, "no trial finished" with
     the trial's error, and a report (and `tlsearch report`) that says so."""
@@ -625,10 +655,9 @@ def test_a_search_whose_every_trial_failed_exits_1_and_reports_it(  # type: igno
     assert f"trial {trial['trial_id']}: " in err  # the failed trials are listed with their errors
     report = (run_dir / "report.md").read_text()
     assert "no trial finished" in report.lower()
-    again = subprocess.run(
-        [sys.executable, "-m", "tlsearch", "report", str(run_dir)], cwd=ROOT, capture_output=True, text=True
-    )
-    assert again.returncode == 0 and "Traceback" not in again.stderr, again.stderr[-3000:]
+    capsys.readouterr()
+    assert main(["report", str(run_dir)]) == 0  # in this process: a driver's start-up saved
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_two_searches_at_once_on_one_machine(tiny_bert: Path, tmp_path: Path) -> None:
@@ -668,50 +697,6 @@ def test_two_searches_at_once_on_one_machine(tiny_bert: Path, tmp_path: Path) ->
     for name in ("first", "second"):
         (trial,) = read_table_whole(tmp_path / "runs" / name / TRIALS_TABLE).to_pylist()
         assert trial["status"] == "completed"
-
-
-def test_ctrl_c_then_sigterm_stop_cleanly_and_resume_finishes(  # type: ignore[no-untyped-def]
-    ray_cluster, tiny_bert: Path, tmp_path: Path
-) -> None:
-    """Ctrl-C to the driver, then SIGTERM (as `timeout` and CI runners send it) to the driver that
-    resumed it: each stops without a traceback (exit 130), and a last `tlsearch resume` finishes."""
-    data = {
-        "train": write_parquet(text_rows(300, seed=1), tmp_path / "train.parquet"),
-        "validation": write_parquet(text_rows(30, seed=2), tmp_path / "validation.parquet"),
-    }
-    spec = text_spec(
-        tiny_bert,
-        data,
-        tmp_path / "runs",
-        search={"num_samples": 3, "max_epochs": 2, "max_concurrent": 1, "scheduler": {"type": "fifo"}},
-        strategies={"full": {}, "common": {"batch_size": 4}},
-    )
-    run_dir = tmp_path / "runs" / spec["name"]
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.address}
-    driver = _start_run(spec, tmp_path, env)
-    ended_before = 0
-    for stop in (signal.SIGINT, signal.SIGTERM):
-        try:  # each driver stopped once it has finished a trial of its own
-            _wait_for(lambda n=ended_before: _ends(run_dir) > n, 240, "a finished trial")
-            driver.send_signal(stop)
-            _, stderr = driver.communicate(timeout=120)
-        finally:
-            if driver.poll() is None:
-                driver.kill()
-        assert driver.returncode == 130, (stop, stderr[-2000:])
-        # The driver's own output ends without a traceback. Lines Ray forwards from trial processes
-        # ("(run_trial pid=9394) ...") are left out: a trial process Tune stops can print Python's
-        # "Exception ignored in ... _weakrefset" when the interrupt lands in a weakref callback.
-        driver_output = "\n".join(line for line in stderr.splitlines() if not FORWARDED_LINE.match(line))
-        assert f"tlsearch resume {run_dir}" in driver_output, (stop, driver_output[-2000:])
-        assert "Traceback" not in driver_output[-2000:], (stop, driver_output[-2000:])
-        ended_before = _ends(run_dir)
-        driver = _resume(run_dir, env)
-
-    _, stderr = driver.communicate(timeout=600)
-    assert driver.returncode == 0, stderr[-3000:]
-    trials = read_table_whole(run_dir / TRIALS_TABLE).to_pylist()
-    assert len(trials) == 3 and all(t["status"] == "completed" for t in trials)
 
 
 def test_a_small_discrete_space_runs_each_configuration_once_then_ends(  # type: ignore[no-untyped-def]

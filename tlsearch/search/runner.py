@@ -29,6 +29,7 @@ from tlsearch.results.files import (
 from tlsearch.results.report import Report, render_figures, write_report_files
 from tlsearch.results.study import make_storage
 from tlsearch.search import baselines, budget, storage_guard
+from tlsearch.search.checkpoint_catchup import ResumeFromNewestCheckpoint
 from tlsearch.search.checkpoint_sweep import UnreportedCheckpointSweep
 from tlsearch.search.policy.promotion import AshaRungs
 from tlsearch.search.recorder import ResultsRecorder
@@ -310,6 +311,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             name=experiment_name,
             storage_path=storage_path,
             callbacks=[
+                ResumeFromNewestCheckpoint(str(run_dir)),
                 _recorder(spec, run_dir, time_budget=s.time_budget_s is not None),
                 StorageGuard(str(run_dir), max_concurrent),
                 *_sweeps(run),
