@@ -32,6 +32,7 @@ from tlsearch.results.files import (
 from tlsearch.results.report import latest_offline_runs
 from tlsearch.results.study import open_storage
 from tlsearch.search.runner import run_search
+from tlsearch.search.tune_sync import OWN_SYNCED_FILES
 from tlsearch.spec import validate_spec
 from tlsearch.testing import image_spec, text_rows, text_spec, write_parquet
 from tlsearch.train.checkpoint import META_FILE, CheckpointLayout
@@ -563,6 +564,16 @@ def test_driver_stopped_every_way_and_a_trial_killed_past_its_retries(  # type: 
     for name in ("metrics.json", "model", "latency.json", "model.onnx", "export.json", "MODEL_CARD.md"):
         assert (final / name).exists(), name
     assert not list(run_dir.glob(".final.tmp-*")) and not list(final.glob(".export-*"))
+    # Tune's sync takes every .json and .pkl atop the run directory into a resumed driver's staging
+    # folder and uploads it back: tlsearch's own are kept out of it (tlsearch.search.tune_sync).
+    tune_state = re.compile(r"(experiment_state|search_gen_state|searcher-state)-.+|tuner\.pkl")
+    own = {
+        p.name
+        for p in run_dir.iterdir()
+        if p.suffix in (".json", ".pkl") and not tune_state.fullmatch(p.name)
+    }
+    assert own <= set(OWN_SYNCED_FILES), own - set(OWN_SYNCED_FILES)
+    assert json.loads((run_dir / "audit.json").read_text())["status"]
 
 
 def test_a_storage_that_fills_up_stops_the_search_and_resume_finishes(  # type: ignore[no-untyped-def]

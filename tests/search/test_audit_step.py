@@ -90,6 +90,12 @@ def test_drop_removes_exactly_the_listed_rows_and_is_recorded(
     assert again.data.drop_train_rows == dropped
     assert (run_dir / AUDIT_FILE).stat().st_mtime_ns == before
     assert f"(from {run_dir / AUDIT_FILE})" in capsys.readouterr().out
+    # One cut short (a driver killed while Tune's sync copied it, before tlsearch kept Tune off it)
+    # is audited again rather than failing the resume.
+    (run_dir / AUDIT_FILE).write_text("")
+    again = resolve(spec, run_dir, resuming=True)
+    assert again.data.drop_train_rows == dropped
+    assert json.loads((run_dir / AUDIT_FILE).read_text())["drop"]["train_rows"] == list(dropped)
 
 
 def test_fail_on_warnings_refuses_what_drop_leaves(tiny_bert: Path, tmp_path: Path) -> None:

@@ -97,3 +97,35 @@ def test_default_strategies_a_convolutional_model_cannot_run_are_left_out(
     )
     with pytest.raises(UserInputError, match="matches no module of this model"):
         resolve(validate_spec(named), tmp_path / "run2")
+
+
+def test_a_resumed_search_is_resolved_as_it_started_without_building_the_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tlsearch.search import resolve as resolve_module
+    from tlsearch.search.resolve import read_resolved_spec, write_resolved_spec
+
+    files = {
+        split: write_parquet(image_rows(9, seed=i, size=8), tmp_path / f"{split}.parquet")
+        for i, split in enumerate(("train", "validation"))
+    }
+    spec = validate_spec(image_spec(files, tmp_path / "runs", audit={"enabled": False}))
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    started = resolve(spec, run_dir)
+    write_resolved_spec(started, run_dir)
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a resumed search built its model again")
+
+    monkeypatch.setattr(resolve_module, "build_model", no_model)
+    resumed = resolve(read_resolved_spec(run_dir), run_dir, resuming=True)
+    assert (resumed.num_blocks, resumed.pooling, resumed.data.loader) == (
+        started.num_blocks,
+        started.pooling,
+        started.data.loader,
+    )
+    assert resumed.space.strategy_names() == started.space.strategy_names()
+    for name in started.space.strategy_names():
+        assert resumed.space.dims(name) == started.space.dims(name)
+    assert resumed.study_name == started.study_name and resumed.hashes == started.hashes

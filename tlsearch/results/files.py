@@ -33,6 +33,7 @@ EVENTS_LOG = "events.jsonl"
 TRIALS_TABLE = "trials.parquet"
 EPOCHS_TABLE = "epochs.parquet"
 BEST_FILE = "best.json"
+REPORT_SUMMARY = "report.json"  # the report's figures, for scripts (tlsearch.results.report)
 RESOLVED_SPEC = "spec.resolved.yaml"
 # 2: strategies as packages, typed trial configs, the searcher's policy in parts (tlsearch 0.2).
 LAYOUT_VERSION = 2

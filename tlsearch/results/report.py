@@ -19,6 +19,7 @@ import yaml
 from tlsearch.audit import AUDIT_FILE
 from tlsearch.errors import UserInputError
 from tlsearch.results.files import (
+    REPORT_SUMMARY,
     RESOLVED_SPEC,
     TRIALS_TABLE,
     abandoned_trials,
@@ -456,7 +457,7 @@ def write_report_files(report: Report, formats: tuple[str, ...] = FORMATS) -> Re
         report.files["md"] = _write(report.run_dir / "report.md", _markdown(report))
     if "json" in formats:
         report.files["json"] = _write(
-            report.run_dir / "report.json", json.dumps(_summary(report), indent=2, default=str)
+            report.run_dir / REPORT_SUMMARY, json.dumps(_summary(report), indent=2, default=str)
         )
     return report
 

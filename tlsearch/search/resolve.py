@@ -153,23 +153,38 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     else:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     check_weight_files(spec.model)  # the meta probe reads no weights: their files are checked here
-    probe = build_model(spec.model, len(data.labels), weights=False)
-    if not resuming:  # a resumed search keeps the max_length it started with
-        check_max_length(spec.model, probe.max_tokens)
-    spec, space = _checked_space(spec, probe)
-    loader, why = choose_loader(
-        data, spec.model, probe.preprocessing, spec.data.loader, streaming_refusals(spec)
-    )
+    probed = _probed_at_start(run_dir) if resuming else None
+    if probed is not None:
+        # Probed, its strategies checked and its loader chosen when the search started (all in
+        # spec.resolved.yaml): a resumed driver skips the model's import and build, seconds a resume.
+        num_blocks, pooling, loader = probed
+        space = build_space(spec, num_blocks=num_blocks)
+    else:
+        probe = build_model(spec.model, len(data.labels), weights=False)
+        if not resuming:  # a resumed search keeps the max_length it started with
+            check_max_length(spec.model, probe.max_tokens)
+        spec, space = _checked_space(spec, probe)
+        loader, why = choose_loader(
+            data, spec.model, probe.preprocessing, spec.data.loader, streaming_refusals(spec)
+        )
+        if spec.data.loader == "auto":
+            print(f"[tlsearch] data.loader: {loader} ({why})", flush=True)
+        num_blocks, pooling = probe.layers.num_blocks, probe.pooling
     data = dataclasses.replace(data, loader=loader)
-    if spec.data.loader == "auto":
-        print(f"[tlsearch] data.loader: {loader} ({why})", flush=True)
     # After the checks above: a spec that cannot run fails in seconds, before the feature pass.
     audit = audit_search(spec, data, run_dir, resuming=resuming)
     if audit is not None:
         data = dataclasses.replace(data, drop_train_rows=dropped_train_rows(audit))
-    return Resolved(
-        spec, data, space, probe.layers.num_blocks, hashes, study_name, pooling=probe.pooling, audit=audit
-    )
+    return Resolved(spec, data, space, num_blocks, hashes, study_name, pooling=pooling, audit=audit)
+
+
+def _probed_at_start(run_dir: Path) -> tuple[int, str | None, str] | None:
+    """(model blocks, pooling, data loader) as a search's start recorded them, or None where its
+    spec.resolved.yaml predates the record."""
+    record = recorded(run_dir)
+    if not isinstance(record.get("model_blocks"), int) or not isinstance(record.get("data_loader"), str):
+        return None
+    return record["model_blocks"], record.get("model_pooling"), record["data_loader"]
 
 
 def _checked_space(spec: Spec, probe: LoadedModel) -> tuple[Spec, SearchSpace]:
@@ -204,10 +219,10 @@ def audit_search(
     if not spec.audit.enabled:
         return None
     path = run_dir / AUDIT_FILE
-    if resuming and path.exists():
-        report: dict[str, Any] = json.loads(path.read_text())
+    report: dict[str, Any] | None = _read_audit(path) if resuming else None
+    if report is not None:
         print(f"[tlsearch] data audit: {report['status']} (from {path})", flush=True)
-    else:
+    else:  # a new search, or a resumed one whose audit.json is missing or cut short: audited (again)
         report = run_audit(spec, data, cache_dir=run_dir / AUDIT_DIR)
         staging = path.with_name(f".{path.name}.tmp")
         staging.write_text(json.dumps(report, indent=1))
@@ -217,6 +232,14 @@ def audit_search(
     if refusal:
         raise UserInputError(refusal)
     return report
+
+
+def _read_audit(path: Path) -> dict[str, Any] | None:
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return report if isinstance(report, dict) and "status" in report else None
 
 
 def recorded(run_dir: Path) -> dict[str, Any]:

@@ -37,6 +37,7 @@ from tlsearch.search.resolve import Resolved, read_resolved_spec, resolve, write
 from tlsearch.search.storage_guard import StorageGuard
 from tlsearch.search.study import StudySearch, close_orphans
 from tlsearch.search.trainable import DRIVER_CPUS, run_trial
+from tlsearch.search.tune_sync import OwnFilesOutOfTuneSync
 from tlsearch.space import SearchSpace, make_sampler, seed_points
 from tlsearch.spec import Spec
 from tlsearch.spec.objective import primary
@@ -312,6 +313,7 @@ def _tuner(resolved: Resolved, run_dir: Path, *, restore: bool) -> Any:
             storage_path=storage_path,
             callbacks=[
                 ResumeFromNewestCheckpoint(str(run_dir)),
+                OwnFilesOutOfTuneSync(),
                 _recorder(spec, run_dir, time_budget=s.time_budget_s is not None),
                 StorageGuard(str(run_dir), max_concurrent),
                 *_sweeps(run),
