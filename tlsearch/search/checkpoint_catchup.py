@@ -18,7 +18,6 @@ record of them (tlsearch.train.checkpoint.TRAIN_SNAPSHOT), and Tune's manager ho
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,7 @@ from typing import Any
 from ray.tune import Callback
 
 from tlsearch.results.files import EVENTS_LOG, read_jsonl
-from tlsearch.train.checkpoint import META_FILE
+from tlsearch.train.checkpoint import read_meta_at
 
 # Ray's private names used here, checked against the installed Ray by
 # tests/search/test_checkpoint_catchup.py (an upgrade that changes one fails there, by name): Tune's
@@ -90,8 +89,8 @@ def catch_up(trial: Any, recorded: list[str]) -> str | None:
     for name in reversed(recorded):
         if name <= known:  # zero-padded: names sort as their indices
             break
-        meta = _read_meta(filesystem, f"{trial_path}/{name}")
-        if meta is not None:
+        meta = read_meta_at(filesystem, f"{trial_path}/{name}")
+        if meta is not None and isinstance(meta.get("epoch"), int):
             newest = (name, meta)
             break
     if newest is not None:
@@ -131,16 +130,6 @@ def recorded_checkpoints(events_log: Path) -> dict[str, list[str]]:
             if TUNE_CHECKPOINT.fullmatch(name):
                 recorded.setdefault(event["trial_id"], []).append(name)
     return recorded
-
-
-def _read_meta(filesystem: Any, path: str) -> dict[str, Any] | None:
-    """A checkpoint's meta.json (written last: a checkpoint with it is whole), or None."""
-    try:
-        with filesystem.open_input_stream(f"{path}/{META_FILE}") as f:
-            meta = json.loads(f.read())
-    except (OSError, ValueError):
-        return None
-    return meta if isinstance(meta, dict) and isinstance(meta.get("epoch"), int) else None
 
 
 def _exists(filesystem: Any, path: str) -> bool:

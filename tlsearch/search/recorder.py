@@ -3,7 +3,6 @@ mirrors each trial to Weights & Biases."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +28,7 @@ from tlsearch.space.trial_config import flatten
 from tlsearch.spec.model import WandbSpec
 from tlsearch.spec.objective import Objective, primary
 from tlsearch.tracking.wandb_runs import WandbTracker, runs_to_catch_up
-from tlsearch.train.checkpoint import META_FILE
+from tlsearch.train.checkpoint import read_meta_at
 
 EPOCH_FIELDS = (
     "epoch",
@@ -160,11 +159,11 @@ class ResultsRecorder(Callback):
         if trial.trial_id in self._ended:
             return
         # In-actor runner: Tune persisted the checkpoint; its meta.json says which epoch it holds.
-        try:  # through the checkpoint's own filesystem: it may be S3 or GCS
-            with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{META_FILE}") as f:
-                epoch = json.loads(f.read())["epoch"]
-        except (OSError, KeyError, ValueError):
+        # Through the checkpoint's own filesystem: it may be S3 or GCS.
+        meta = read_meta_at(checkpoint.filesystem, checkpoint.path)
+        if meta is None or "epoch" not in meta:
             return
+        epoch = meta["epoch"]
         path = checkpoint_uri(checkpoint.path, self.checkpoint_root)
         self._event({"event": "checkpoint", "trial_id": trial.trial_id, "epoch": epoch, "path": path})
 

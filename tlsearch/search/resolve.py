@@ -147,13 +147,14 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     """Check and pin down a search, then audit its data (docs/audit.md). resuming: keep the run's data
     files (refusing to go on if any changed since the search started), its Optuna study and its audit."""
     data, hashes = resolve_data(spec, run_dir, reuse=resuming)
+    record = recorded(run_dir) if resuming else {}
     if resuming:
-        _check_unchanged(run_dir, hashes)
-        study_name = recorded(run_dir)["optuna"]["study_name"]
+        _check_unchanged(record, hashes)
+        study_name = record["optuna"]["study_name"]
     else:
         study_name = f"{spec.name}-{uuid.uuid4().hex[:8]}"
     check_weight_files(spec.model)  # the meta probe reads no weights: their files are checked here
-    probed = _probed_at_start(run_dir) if resuming else None
+    probed = _probed_at_start(record) if resuming else None
     if probed is not None:
         # Probed, its strategies checked and its loader chosen when the search started (all in
         # spec.resolved.yaml): a resumed driver skips the model's import and build, seconds a resume.
@@ -178,10 +179,9 @@ def resolve(spec: Spec, run_dir: Path, *, resuming: bool = False) -> Resolved:
     return Resolved(spec, data, space, num_blocks, hashes, study_name, pooling=pooling, audit=audit)
 
 
-def _probed_at_start(run_dir: Path) -> tuple[int, str | None, str] | None:
-    """(model blocks, pooling, data loader) as a search's start recorded them, or None where its
-    spec.resolved.yaml predates the record."""
-    record = recorded(run_dir)
+def _probed_at_start(record: dict[str, Any]) -> tuple[int, str | None, str] | None:
+    """(model blocks, pooling, data loader) as a search's start recorded them (`record`: the `resolved`
+    block of its spec.resolved.yaml), or None where the record predates them."""
     if not isinstance(record.get("model_blocks"), int) or not isinstance(record.get("data_loader"), str):
         return None
     return record["model_blocks"], record.get("model_pooling"), record["data_loader"]
@@ -247,8 +247,8 @@ def recorded(run_dir: Path) -> dict[str, Any]:
     return yaml.safe_load((run_dir / RESOLVED_SPEC).read_text()).get("resolved", {})
 
 
-def _check_unchanged(run_dir: Path, hashes: dict[str, str]) -> None:
-    previous = recorded(run_dir).get("data", {})
+def _check_unchanged(record: dict[str, Any], hashes: dict[str, str]) -> None:
+    previous = record.get("data", {})
     changed = [split for split, info in previous.items() if hashes.get(split) != info.get("sha256")]
     if changed:
         raise UserInputError(

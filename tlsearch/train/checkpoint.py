@@ -237,6 +237,17 @@ def read_meta(checkpoint: Path) -> dict[str, Any]:
     return json.loads((Path(checkpoint) / META_FILE).read_text())
 
 
+def read_meta_at(filesystem: Any, path: str) -> dict[str, Any] | None:
+    """The META_FILE of the checkpoint at `path` on a pyarrow filesystem (local, S3, GCS), or None
+    where it is missing or unreadable. Written last: a checkpoint that has it is whole."""
+    try:
+        with filesystem.open_input_stream(f"{path}/{META_FILE}") as f:
+            meta = json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 @contextlib.contextmanager
 def as_directory(checkpoint: Any) -> Iterator[Path | None]:
     """A Ray checkpoint (Tune's or Ray Train's) as a local directory while the `with` lasts; None for None."""
@@ -351,12 +362,9 @@ class CheckpointLayout:
         filesystem, path, names = listed
         parent = self.trial_checkpoints(trial_id)
         for name in names:
-            try:
-                with filesystem.open_input_stream(f"{path}/{name}/{META_FILE}") as f:
-                    if json.loads(f.read()).get("epoch") == epoch:
-                        return f"{parent}/{name}"
-            except (OSError, ValueError):
-                continue
+            meta = read_meta_at(filesystem, f"{path}/{name}")
+            if meta is not None and meta.get("epoch") == epoch:
+                return f"{parent}/{name}"
         return None
 
 
